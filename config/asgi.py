@@ -1,0 +1,24 @@
+"""ASGI entry point: HTTP through Django, WebSockets through the gateway's routes."""
+
+import os
+
+from django.core.asgi import get_asgi_application
+
+os.environ.setdefault("DJANGO_SETTINGS_MODULE", "config.settings")
+# Django must be set up before anything imports models, so this comes first (channels docs).
+django_asgi_app = get_asgi_application()
+
+from channels.auth import AuthMiddlewareStack  # noqa: E402
+from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402
+
+from voicechat.routing import websocket_urlpatterns  # noqa: E402
+
+# No AllowedHostsOriginValidator here: it refuses every handshake without an Origin header,
+# which is every script and OpenAI's SDK. The consumer checks the origin of cookie-authenticated
+# sockets itself (voicechat/auth.py), where it matters.
+application = ProtocolTypeRouter(
+    {
+        "http": django_asgi_app,
+        "websocket": AuthMiddlewareStack(URLRouter(websocket_urlpatterns)),
+    }
+)

@@ -1,0 +1,185 @@
+"""Settings for voicechat: one file, configured from the environment.
+
+Every setting a deployer may change is read here with a small helper and listed in README.md.
+The embedded defaults (SQLite, in-memory channel layer, local engine) need no services.
+"""
+
+import os
+from decimal import Decimal
+from pathlib import Path
+
+from django.core.exceptions import ImproperlyConfigured
+
+BASE_DIR = Path(__file__).resolve().parent.parent
+
+
+def envbool(name: str, default: str) -> bool:
+    return os.environ.get(name, default).strip().lower() in ("1", "true", "yes", "on")
+
+
+def envint(name: str, default: int) -> int:
+    value = os.environ.get(name, "")
+    try:
+        return int(value) if value.strip() else default
+    except ValueError:
+        raise ImproperlyConfigured(f"{name} must be an integer, got {value!r}") from None
+
+
+def envlist(name: str, default: str) -> list[str]:
+    return [part.strip() for part in os.environ.get(name, default).split(",") if part.strip()]
+
+
+DEBUG = envbool("DEBUG", "True")
+# A fixed development key keeps sessions valid across restarts; production must set its own.
+SECRET_KEY = os.environ.get("SECRET_KEY", "")
+if not SECRET_KEY:
+    if not DEBUG:
+        raise ImproperlyConfigured("SECRET_KEY must be set when DEBUG is off.")
+    SECRET_KEY = "django-insecure-voicechat-development-only"
+
+ALLOWED_HOSTS = envlist("ALLOWED_HOSTS", "127.0.0.1,localhost,[::1]")
+CSRF_TRUSTED_ORIGINS = envlist("CSRF_TRUSTED_ORIGINS", "")
+
+INSTALLED_APPS = [
+    # daphne first, so `manage.py runserver` is the ASGI server and serves WebSockets too.
+    "daphne",
+    "django.contrib.admin",
+    "django.contrib.auth",
+    "django.contrib.contenttypes",
+    "django.contrib.sessions",
+    "django.contrib.messages",
+    "django.contrib.staticfiles",
+    "channels",
+    "voicechat",
+]
+
+MIDDLEWARE = [
+    "django.middleware.security.SecurityMiddleware",
+    "django.contrib.sessions.middleware.SessionMiddleware",
+    "django.middleware.common.CommonMiddleware",
+    "django.middleware.csrf.CsrfViewMiddleware",
+    "django.contrib.auth.middleware.AuthenticationMiddleware",
+    "django.contrib.messages.middleware.MessageMiddleware",
+    "django.middleware.clickjacking.XFrameOptionsMiddleware",
+]
+
+ROOT_URLCONF = "config.urls"
+ASGI_APPLICATION = "config.asgi.application"
+
+TEMPLATES = [
+    {
+        "BACKEND": "django.template.backends.django.DjangoTemplates",
+        "DIRS": [BASE_DIR / "templates"],
+        "APP_DIRS": True,
+        "OPTIONS": {
+            "context_processors": [
+                "django.template.context_processors.request",
+                "django.contrib.auth.context_processors.auth",
+                "django.contrib.messages.context_processors.messages",
+            ],
+        },
+    },
+]
+
+DATABASES = {
+    "default": {
+        "ENGINE": "django.db.backends.sqlite3",
+        "NAME": os.environ.get("SQLITE_PATH", str(BASE_DIR / "db.sqlite3")),
+        # The recorder writes from worker threads while pages read; WAL and a busy timeout
+        # keep SQLite from answering "database is locked" under that mix.
+        "OPTIONS": {
+            "timeout": 20,
+            "transaction_mode": "IMMEDIATE",
+            "init_command": "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;",
+        },
+    }
+}
+
+CHANNEL_LAYERS = {"default": {"BACKEND": "channels.layers.InMemoryChannelLayer"}}
+
+AUTH_PASSWORD_VALIDATORS = [
+    {"NAME": "django.contrib.auth.password_validation.UserAttributeSimilarityValidator"},
+    {"NAME": "django.contrib.auth.password_validation.MinimumLengthValidator"},
+    {"NAME": "django.contrib.auth.password_validation.CommonPasswordValidator"},
+    {"NAME": "django.contrib.auth.password_validation.NumericPasswordValidator"},
+]
+
+LOGIN_URL = "login"
+LOGIN_REDIRECT_URL = "chat"
+LOGOUT_REDIRECT_URL = "login"
+
+LANGUAGE_CODE = "en-us"
+TIME_ZONE = os.environ.get("TIME_ZONE", "UTC")
+USE_I18N = True
+USE_TZ = True
+
+STATIC_URL = "static/"
+STATICFILES_DIRS = [BASE_DIR / "static"]
+STATIC_ROOT = BASE_DIR / "staticfiles"
+
+DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
+
+LOGGING = {
+    "version": 1,
+    "disable_existing_loggers": False,
+    # The provider key must never reach a log line, whoever logs it (ours, daphne, websockets).
+    "filters": {"redact_secrets": {"()": "voicechat.redaction.RedactingFilter"}},
+    "handlers": {
+        "console": {"class": "logging.StreamHandler", "filters": ["redact_secrets"]},
+    },
+    "root": {"handlers": ["console"], "level": os.environ.get("LOG_LEVEL", "INFO")},
+}
+
+# --- The realtime gateway ---------------------------------------------------------------
+
+OPENAI_API_KEY = os.environ.get("OPENAI_API_KEY", "")
+OPENAI_REALTIME_URL = os.environ.get("OPENAI_REALTIME_URL", "wss://api.openai.com/v1/realtime")
+# auto = OpenAI when a key is set, else the offline local engine.
+REALTIME_BACKEND = os.environ.get("REALTIME_BACKEND", "auto").strip().lower()
+if REALTIME_BACKEND not in ("auto", "openai", "local"):
+    raise ImproperlyConfigured(
+        f"REALTIME_BACKEND must be auto, openai or local, got {REALTIME_BACKEND!r}"
+    )
+REALTIME_MODEL = os.environ.get("REALTIME_MODEL", "gpt-realtime")
+# Models a client may pick with ?model=; the default model is always allowed.
+REALTIME_ALLOWED_MODELS = sorted(
+    {REALTIME_MODEL, *envlist("REALTIME_ALLOWED_MODELS", "gpt-realtime,gpt-realtime-mini")}
+)
+REALTIME_VOICES = envlist(
+    "REALTIME_VOICES", "marin,cedar,alloy,ash,ballad,coral,echo,sage,shimmer,verse"
+)
+REALTIME_VOICE = os.environ.get("REALTIME_VOICE", "marin")
+REALTIME_INSTRUCTIONS = os.environ.get(
+    "REALTIME_INSTRUCTIONS",
+    "You are a friendly, concise voice assistant. Keep answers short and conversational.",
+)
+REALTIME_TRANSCRIPTION_MODEL = os.environ.get("REALTIME_TRANSCRIPTION_MODEL", "gpt-4o-mini-transcribe")
+REALTIME_LANGUAGE = os.environ.get("REALTIME_LANGUAGE", "en")
+# Clients may not replace the server's instructions or tools unless the deployer allows it.
+REALTIME_CLIENT_MAY_SET_INSTRUCTIONS = envbool("REALTIME_CLIENT_MAY_SET_INSTRUCTIONS", "False")
+REALTIME_CLIENT_MAY_SET_TOOLS = envbool("REALTIME_CLIENT_MAY_SET_TOOLS", "False")
+# Seconds to wait for the upstream handshake before telling the client it is unreachable.
+REALTIME_CONNECT_TIMEOUT = envint("REALTIME_CONNECT_TIMEOUT", 10)
+# Client frames held while the upstream opens (40 ms audio chunks: 250 frames = 10 s).
+REALTIME_PENDING_FRAMES = envint("REALTIME_PENDING_FRAMES", 250)
+
+# US dollars per million tokens, as published on openai.com/api/pricing (2025-08).
+# Cached input is billed at its own rate and is a subset of input tokens.
+REALTIME_PRICES = {
+    "gpt-realtime": {
+        "text_input": Decimal("4.00"),
+        "text_cached_input": Decimal("0.40"),
+        "text_output": Decimal("16.00"),
+        "audio_input": Decimal("32.00"),
+        "audio_cached_input": Decimal("0.40"),
+        "audio_output": Decimal("64.00"),
+    },
+    "gpt-realtime-mini": {
+        "text_input": Decimal("0.60"),
+        "text_cached_input": Decimal("0.06"),
+        "text_output": Decimal("2.40"),
+        "audio_input": Decimal("10.00"),
+        "audio_cached_input": Decimal("0.30"),
+        "audio_output": Decimal("20.00"),
+    },
+}

@@ -1,0 +1,6 @@
+from django.apps import AppConfig
+
+
+class VoicechatConfig(AppConfig):
+    name = "voicechat"
+    verbose_name = "Voice chat"

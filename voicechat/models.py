@@ -1,0 +1,206 @@
+import hashlib
+from decimal import Decimal
+
+from django.conf import settings
+from django.db import models
+from django.db.models import Q
+from django.utils.timezone import now
+
+
+class Backend(models.TextChoices):
+    OPENAI = "openai", "OpenAI Realtime"
+    LOCAL = "local", "Local engine"
+
+
+class EndReason(models.TextChoices):
+    CLIENT_CLOSED = "client_closed", "Client closed the connection"
+    NOT_CONFIGURED = "not_configured", "No backend configured"
+    MODEL_NOT_ALLOWED = "model_not_allowed", "Model not allowed"
+    UPSTREAM_UNREACHABLE = "upstream_unreachable", "Upstream unreachable"
+    UPSTREAM_REFUSED = "upstream_refused", "Upstream refused the connection"
+    UPSTREAM_CLOSED = "upstream_closed", "Upstream closed the connection"
+    UPSTREAM_ERROR = "upstream_error", "Upstream reported a fatal error"
+    TIME_LIMIT = "time_limit", "Session time limit reached"
+    SERVER_ERROR = "server_error", "Server error"
+
+
+class ConversationQuerySet(models.QuerySet):
+    def for_user(self, user) -> "ConversationQuerySet":
+        return self.filter(user=user)
+
+    def active(self) -> "ConversationQuerySet":
+        return self.filter(ended__isnull=True)
+
+    def recent(self) -> "ConversationQuerySet":
+        return self.order_by("-started")
+
+
+class Conversation(models.Model):
+    user = models.ForeignKey(
+        settings.AUTH_USER_MODEL, models.CASCADE, related_name="conversations"
+    )
+    backend = models.CharField(max_length=16, choices=Backend)
+    model = models.CharField(max_length=64)
+    voice = models.CharField(max_length=32, blank=True)
+    upstream_session_id = models.CharField(max_length=128, blank=True)
+    started = models.DateTimeField(default=now)
+    ended = models.DateTimeField(null=True, blank=True)
+    end_reason = models.CharField(max_length=32, choices=EndReason, blank=True)
+    end_detail = models.TextField(blank=True)
+    # Totals over the conversation's responses, kept in step with UsageRecord rows.
+    input_tokens = models.PositiveIntegerField(default=0)
+    output_tokens = models.PositiveIntegerField(default=0)
+    cached_tokens = models.PositiveIntegerField(default=0)
+    cost_usd = models.DecimalField(max_digits=12, decimal_places=6, default=Decimal(0))
+
+    objects = ConversationQuerySet.as_manager()
+
+    class Meta:
+        indexes = [
+            # The history page and budgets read a user's conversations newest first.
+            models.Index(fields=["user", "-started"]),
+        ]
+
+    def __str__(self) -> str:
+        return f"Conversation {self.pk} ({self.user}, {self.started:%Y-%m-%d %H:%M})"
+
+    @property
+    def duration(self):
+        return (self.ended or now()) - self.started
+
+    @property
+    def total_tokens(self) -> int:
+        return self.input_tokens + self.output_tokens
+
+    def ordered_items(self) -> list["TranscriptItem"]:
+        """The transcript in conversation order (previous_item_id chains), not arrival order."""
+        return order_by_chain(list(self.items.order_by("created", "pk")))
+
+
+def order_by_chain(items: list["TranscriptItem"]) -> list["TranscriptItem"]:
+    """Order items by their previous_item_id links; items arrive out of order (late transcripts).
+
+    An item whose predecessor is unknown (or null) starts a chain; chains follow in the order
+    their first item arrived, and any item left over (a cycle) keeps its arrival position.
+    """
+    by_previous: dict[str, list[TranscriptItem]] = {}
+    known = {item.item_id for item in items}
+    for item in items:
+        by_previous.setdefault(item.previous_item_id, []).append(item)
+    ordered: list[TranscriptItem] = []
+    placed: set[int] = set()
+
+    def place_chain(start: "TranscriptItem") -> None:
+        stack = [start]
+        while stack:
+            item = stack.pop()
+            if item.pk in placed:
+                continue
+            placed.add(item.pk)
+            ordered.append(item)
+            # Reverse so the earliest-arriving successor is placed first.
+            stack.extend(reversed(by_previous.get(item.item_id, [])))
+
+    for item in items:
+        if item.previous_item_id not in known:
+            place_chain(item)
+    for item in items:
+        if item.pk not in placed:
+            place_chain(item)
+    return ordered
+
+
+class Role(models.TextChoices):
+    USER = "user", "User"
+    ASSISTANT = "assistant", "Assistant"
+    SYSTEM = "system", "System"
+    TOOL = "tool", "Tool"
+
+
+class ItemStatus(models.TextChoices):
+    IN_PROGRESS = "in_progress", "In progress"
+    COMPLETED = "completed", "Completed"
+    # The assistant was cut off (barge-in): the client truncated it to what was heard.
+    TRUNCATED = "truncated", "Truncated"
+    # The response ended before the item finished (cancelled or failed).
+    INTERRUPTED = "interrupted", "Interrupted"
+    TRANSCRIPTION_FAILED = "transcription_failed", "Transcription failed"
+    DELETED = "deleted", "Deleted"
+
+
+class TranscriptItem(models.Model):
+    conversation = models.ForeignKey(Conversation, models.CASCADE, related_name="items")
+    item_id = models.CharField(max_length=64)
+    previous_item_id = models.CharField(max_length=64, blank=True)
+    kind = models.CharField(max_length=32, default="message")
+    role = models.CharField(max_length=16, choices=Role)
+    text = models.TextField(blank=True)
+    status = models.CharField(max_length=24, choices=ItemStatus, default=ItemStatus.IN_PROGRESS)
+    # For truncated assistant audio: how much the user actually heard.
+    audio_end_ms = models.PositiveIntegerField(null=True, blank=True)
+    created = models.DateTimeField(default=now)
+    updated = models.DateTimeField(default=now)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["conversation", "item_id"], name="unique_item_per_conversation")
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.role}: {self.text[:60]}"
+
+
+class UsageRecord(models.Model):
+    """Token usage of one response, from its response.done event."""
+
+    conversation = models.ForeignKey(Conversation, models.CASCADE, related_name="usage")
+    response_id = models.CharField(max_length=64)
+    status = models.CharField(max_length=24, blank=True)
+    input_text_tokens = models.PositiveIntegerField(default=0)
+    input_audio_tokens = models.PositiveIntegerField(default=0)
+    input_cached_tokens = models.PositiveIntegerField(default=0)
+    input_cached_audio_tokens = models.PositiveIntegerField(default=0)
+    output_text_tokens = models.PositiveIntegerField(default=0)
+    output_audio_tokens = models.PositiveIntegerField(default=0)
+    input_tokens = models.PositiveIntegerField(default=0)
+    output_tokens = models.PositiveIntegerField(default=0)
+    cost_usd = models.DecimalField(max_digits=12, decimal_places=6, default=Decimal(0))
+    created = models.DateTimeField(default=now)
+
+    def __str__(self) -> str:
+        return f"{self.response_id}: {self.input_tokens} in / {self.output_tokens} out"
+
+
+class ApiTokenQuerySet(models.QuerySet):
+    def usable(self) -> "ApiTokenQuerySet":
+        return self.filter(revoked__isnull=True, user__is_active=True)
+
+
+class ApiToken(models.Model):
+    """A bearer token for scripts and OpenAI's SDK; only its SHA-256 digest is stored."""
+
+    PREFIX = "vc_"
+
+    user = models.ForeignKey(settings.AUTH_USER_MODEL, models.CASCADE, related_name="api_tokens")
+    name = models.CharField(max_length=100, blank=True)
+    # The first characters of the token, so a person can tell their tokens apart in admin.
+    hint = models.CharField(max_length=16)
+    digest = models.CharField(max_length=64, unique=True)
+    created = models.DateTimeField(default=now)
+    last_used = models.DateTimeField(null=True, blank=True)
+    revoked = models.DateTimeField(null=True, blank=True)
+
+    objects = ApiTokenQuerySet.as_manager()
+
+    class Meta:
+        constraints = [
+            models.CheckConstraint(condition=~Q(digest=""), name="api_token_digest_not_empty")
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.hint}… ({self.user})"
+
+    @staticmethod
+    def digest_of(token: str) -> str:
+        # Tokens are 256 random bits, so a fast unsalted hash is safe to store and look up.
+        return hashlib.sha256(token.encode()).hexdigest()

@@ -1,0 +1,146 @@
+"""The upstream side of a gateway connection: one Realtime session per browser socket.
+
+`Upstream` is the interface the consumer relies on; `OpenAIUpstream` is the only code that talks
+to OpenAI (it alone knows the URL, headers and key). The local engine implements the same
+interface in-process (voicechat/local_engine). Frames are JSON text in both directions and are
+passed through untouched, so audio is never decoded here.
+"""
+
+import abc
+import logging
+from collections.abc import AsyncIterator
+from urllib.parse import urlencode
+
+from django.conf import settings
+from websockets.asyncio.client import ClientConnection, connect
+from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus, InvalidURI
+
+from voicechat.models import Backend, EndReason
+from voicechat.redaction import redact
+
+logger = logging.getLogger(__name__)
+
+
+class UpstreamError(Exception):
+    """The upstream could not be used; `message` is safe to show to the user."""
+
+    def __init__(self, reason: EndReason, message: str, *, code: str) -> None:
+        super().__init__(message)
+        self.reason = reason
+        self.message = message
+        self.code = code
+
+
+class Upstream(abc.ABC):
+    """One Realtime session with a provider, speaking GA protocol JSON text frames."""
+
+    backend: Backend
+    # Set once the session has ended: how the provider closed it (None if we closed it).
+    close_code: int | None = None
+    close_reason: str = ""
+
+    @abc.abstractmethod
+    async def connect(self) -> None:
+        """Open the session; raises UpstreamError when that is impossible."""
+
+    @abc.abstractmethod
+    async def send(self, frame: str) -> None:
+        """Send one client event. Raises ConnectionClosed if the session has ended."""
+
+    @abc.abstractmethod
+    def __aiter__(self) -> AsyncIterator[str]:
+        """Server events, in order, until the session ends (then close_code is set)."""
+
+    @abc.abstractmethod
+    async def close(self) -> None:
+        """End the session from our side; safe to call more than once."""
+
+
+class OpenAIUpstream(Upstream):
+    backend = Backend.OPENAI
+
+    def __init__(self, *, url: str, api_key: str, model: str, connect_timeout: float) -> None:
+        self._url = f"{url}?{urlencode({'model': model})}"
+        self._api_key = api_key
+        self._connect_timeout = connect_timeout
+        self._ws: ClientConnection | None = None
+
+    async def connect(self) -> None:
+        try:
+            self._ws = await connect(
+                self._url,
+                # GA protocol: no OpenAI-Beta header, ever (it selects the retired beta shape).
+                additional_headers={"Authorization": f"Bearer {self._api_key}"},
+                open_timeout=self._connect_timeout,
+                # Audio is base64: compression costs CPU on every frame and saves little.
+                compression=None,
+                max_size=16 * 1024 * 1024,
+                max_queue=64,
+            )
+        except InvalidStatus as exc:
+            status = exc.response.status_code
+            logger.warning("upstream refused the handshake: HTTP %s", status)
+            hint = {
+                401: "the server's API key was rejected",
+                403: "the server's API key may not use this model",
+                429: "the provider's rate limit or quota was reached",
+            }.get(status, "the provider answered the handshake with an error")
+            raise UpstreamError(
+                EndReason.UPSTREAM_REFUSED,
+                f"The AI service refused the connection (HTTP {status}: {hint}).",
+                code="upstream_refused",
+            ) from None
+        except (OSError, TimeoutError, InvalidHandshake, InvalidURI) as exc:
+            logger.warning("upstream unreachable: %s", redact(repr(exc)))
+            raise UpstreamError(
+                EndReason.UPSTREAM_UNREACHABLE,
+                "The AI service could not be reached. Please try again in a moment.",
+                code="upstream_unreachable",
+            ) from None
+
+    async def send(self, frame: str) -> None:
+        await self._ws.send(frame)
+
+    async def __aiter__(self) -> AsyncIterator[str]:
+        ws = self._ws
+        try:
+            async for frame in ws:
+                yield frame if isinstance(frame, str) else frame.decode()
+        except ConnectionClosed:
+            pass
+        self.close_code = ws.close_code
+        self.close_reason = ws.close_reason or ""
+
+    async def close(self) -> None:
+        if self._ws is not None:
+            await self._ws.close()
+
+
+def open_upstream(model: str) -> Upstream:
+    """The upstream for a new conversation, chosen by REALTIME_BACKEND (not yet connected)."""
+    backend = settings.REALTIME_BACKEND
+    if backend == "auto":
+        backend = "openai" if settings.OPENAI_API_KEY else "local"
+    if backend == "local":
+        try:
+            from voicechat.local_engine import LocalUpstream
+        except ImportError:
+            raise UpstreamError(
+                EndReason.NOT_CONFIGURED,
+                "No AI backend is configured: set OPENAI_API_KEY on the server "
+                "(the offline local engine is not installed).",
+                code="backend_not_configured",
+            ) from None
+        return LocalUpstream(model=model)
+    if not settings.OPENAI_API_KEY:
+        raise UpstreamError(
+            EndReason.NOT_CONFIGURED,
+            "REALTIME_BACKEND is openai but OPENAI_API_KEY is not set on the server.",
+            code="backend_not_configured",
+        )
+    return OpenAIUpstream(
+        url=settings.OPENAI_REALTIME_URL,
+        api_key=settings.OPENAI_API_KEY,
+        model=model,
+        connect_timeout=settings.REALTIME_CONNECT_TIMEOUT,
+    )
