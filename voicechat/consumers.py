@@ -147,7 +147,7 @@ class RealtimeGatewayConsumer(AsyncWebsocketConsumer):
         if "maximum duration" in reason.lower():
             await self._end(
                 EndReason.TIME_LIMIT,
-                "The session reached the AI service's time limit. Start a new conversation to go on.",
+                "The session reached the AI service's time limit. Start a new conversation.",
                 code="session_time_limit",
                 detail=detail,
             )

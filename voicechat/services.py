@@ -110,8 +110,16 @@ class RecorderBatch:
     upstream_session_id: str | None = None
 
 
-# Statuses an item may not leave once reached (a late transcript must not un-truncate a line).
-_FINAL_STATUSES = {ItemStatus.TRUNCATED, ItemStatus.DELETED, ItemStatus.INTERRUPTED}
+# An item's status only moves forward, so late events (a transcript arriving after the
+# barge-in, response.done after the truncation) never undo what was learned.
+_STATUS_RANK = {
+    ItemStatus.IN_PROGRESS: 0,
+    ItemStatus.COMPLETED: 1,
+    ItemStatus.TRANSCRIPTION_FAILED: 1,
+    ItemStatus.INTERRUPTED: 2,
+    ItemStatus.TRUNCATED: 3,
+    ItemStatus.DELETED: 4,
+}
 
 
 @transaction.atomic
@@ -152,13 +160,11 @@ def _apply(item: TranscriptItem, change: ItemChange) -> None:
         item.role = change.role
     if change.kind:
         item.kind = change.kind
-    if change.text is not None and item.status not in (ItemStatus.TRUNCATED, ItemStatus.DELETED):
+    if change.text is not None and item.status != ItemStatus.DELETED:
         item.text = change.text
     if change.audio_end_ms is not None:
         item.audio_end_ms = change.audio_end_ms
-    if change.status and not (
-        item.status in _FINAL_STATUSES and change.status == ItemStatus.COMPLETED
-    ):
+    if change.status and _STATUS_RANK[change.status] >= _STATUS_RANK[item.status]:
         item.status = change.status
 
 

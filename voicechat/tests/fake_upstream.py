@@ -89,6 +89,7 @@ class FakeRealtimeServer:
         self.accept_delay = accept_delay
         self.reply_text = reply_text
         self.received: list[dict] = []
+        self.received_frames: list[str] = []
         self.request_headers: list[Headers] = []
         self.request_paths: list[str] = []
         self.connections: list[ServerConnection] = []
@@ -165,6 +166,7 @@ class FakeRealtimeServer:
         await self._send(ws, {"type": "session.created", "session": session})
         try:
             async for frame in ws:
+                self.received_frames.append(frame)
                 event = json.loads(frame)
                 self.received.append(event)
                 for reply in self._reply(event, session, state):

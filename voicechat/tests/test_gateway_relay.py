@@ -1,4 +1,4 @@
-"""Relaying both ways: session defaults first, early frames queued in order, events passed through."""
+"""Relaying both ways: session defaults first, early frames queued in order, events unchanged."""
 
 import base64
 
