@@ -370,9 +370,13 @@ export class VoiceChatApp {
       case "session.created":
         this.onSessionCreated(event.session ?? {});
         break;
-      case "session.updated":
-        this.sessionVoice = event.session?.audio?.output?.voice ?? this.sessionVoice;
+      case "session.updated": {
+        const audio = event.session?.audio ?? {};
+        this.sessionVoice = audio.output?.voice ?? this.sessionVoice;
+        // Remember the server's own turn detection, to restore it when leaving push-to-talk.
+        if (audio.input?.turn_detection) this.serverTurnDetection = audio.input.turn_detection;
         break;
+      }
       case "input_audio_buffer.speech_started":
         this.onSpeechStarted();
         break;
@@ -428,9 +432,8 @@ export class VoiceChatApp {
         break;
       case "response.output_audio_transcript.done":
       case "response.output_text.done":
-        if (!this.player?.dropped.has(event.item_id)) {
-          this.transcript.setText(event.item_id, "assistant", event.transcript ?? event.text ?? "");
-        }
+        // After a truncate this is the heard part; an interrupted line stays marked as such.
+        this.transcript.setText(event.item_id, "assistant", event.transcript ?? event.text ?? "");
         break;
       case "response.done":
         this.onResponseDone(event.response ?? {});

@@ -45,13 +45,13 @@ export class Waveform {
   sample() {
     if (!this.analyser) return 0;
     this.analyser.getFloatTimeDomainData(this.samples);
-    // RMS of the most recent ~20 ms; a square root curve makes quiet speech visible.
+    // RMS of the most recent ~20 ms; a gentle power curve keeps quiet speech visible.
     const n = Math.min(this.samples.length, Math.round(this.analyser.context.sampleRate / 50));
     let sum = 0;
     for (let i = this.samples.length - n; i < this.samples.length; i++) {
       sum += this.samples[i] * this.samples[i];
     }
-    return Math.min(1, Math.sqrt(Math.sqrt(sum / n)) * 1.6);
+    return Math.min(1, 3 * Math.pow(Math.sqrt(sum / n), 0.7));
   }
 
   draw() {
