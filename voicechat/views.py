@@ -38,11 +38,11 @@ def chat(request: HttpRequest) -> HttpResponse:
 
 @login_required
 def history(request: HttpRequest) -> HttpResponse:
-    # One query for the page: each row's first words and line count come from annotations.
+    # One query for the page: each row's line count and preview (the first thing the user said,
+    # which names a conversation better than the greeting) come from annotations.
     first_words = (
-        TranscriptItem.objects.filter(conversation=OuterRef("pk"))
+        TranscriptItem.objects.filter(conversation=OuterRef("pk"), role=Role.USER)
         .exclude(text="")
-        .exclude(role=Role.SYSTEM)
         .order_by("created", "pk")
         .values("text")[:1]
     )

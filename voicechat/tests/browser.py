@@ -136,9 +136,12 @@ def server_env(**overrides: str) -> dict[str, str]:
 
 
 @pytest.fixture
-def voice_upstream() -> Iterator[VoiceFakeUpstream]:
-    """A fake voice upstream (VAD, late transcripts, paced audio replies) on its own thread."""
-    with ServerThread(VoiceFakeUpstream()) as server:
+def voice_upstream(request) -> Iterator[VoiceFakeUpstream]:
+    """A fake voice upstream (VAD, late transcripts, paced audio replies) on its own thread.
+
+    Parametrize it indirectly to pass VoiceFakeUpstream arguments, e.g. {"reject_status": 401}.
+    """
+    with ServerThread(VoiceFakeUpstream(**getattr(request, "param", {}))) as server:
         yield server
 
 
@@ -185,11 +188,17 @@ def chromium_args(wav: Path | None, *, grant_microphone: bool = True) -> list[st
 
 
 @pytest.fixture
-def launch_browser(playwright_instance) -> Iterator[Callable]:
-    """launch_browser(wav, grant_microphone=True) -> a Chromium browser, closed after the test."""
+def launch_browser(playwright_instance, tmp_path) -> Iterator[Callable]:
+    """launch_browser(wav, grant_microphone=True) -> a Chromium browser, closed after the test.
+
+    Without a WAV the microphone hears silence (Chromium's own fake device beeps every second,
+    which a voice detector takes for speech).
+    """
     browsers = []
 
     def _launch(wav: Path | None = None, *, grant_microphone: bool = True):
+        if wav is None:
+            wav = write_wav(tmp_path / "silence.wav", silence(30_000))
         browser = playwright_instance.chromium.launch(
             executable_path=CHROMIUM, args=chromium_args(wav, grant_microphone=grant_microphone)
         )
@@ -211,7 +220,38 @@ def signed_in_page(browser, server: ChatServer, user, **context_options):
     )
     page = context.new_page()
     page.set_default_timeout(20_000)
+    watch_console(page)
     return page
+
+
+def watch_console(page) -> None:
+    """Print the page's console and errors; pytest shows them when a test fails."""
+    page.on("console", lambda message: print(f"console.{message.type}: {message.text}"))
+    page.on("pageerror", lambda error: print(f"pageerror: {error}"))
+
+
+def wait_until(condition: Callable[[], object], timeout: float = 20, what: str = "") -> object:
+    """Poll `condition` until it returns something truthy (a wait, not a timing assertion)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        result = condition()
+        if result:
+            return result
+        time.sleep(0.05)
+    raise AssertionError(f"timed out waiting for {what or condition}")
+
+
+def received(upstream, etype: str, count: int = 1, timeout: float = 20) -> list[dict]:
+    """The client events of `etype` the fake upstream has received, once there are `count`."""
+    return wait_until(
+        lambda: (
+            (found := [e for e in list(upstream.received) if e["type"] == etype])
+            and len(found) >= count
+            and found
+        ),
+        timeout,
+        f"{count} {etype}",
+    )
 
 
 def stats(page) -> dict:
@@ -220,4 +260,6 @@ def stats(page) -> dict:
 
 def wait_for_stat(page, expression: str, timeout: float = 30_000) -> None:
     """Wait until a JS expression over `s` (window.voicechat.stats) is true."""
-    page.wait_for_function(f"() => {{ const s = window.voicechat.stats; return {expression}; }}", timeout=timeout)
+    page.wait_for_function(
+        f"() => {{ const s = window.voicechat.stats; return {expression}; }}", timeout=timeout
+    )

@@ -174,9 +174,15 @@ class _Conversation:
             "content": [{"type": "input_audio", "transcript": None}],
         }
         await self.send(
-            {"type": "input_audio_buffer.committed", "item_id": item_id, "previous_item_id": previous}
+            {
+                "type": "input_audio_buffer.committed",
+                "item_id": item_id,
+                "previous_item_id": previous,
+            }
         )
-        await self.send({"type": "conversation.item.added", "previous_item_id": previous, "item": item})
+        await self.send(
+            {"type": "conversation.item.added", "previous_item_id": previous, "item": item}
+        )
         self.buffer_ms = self.loud = self.quiet = 0
         # The transcription lands after the reply has begun, like the real service's often does.
         self.spawn(self.transcribe_later(item_id, duration_ms))
@@ -219,11 +225,31 @@ class _Conversation:
         item = {"id": item_id, "object": "realtime.item", "type": "message", "role": "assistant"}
         spoken = ""
         try:
-            await self.send({"type": "response.created", "response": {**base, "status": "in_progress", "output": []}})
+            await self.send(
+                {
+                    "type": "response.created",
+                    "response": {**base, "status": "in_progress", "output": []},
+                }
+            )
             added = dict(item, status="in_progress", content=[])
-            await self.send({"type": "response.output_item.added", "response_id": response_id, "output_index": 0, "item": added})
-            await self.send({"type": "conversation.item.added", "previous_item_id": previous, "item": added})
-            await self.send({"type": "response.content_part.added", **part, "part": {"type": "audio", "transcript": ""}})
+            await self.send(
+                {
+                    "type": "response.output_item.added",
+                    "response_id": response_id,
+                    "output_index": 0,
+                    "item": added,
+                }
+            )
+            await self.send(
+                {"type": "conversation.item.added", "previous_item_id": previous, "item": added}
+            )
+            await self.send(
+                {
+                    "type": "response.content_part.added",
+                    **part,
+                    "part": {"type": "audio", "transcript": ""},
+                }
+            )
             audio = speechlike(self.server.reply_ms, seed=len(self.server.received))
             words = text.split(" ")
             chunk = RATE * 2 * DELTA_MS // 1000
@@ -232,30 +258,68 @@ class _Conversation:
                 word_end = math.ceil(len(words) * (index + 1) / len(deltas))
                 said = " ".join(words[:word_end])
                 if said != spoken:
-                    await self.send({"type": "response.output_audio_transcript.delta", **part, "delta": said[len(spoken):]})
+                    await self.send(
+                        {
+                            "type": "response.output_audio_transcript.delta",
+                            **part,
+                            "delta": said[len(spoken) :],
+                        }
+                    )
                     spoken = said
-                await self.send({"type": "response.output_audio.delta", **part, "delta": base64.b64encode(delta).decode()})
+                await self.send(
+                    {
+                        "type": "response.output_audio.delta",
+                        **part,
+                        "delta": base64.b64encode(delta).decode(),
+                    }
+                )
                 await asyncio.sleep(DELTA_MS / 2000)  # twice real time
             await self.send({"type": "response.output_audio.done", **part})
-            await self.send({"type": "response.output_audio_transcript.done", **part, "transcript": text})
+            await self.send(
+                {"type": "response.output_audio_transcript.done", **part, "transcript": text}
+            )
             content = [{"type": "output_audio", "transcript": text}]
-            await self.send({"type": "response.content_part.done", **part, "part": {"type": "audio", "transcript": text}})
+            await self.send(
+                {
+                    "type": "response.content_part.done",
+                    **part,
+                    "part": {"type": "audio", "transcript": text},
+                }
+            )
             done = dict(item, status="completed", content=content)
-            await self.send({"type": "response.output_item.done", "response_id": response_id, "output_index": 0, "item": done})
-            await self.send({"type": "conversation.item.done", "previous_item_id": previous, "item": done})
-            await self.send({"type": "response.done", "response": {**base, "status": "completed", "output": [done], "usage": USAGE}})
+            await self.send(
+                {
+                    "type": "response.output_item.done",
+                    "response_id": response_id,
+                    "output_index": 0,
+                    "item": done,
+                }
+            )
+            await self.send(
+                {"type": "conversation.item.done", "previous_item_id": previous, "item": done}
+            )
+            await self.send(
+                {
+                    "type": "response.done",
+                    "response": {**base, "status": "completed", "output": [done], "usage": USAGE},
+                }
+            )
         except asyncio.CancelledError:
-            cut = dict(item, status="incomplete", content=[{"type": "output_audio", "transcript": spoken}])
-            await self.send({
-                "type": "response.done",
-                "response": {
-                    **base,
-                    "status": "cancelled",
-                    "status_details": {"type": "cancelled", "reason": "turn_detected"},
-                    "output": [cut],
-                    "usage": USAGE,
-                },
-            })
+            cut = dict(
+                item, status="incomplete", content=[{"type": "output_audio", "transcript": spoken}]
+            )
+            await self.send(
+                {
+                    "type": "response.done",
+                    "response": {
+                        **base,
+                        "status": "cancelled",
+                        "status_details": {"type": "cancelled", "reason": "turn_detected"},
+                        "output": [cut],
+                        "usage": USAGE,
+                    },
+                }
+            )
             raise
 
     async def stop(self) -> None:

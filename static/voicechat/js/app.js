@@ -259,7 +259,10 @@ export class VoiceChatApp {
         context.audioWorklet.addModule(this.config.worklets.playback),
       ]);
     } catch (error) {
-      this.showAlert(`Audio couldn't start (${error.message}). You can still type.`, "warning");
+      // Closing the context (the session ended meanwhile) also fails the load: not news.
+      if (this.context === context) {
+        this.showAlert(`Audio couldn't start (${error.message}). You can still type.`, "warning");
+      }
       return;
     }
     if (this.context !== context) return; // disconnected meanwhile
