@@ -10,19 +10,22 @@ import base64
 import pytest
 
 from voicechat.models import Conversation, ItemStatus, Role
-from voicechat.tests.browser import (  # noqa: F401 - fixtures
-    chat_server,
-    launch_browser,
+from voicechat.tests import browser
+from voicechat.tests.browser import (
     pcm_rms,
-    playwright_instance,
     received,
     signed_in_page,
     speech_wav,
     stats,
-    voice_upstream,
     wait_for_stat,
     watch_console,
 )
+
+# The shared browser fixtures, assigned here so pytest finds them for this module.
+playwright_instance = browser.playwright_instance
+launch_browser = browser.launch_browser
+voice_upstream = browser.voice_upstream
+chat_server = browser.chat_server
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
 
@@ -40,9 +43,10 @@ def entries(page) -> list[dict]:
 
 def wait_for_entry(page, role: str, state: str, text: str = "") -> None:
     page.wait_for_function(
-        """([role, state, text]) => [...document.querySelectorAll('[data-testid="transcript-entry"]')]
-            .some(e => e.dataset.role === role && e.dataset.state === state
-                       && e.querySelector('.turn-text').textContent.includes(text))""",
+        """([role, state, text]) =>
+            [...document.querySelectorAll('[data-testid="transcript-entry"]')].some(e =>
+                e.dataset.role === role && e.dataset.state === state
+                && e.querySelector('.turn-text').textContent.includes(text))""",
         arg=[role, state, text],
     )
 
@@ -191,8 +195,9 @@ def test_push_to_talk_sends_only_while_held_then_commits(
     wait_for_stat(page, f"s.chunksSent >= {sent_after_first + 15}")
     page.mouse.up()
     page.wait_for_function(
-        """() => [...document.querySelectorAll('[data-testid="transcript-entry"][data-role="assistant"]')]
-            .filter(e => e.dataset.state === 'done').length === 2"""
+        """() => [...document.querySelectorAll('[data-testid="transcript-entry"]')]
+            .filter(e => e.dataset.role === 'assistant' && e.dataset.state === 'done')
+            .length === 2"""
     )
 
     types = [e["type"] for e in voice_upstream.received if e["type"] != "input_audio_buffer.append"]
