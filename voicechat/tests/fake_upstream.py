@@ -37,11 +37,11 @@ def load_fixture(name: str) -> list[dict]:
     return json.loads((FIXTURES / f"{name}.json").read_text())
 
 
-def _session(session_id: str) -> dict:
+def _session() -> dict:
     return {
+        # Shaped like the SDK's RealtimeSessionCreateRequest, which is what session.created
+        # declares (the live API adds id/object/expires_at, which the GA types do not list).
         "type": "realtime",
-        "object": "realtime.session",
-        "id": session_id,
         "model": "gpt-realtime",
         "output_modalities": ["audio"],
         "instructions": "",
@@ -50,7 +50,6 @@ def _session(session_id: str) -> dict:
         "max_output_tokens": "inf",
         "tracing": None,
         "prompt": None,
-        "expires_at": 0,
         "audio": {
             "input": {
                 "format": {"type": "audio/pcm", "rate": 24000},
@@ -161,7 +160,7 @@ class FakeRealtimeServer:
 
     async def _handler(self, ws: ServerConnection) -> None:
         self.connections.append(ws)
-        session = _session(self._id("sess"))
+        session = _session()
         state = {"last_item": None, "last_user_text": "", "audio_bytes": 0}
         await self._send(ws, {"type": "session.created", "session": session})
         try:
