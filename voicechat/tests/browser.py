@@ -163,8 +163,10 @@ def chat_server(transactional_db, voice_upstream, tmp_path, monkeypatch) -> Iter
 # ---- the browser ----------------------------------------------------------------------------
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture
 def playwright_instance():
+    # Per test, not per session: the sync API keeps an event loop running in this thread
+    # while it lives, which would break every async test that runs after it.
     sync_api = pytest.importorskip("playwright.sync_api")
     if not shutil.which(CHROMIUM) and not Path(CHROMIUM).exists():
         pytest.skip(f"no Chromium at {CHROMIUM}")
