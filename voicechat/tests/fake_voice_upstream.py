@@ -80,9 +80,18 @@ def speechlike(ms: int, *, f0: float = 170.0, seed: int = 0) -> bytes:
 
 
 class VoiceFakeUpstream(FakeRealtimeServer):
-    def __init__(self, *, reply_ms: int = 2000, reply_text: str | None = None, **kwargs) -> None:
+    def __init__(
+        self,
+        *,
+        reply_ms: int = 2000,
+        reply_text: str | None = None,
+        transcripts: list[str] | None = None,
+        **kwargs,
+    ) -> None:
         super().__init__(**kwargs)
         self.reply_ms = reply_ms
+        # What the user "said", turn by turn; after these, a description of the audio.
+        self.transcripts = list(transcripts or [])
         if reply_text is not None:
             self.reply_text = reply_text
 
@@ -232,7 +241,9 @@ class _Conversation:
                 "type": "conversation.item.input_audio_transcription.completed",
                 "item_id": item_id,
                 "content_index": 0,
-                "transcript": f"(fake transcript of {duration_ms / 1000:.1f} s of speech)",
+                "transcript": self.server.transcripts.pop(0)
+                if self.server.transcripts
+                else f"(fake transcript of {duration_ms / 1000:.1f} s of speech)",
                 "usage": {"type": "duration", "seconds": duration_ms / 1000},
             }
         )
@@ -379,6 +390,8 @@ class ServerThread:
     def __enter__(self) -> FakeRealtimeServer:
         self.thread.start()
         self.call(self.server.__aenter__())
+        # Tests drive the server from their own thread: server.call(server.drop()).
+        self.server.call = self.call
         return self.server
 
     def __exit__(self, *exc) -> None:

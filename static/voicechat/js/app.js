@@ -22,6 +22,20 @@ const CLOSE_MESSAGES = {
   4011: "This server doesn't allow that model.",
   4500: "The server hit an unexpected problem.",
 };
+// The status line's short "why" next to "Ended"; the alert carries the full sentence.
+const CLOSE_REASONS = {
+  1001: "the server restarted",
+  1006: "connection lost",
+  1011: "server error",
+  4001: "AI service unreachable",
+  4002: "the AI service refused",
+  4003: "the AI service hung up",
+  4004: "AI service error",
+  4005: "time limit reached",
+  4010: "not set up on this server",
+  4011: "model not allowed",
+  4500: "server error",
+};
 // Worth one more try: the network or the provider blinked. Not: refusals, quotas, time limits.
 const RETRY_CODES = new Set([1001, 1006, 1011, 1012, 1013, 4001, 4003]);
 const MAX_RETRIES = 3;
@@ -37,7 +51,7 @@ const STATUS_TEXT = {
   thinking: "Thinking…",
   "assistant-speaking": "Speaking",
   reconnecting: "Reconnecting…",
-  ended: "Conversation ended",
+  ended: "Ended",
 };
 
 export class VoiceChatApp {
@@ -176,7 +190,7 @@ export class VoiceChatApp {
     this.status = state;
     let text = STATUS_TEXT[state];
     if (state === "listening" && this.mode === "push-to-talk") text = "Ready — hold to talk";
-    if (detail) text = state === "ended" || state === "reconnecting" ? detail : `${text} · ${detail}`;
+    if (detail) text = state === "reconnecting" ? detail : `${text} · ${detail}`;
     this.el.status.dataset.state = state;
     this.el.statusText.textContent = text;
     this.refreshControls();
@@ -316,7 +330,7 @@ export class VoiceChatApp {
     const client = this.client;
     this.endSession();
     this.stopAudio();
-    this.setStatus("ended", "You ended the conversation.");
+    this.setStatus("ended", "you hung up");
     client?.close(1000, "user ended the conversation");
   }
 
@@ -361,7 +375,7 @@ export class VoiceChatApp {
     }
     this.wanted = false;
     this.stopAudio();
-    this.setStatus("ended", message);
+    this.setStatus("ended", CLOSE_REASONS[code] ?? (wasOpen ? "connection closed" : "couldn't connect"));
     this.showAlert(message, "error");
   }
 
