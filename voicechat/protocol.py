@@ -50,6 +50,7 @@ CLOSE_CODE_FOR = {
     EndReason.SERVER_ERROR: CloseCode.SERVER_ERROR,
 }
 
+
 class EndConversation(Exception):
     """Ends a conversation: `message` is shown to the user, `code` goes in the error event."""
 
