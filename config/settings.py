@@ -183,3 +183,16 @@ REALTIME_PRICES = {
         "audio_output": Decimal("20.00"),
     },
 }
+
+# --- Local engine ---------------------------------------------------------------------------
+
+# An OpenAI-compatible chat-completions server for the local engine's replies (Ollama:
+# http://127.0.0.1:11434/v1, llama.cpp server: http://127.0.0.1:8080/v1). Empty: the
+# built-in offline responder answers (time, date, arithmetic, memory, tools).
+LOCAL_LLM_URL = os.environ.get("LOCAL_LLM_URL", "").strip()
+LOCAL_LLM_MODEL = os.environ.get("LOCAL_LLM_MODEL", "llama3.2")
+LOCAL_LLM_API_KEY = os.environ.get("LOCAL_LLM_API_KEY", "")
+# Seconds to wait for the LLM server before the response fails.
+LOCAL_LLM_TIMEOUT = envint("LOCAL_LLM_TIMEOUT", 60)
+# Threads for speech recognition and synthesis, shared by all conversations (0: one per core).
+LOCAL_ENGINE_WORKERS = envint("LOCAL_ENGINE_WORKERS", 0)
