@@ -184,6 +184,16 @@ REALTIME_PRICES = {
     },
 }
 
+# --- Local engine: speech ---
+# Speech recognizer: pocketsphinx (bundled, US English), faster-whisper (if you installed it
+# and copied a model to LOCAL_STT_MODEL_PATH), or a dotted path to your own factory.
+LOCAL_STT = os.environ.get("LOCAL_STT", "pocketsphinx").strip()
+LOCAL_STT_MODEL_PATH = os.environ.get("LOCAL_STT_MODEL_PATH", "")
+# Speech synthesizer: piper (bundled joe voice), espeak (fast, robotic) or a dotted path.
+LOCAL_TTS = os.environ.get("LOCAL_TTS", "piper").strip()
+# Another piper voice: path to its .onnx file, with the .onnx.json beside it.
+LOCAL_PIPER_VOICE = os.environ.get("LOCAL_PIPER_VOICE", "")
+
 # --- Local engine ---------------------------------------------------------------------------
 
 # An OpenAI-compatible chat-completions server for the local engine's replies (Ollama:
