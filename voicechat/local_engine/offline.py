@@ -75,12 +75,18 @@ def _stem(word: str) -> str:
     return word
 
 
+_PHRASE_END = set(
+    """and but so because i i'm what who please today tomorrow tonight now right this next
+    later then at on""".split()
+)
+
+
 def _phrase(value: str) -> str:
     """Trim a remembered phrase at the first joining word ("Ada and I live..." -> "Ada")."""
     words = value.strip(" .,!?").split()
     out = []
     for w in words:
-        if w.lower() in {"and", "but", "so", "because", "i", "i'm", "what", "who", "please"}:
+        if w.lower() in _PHRASE_END:
             break
         out.append(w)
     return " ".join(out[:4])
