@@ -5,6 +5,7 @@ The embedded defaults (SQLite, in-memory channel layer, local engine) need no se
 """
 
 import os
+import tempfile
 from decimal import Decimal
 from pathlib import Path
 
@@ -92,6 +93,11 @@ DATABASES = {
             "transaction_mode": "IMMEDIATE",
             "init_command": "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;",
         },
+        # Tests run the gateway and servers against one file database (in-memory SQLite and
+        # async tests do not mix); one file per test process, so parallel runs never collide.
+        "TEST": {
+            "NAME": os.path.join(tempfile.gettempdir(), f"voicechat-test-{os.getpid()}.sqlite3")
+        },
     }
 }
 
@@ -153,7 +159,9 @@ REALTIME_INSTRUCTIONS = os.environ.get(
     "REALTIME_INSTRUCTIONS",
     "You are a friendly, concise voice assistant. Keep answers short and conversational.",
 )
-REALTIME_TRANSCRIPTION_MODEL = os.environ.get("REALTIME_TRANSCRIPTION_MODEL", "gpt-4o-mini-transcribe")
+REALTIME_TRANSCRIPTION_MODEL = os.environ.get(
+    "REALTIME_TRANSCRIPTION_MODEL", "gpt-4o-mini-transcribe"
+)
 REALTIME_LANGUAGE = os.environ.get("REALTIME_LANGUAGE", "en")
 # Clients may not replace the server's instructions or tools unless the deployer allows it.
 REALTIME_CLIENT_MAY_SET_INSTRUCTIONS = envbool("REALTIME_CLIENT_MAY_SET_INSTRUCTIONS", "False")

@@ -36,9 +36,7 @@ class ConversationQuerySet(models.QuerySet):
 
 
 class Conversation(models.Model):
-    user = models.ForeignKey(
-        settings.AUTH_USER_MODEL, models.CASCADE, related_name="conversations"
-    )
+    user = models.ForeignKey(settings.AUTH_USER_MODEL, models.CASCADE, related_name="conversations")
     backend = models.CharField(max_length=16, choices=Backend)
     model = models.CharField(max_length=64)
     voice = models.CharField(max_length=32, blank=True)
@@ -74,7 +72,7 @@ class Conversation(models.Model):
 
     def ordered_items(self) -> list["TranscriptItem"]:
         """The transcript in conversation order (previous_item_id chains), not arrival order."""
-        return order_by_chain(list(self.items.order_by("created", "pk")))
+        return order_by_chain(list(self.items.all()))
 
 
 def order_by_chain(items: list["TranscriptItem"]) -> list["TranscriptItem"]:
@@ -83,6 +81,7 @@ def order_by_chain(items: list["TranscriptItem"]) -> list["TranscriptItem"]:
     An item whose predecessor is unknown (or null) starts a chain; chains follow in the order
     their first item arrived, and any item left over (a cycle) keeps its arrival position.
     """
+    items = sorted(items, key=lambda item: (item.created, item.pk))
     by_previous: dict[str, list[TranscriptItem]] = {}
     known = {item.item_id for item in items}
     for item in items:
@@ -143,7 +142,9 @@ class TranscriptItem(models.Model):
 
     class Meta:
         constraints = [
-            models.UniqueConstraint(fields=["conversation", "item_id"], name="unique_item_per_conversation")
+            models.UniqueConstraint(
+                fields=["conversation", "item_id"], name="unique_item_per_conversation"
+            )
         ]
 
     def __str__(self) -> str:

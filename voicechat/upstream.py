@@ -76,6 +76,8 @@ class OpenAIUpstream(Upstream):
                 compression=None,
                 max_size=16 * 1024 * 1024,
                 max_queue=64,
+                # A dead provider must not hold a closing conversation for long.
+                close_timeout=2,
             )
         except InvalidStatus as exc:
             status = exc.response.status_code
@@ -116,12 +118,16 @@ class OpenAIUpstream(Upstream):
             await self._ws.close()
 
 
+def resolve_backend() -> Backend:
+    """The backend new conversations use: REALTIME_BACKEND, with auto = OpenAI iff a key is set."""
+    if settings.REALTIME_BACKEND == "auto":
+        return Backend.OPENAI if settings.OPENAI_API_KEY else Backend.LOCAL
+    return Backend(settings.REALTIME_BACKEND)
+
+
 def open_upstream(model: str) -> Upstream:
-    """The upstream for a new conversation, chosen by REALTIME_BACKEND (not yet connected)."""
-    backend = settings.REALTIME_BACKEND
-    if backend == "auto":
-        backend = "openai" if settings.OPENAI_API_KEY else "local"
-    if backend == "local":
+    """The upstream for a new conversation (not yet connected)."""
+    if resolve_backend() == Backend.LOCAL:
         try:
             from voicechat.local_engine import LocalUpstream
         except ImportError:

@@ -1,0 +1,167 @@
+import json
+
+from django.contrib import admin
+from django.db.models import Case, Count, IntegerField, Q, Value, When
+from django.http import HttpResponse
+from django.utils.timezone import now
+
+from voicechat import services
+from voicechat.exports import conversation_as_dict, conversation_as_markdown
+from voicechat.models import ApiToken, Conversation, TranscriptItem, UsageRecord, order_by_chain
+
+
+class ReadOnlyInline(admin.TabularInline):
+    extra = 0
+    can_delete = False
+    show_change_link = False
+
+    def has_add_permission(self, request, obj=None) -> bool:
+        return False
+
+    def has_change_permission(self, request, obj=None) -> bool:
+        return False
+
+
+class TranscriptInline(ReadOnlyInline):
+    model = TranscriptItem
+    fields = ["role", "text", "status", "audio_end_ms", "item_id", "previous_item_id", "created"]
+    readonly_fields = fields
+    verbose_name_plural = "Transcript (in conversation order)"
+
+    def get_queryset(self, request):
+        # The inline lists rows in queryset order; conversation order comes from the chains.
+        queryset = super().get_queryset(request)
+        conversation_id = request.resolver_match.kwargs.get("object_id")
+        items = order_by_chain(list(queryset.filter(conversation_id=conversation_id)))
+        if not items:
+            return queryset.none()
+        position = Case(
+            *[When(pk=item.pk, then=Value(index)) for index, item in enumerate(items)],
+            output_field=IntegerField(),
+        )
+        return queryset.filter(pk__in=[item.pk for item in items]).order_by(position)
+
+
+class UsageInline(ReadOnlyInline):
+    model = UsageRecord
+    fields = [
+        "response_id",
+        "status",
+        "input_text_tokens",
+        "input_audio_tokens",
+        "input_cached_tokens",
+        "output_text_tokens",
+        "output_audio_tokens",
+        "cost_usd",
+        "created",
+    ]
+    readonly_fields = fields
+
+
+def _download(content: str, filename: str, content_type: str) -> HttpResponse:
+    response = HttpResponse(content, content_type=content_type)
+    response["Content-Disposition"] = f'attachment; filename="{filename}"'
+    return response
+
+
+@admin.register(Conversation)
+class ConversationAdmin(admin.ModelAdmin):
+    list_display = [
+        "id",
+        "user",
+        "started",
+        "duration_display",
+        "turns",
+        "tokens",
+        "cost_usd",
+        "end_reason",
+    ]
+    list_filter = ["end_reason", "backend", "model", "started"]
+    list_select_related = ["user"]
+    search_fields = ["items__text", "user__username"]
+    date_hierarchy = "started"
+    inlines = [TranscriptInline, UsageInline]
+    actions = ["export_json", "export_markdown"]
+    readonly_fields = [
+        "user",
+        "backend",
+        "model",
+        "voice",
+        "upstream_session_id",
+        "started",
+        "ended",
+        "end_reason",
+        "end_detail",
+        "input_tokens",
+        "output_tokens",
+        "cached_tokens",
+        "cost_usd",
+    ]
+
+    def get_queryset(self, request):
+        return (
+            super()
+            .get_queryset(request)
+            .annotate(turn_count=Count("items", filter=Q(items__role="user"), distinct=True))
+        )
+
+    def has_add_permission(self, request) -> bool:
+        return False
+
+    def has_change_permission(self, request, obj=None) -> bool:
+        # A record of what was said: readable (view permission), never edited.
+        return False
+
+    @admin.display(description="Duration")
+    def duration_display(self, obj: Conversation) -> str:
+        seconds = int(obj.duration.total_seconds())
+        return f"{seconds // 60}:{seconds % 60:02d}"
+
+    @admin.display(description="Turns", ordering="turn_count")
+    def turns(self, obj: Conversation) -> int:
+        return obj.turn_count
+
+    @admin.display(description="Tokens")
+    def tokens(self, obj: Conversation) -> int:
+        return obj.total_tokens
+
+    @admin.action(description="Export selected conversations as JSON")
+    def export_json(self, request, queryset):
+        data = [
+            conversation_as_dict(c) for c in queryset.select_related("user").order_by("started")
+        ]
+        return _download(
+            json.dumps(data, indent=2, ensure_ascii=False),
+            f"conversations-{now():%Y%m%d-%H%M%S}.json",
+            "application/json",
+        )
+
+    @admin.action(description="Export selected conversations as Markdown")
+    def export_markdown(self, request, queryset):
+        text = "\n\n---\n\n".join(
+            conversation_as_markdown(c) for c in queryset.select_related("user").order_by("started")
+        )
+        return _download(
+            text, f"conversations-{now():%Y%m%d-%H%M%S}.md", "text/markdown; charset=utf-8"
+        )
+
+
+@admin.register(ApiToken)
+class ApiTokenAdmin(admin.ModelAdmin):
+    list_display = ["hint", "name", "user", "created", "last_used", "revoked"]
+    list_filter = ["revoked"]
+    list_select_related = ["user"]
+    search_fields = ["name", "user__username", "hint"]
+    readonly_fields = ["user", "hint", "digest", "created", "last_used", "revoked"]
+    fields = ["name", *readonly_fields]
+    actions = ["revoke"]
+
+    def has_add_permission(self, request) -> bool:
+        # Tokens are shown once, so they are made with `manage.py create_api_token`.
+        return False
+
+    @admin.action(description="Revoke selected tokens")
+    def revoke(self, request, queryset):
+        for api_token in queryset:
+            services.api_token_revoke(api_token=api_token)
+        self.message_user(request, f"Revoked {queryset.count()} token(s).")

@@ -1,0 +1,76 @@
+"""Who is on the other end of a gateway socket.
+
+Two ways in: a Django session cookie (the browser) or `Authorization: Bearer <token>` (scripts and
+OpenAI's SDK). The same-origin check applies only to cookie-authenticated sockets: cookies are
+ambient, so a foreign page could otherwise ride a logged-in user's session (cross-site WebSocket
+hijacking); a bearer token is never attached by a browser on its own, and the SDK sends no Origin.
+"""
+
+from dataclasses import dataclass
+from urllib.parse import urlsplit
+
+from channels.db import database_sync_to_async
+from django.conf import settings
+from django.http.request import validate_host
+from django.utils.timezone import now
+
+from voicechat.models import ApiToken
+
+
+@dataclass(frozen=True)
+class Identity:
+    user: object
+    method: str  # "session" or "token"
+
+
+def header(scope: dict, name: bytes) -> str | None:
+    for key, value in scope.get("headers", ()):
+        if key == name:
+            return value.decode("latin-1")
+    return None
+
+
+def bearer_token(scope: dict) -> str | None:
+    value = header(scope, b"authorization")
+    if value and value[:7].lower() == "bearer ":
+        return value[7:].strip() or None
+    return None
+
+
+def same_origin(scope: dict) -> bool:
+    """True when the socket's Origin names one of this server's allowed hosts."""
+    origin = header(scope, b"origin")
+    if not origin:
+        return False
+    host = urlsplit(origin).netloc.rsplit("@", 1)[-1]
+    hostname = host.rsplit(":", 1)[0] if not host.endswith("]") else host
+    return (
+        validate_host(hostname, settings.ALLOWED_HOSTS) or origin in settings.CSRF_TRUSTED_ORIGINS
+    )
+
+
+@database_sync_to_async
+def _user_for_token(token: str):
+    api_token = (
+        ApiToken.objects.usable()
+        .select_related("user")
+        .filter(digest=ApiToken.digest_of(token))
+        .first()
+    )
+    if api_token is None:
+        return None
+    ApiToken.objects.filter(pk=api_token.pk).update(last_used=now())
+    return api_token.user
+
+
+async def authenticate(scope: dict) -> Identity | None:
+    """The identity behind a socket handshake, or None to refuse it before anything opens."""
+    token = bearer_token(scope)
+    if token is not None:
+        # An explicit token decides alone: a wrong token is refused even with a valid cookie.
+        user = await _user_for_token(token)
+        return Identity(user, "token") if user is not None else None
+    user = scope.get("user")
+    if user is not None and user.is_authenticated and same_origin(scope):
+        return Identity(user, "session")
+    return None

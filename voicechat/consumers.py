@@ -1,0 +1,176 @@
+"""The gateway: one browser or SDK socket relayed to one upstream Realtime session."""
+
+import asyncio
+import collections
+import contextlib
+import logging
+from urllib.parse import parse_qs
+
+import orjson
+from channels.db import database_sync_to_async
+from channels.generic.websocket import AsyncWebsocketConsumer
+from django.conf import settings
+from websockets.exceptions import ConnectionClosed
+
+from voicechat import services
+from voicechat.auth import authenticate
+from voicechat.models import EndReason
+from voicechat.policy import ClientEventPolicy, session_defaults
+from voicechat.protocol import CLOSE_CODE_FOR, FATAL_ERROR_CODES, error_event, peek_type
+from voicechat.recorder import TranscriptRecorder
+from voicechat.redaction import redact
+from voicechat.upstream import Upstream, UpstreamError, open_upstream, resolve_backend
+
+logger = logging.getLogger(__name__)
+
+
+class RealtimeGatewayConsumer(AsyncWebsocketConsumer):
+    upstream: Upstream | None = None
+    relay_task: asyncio.Task | None = None
+
+    async def connect(self) -> None:
+        identity = await authenticate(self.scope)
+        if identity is None:
+            # Closing before accept refuses the handshake (HTTP 403); no upstream was opened.
+            await self.close()
+            return
+        await self.accept()
+        query = parse_qs(self.scope.get("query_string", b"").decode("latin-1"))
+        self.model = (query.get("model") or [settings.REALTIME_MODEL])[0][:64]
+        self.policy = ClientEventPolicy()
+        # Client frames that arrive while the upstream is still opening, replayed in order.
+        self.pending: collections.deque[str] = collections.deque()
+        self.upstream_ready = False
+        self.end_reason: EndReason | None = None
+        self.end_detail = ""
+        self.last_error_code = ""
+        self.conversation = await database_sync_to_async(services.conversation_start)(
+            user=identity.user,
+            backend=resolve_backend(),
+            model=self.model,
+            voice=settings.REALTIME_VOICE,
+        )
+        self.recorder = TranscriptRecorder(conversation_id=self.conversation.pk, model=self.model)
+        self.recorder.start()
+        self.relay_task = asyncio.create_task(self._relay_upstream())
+
+    async def receive(self, text_data: str | None = None, bytes_data: bytes | None = None) -> None:
+        if self.end_reason is not None:
+            return
+        if text_data is None:
+            await self.send(
+                text_data=error_event(
+                    "Binary frames are not supported: send JSON text events.", code="binary_frame"
+                )
+            )
+            return
+        verdict = self.policy.check(text_data)
+        if verdict.error is not None:
+            await self.send(text_data=verdict.error)
+        elif self.upstream_ready:
+            with contextlib.suppress(ConnectionClosed):  # the relay task reports the close
+                await self.upstream.send(verdict.frame)
+        elif len(self.pending) < settings.REALTIME_PENDING_FRAMES:
+            self.pending.append(verdict.frame)
+        else:
+            await self.send(
+                text_data=error_event(
+                    "The AI service is still connecting and too many events are waiting; "
+                    "this one was dropped.",
+                    code="upstream_not_ready",
+                    type="server_error",
+                )
+            )
+
+    async def disconnect(self, code: int) -> None:
+        if self.relay_task is None:
+            return  # refused before accept: nothing was opened
+        self.relay_task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await self.relay_task
+        if self.upstream is not None:
+            await self.upstream.close()
+        await self.recorder.close()
+        await database_sync_to_async(services.conversation_end)(
+            conversation_id=self.conversation.pk,
+            reason=self.end_reason or EndReason.CLIENT_CLOSED,
+            detail=self.end_detail,
+        )
+
+    async def _relay_upstream(self) -> None:
+        """Open the upstream, replay what the client sent meanwhile, then relay until it ends."""
+        try:
+            if self.model not in settings.REALTIME_ALLOWED_MODELS:
+                raise UpstreamError(
+                    EndReason.MODEL_NOT_ALLOWED,
+                    f"Model {self.model!r} is not available here; choose one of: "
+                    + ", ".join(settings.REALTIME_ALLOWED_MODELS),
+                    code="model_not_allowed",
+                )
+            self.upstream = open_upstream(self.model)
+            await self.upstream.connect()
+            await self.upstream.send(session_defaults())
+            while self.pending:
+                await self.upstream.send(self.pending.popleft())
+            self.upstream_ready = True
+            async for frame in self.upstream:
+                etype = peek_type(frame)
+                if etype == "error":
+                    frame = self._note_error(frame)
+                self.recorder.observe(etype, frame)
+                await self.send(text_data=frame)
+        except UpstreamError as exc:
+            await self._end(exc.reason, exc.message, code=exc.code)
+            return
+        except ConnectionClosed:
+            pass  # closed while we were sending: reported below like any upstream close
+        except Exception:
+            logger.exception("gateway relay failed (conversation %s)", self.conversation.pk)
+            await self._end(
+                EndReason.SERVER_ERROR, "The gateway hit an internal error.", code="server_error"
+            )
+            return
+        await self._end_for_upstream_close()
+
+    def _note_error(self, frame: str) -> str:
+        """Remember a fatal error's code, and mask the provider key in what the client sees."""
+        with contextlib.suppress(orjson.JSONDecodeError, AttributeError, KeyError, TypeError):
+            code = orjson.loads(frame)["error"].get("code")
+            if code in FATAL_ERROR_CODES:
+                self.last_error_code = code
+        return redact(frame)
+
+    async def _end_for_upstream_close(self) -> None:
+        code = getattr(self.upstream, "close_code", None)
+        reason = redact(getattr(self.upstream, "close_reason", "") or "")
+        detail = f"upstream closed ({code} {reason})".strip()
+        if "maximum duration" in reason.lower():
+            await self._end(
+                EndReason.TIME_LIMIT,
+                "The session reached the AI service's time limit. Start a new conversation.",
+                code="session_time_limit",
+                detail=detail,
+            )
+        elif self.last_error_code:
+            await self._end(
+                EndReason.UPSTREAM_ERROR,
+                f"The AI service ended the session ({self.last_error_code}).",
+                code=self.last_error_code,
+                detail=detail,
+            )
+        else:
+            await self._end(
+                EndReason.UPSTREAM_CLOSED,
+                "The AI service closed the connection unexpectedly.",
+                code="upstream_closed",
+                detail=detail,
+            )
+
+    async def _end(self, reason: EndReason, message: str, *, code: str, detail: str = "") -> None:
+        """Tell the client why in an `error` event, then close with the reason's close code."""
+        if self.end_reason is not None:
+            return
+        self.end_reason, self.end_detail = reason, detail or message
+        logger.info("conversation %s ending: %s", self.conversation.pk, reason)
+        await self.send(text_data=error_event(message, code=code, type="server_error"))
+        await self.close(code=CLOSE_CODE_FOR[reason])

@@ -1,0 +1,251 @@
+"""Which client events reach the upstream, and the session every conversation starts with.
+
+The server owns the session's instructions and tools (they decide what the deployer's money is
+spent on); a client may tune how it talks and listens. Anything else is answered with an `error`
+event and not forwarded; the socket stays open.
+"""
+
+from dataclasses import dataclass
+
+import orjson
+from django.conf import settings
+
+from voicechat.protocol import error_event, new_event_id
+
+# GA client events a client may send (output_audio_buffer.clear is WebRTC-only and harmless).
+CLIENT_EVENTS = frozenset(
+    {
+        "session.update",
+        "input_audio_buffer.append",
+        "input_audio_buffer.commit",
+        "input_audio_buffer.clear",
+        "conversation.item.create",
+        "conversation.item.retrieve",
+        "conversation.item.truncate",
+        "conversation.item.delete",
+        "response.create",
+        "response.cancel",
+        "output_audio_buffer.clear",
+    }
+)
+
+# The session.update fields a client may set, as a tree: True allows the whole subtree.
+_SESSION_FIELDS: dict = {
+    "type": True,
+    "output_modalities": True,
+    "max_output_tokens": True,
+    "tool_choice": True,
+    "truncation": True,
+    "audio": {
+        "input": {
+            "format": True,
+            "turn_detection": True,
+            "noise_reduction": True,
+            "transcription": {"language": True},
+        },
+        "output": {"format": True, "voice": True, "speed": True},
+    },
+}
+# The fields of an inline response.create `response` a client may set.
+_RESPONSE_FIELDS: dict = {
+    "output_modalities": True,
+    "max_output_tokens": True,
+    "tool_choice": True,
+    "metadata": True,
+    "conversation": True,
+    "input": True,
+    "audio": {"output": {"format": True, "voice": True}},
+}
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """What to do with one client frame: forward `frame` upstream, or answer with `error`."""
+
+    frame: str | None = None
+    error: str | None = None
+
+
+def _refuse(message: str, *, code: str, event_id=None, param: str | None = None) -> Verdict:
+    return Verdict(
+        error=error_event(
+            message,
+            code=code,
+            param=param,
+            event_id=event_id if isinstance(event_id, str) else None,
+        )
+    )
+
+
+def _plainly_one_type(text: str) -> bool:
+    """True when a frame has a single "type" key and no escapes (base64 audio has none).
+
+    Parsers disagree on duplicate keys ({"type": A, ..., "type": B}); a frame with one literal
+    "type" and no backslash (so no "\\u0074ype") means the same to every parser.
+    """
+    return text.count('"type"') == 1 and "\\" not in text
+
+
+def _disallowed_path(value: dict, allowed: dict, prefix: str) -> str | None:
+    """The first field of `value` outside the `allowed` tree, as a dotted path, or None."""
+    for key, sub in value.items():
+        rule = allowed.get(key)
+        path = f"{prefix}.{key}"
+        if rule is None:
+            return path
+        if isinstance(rule, dict):
+            if not isinstance(sub, dict):
+                return path
+            found = _disallowed_path(sub, rule, path)
+            if found:
+                return found
+    return None
+
+
+class ClientEventPolicy:
+    """Decides, frame by frame, what one client may send to its upstream."""
+
+    def __init__(self) -> None:
+        session_fields = dict(_SESSION_FIELDS)
+        response_fields = dict(_RESPONSE_FIELDS)
+        if settings.REALTIME_CLIENT_MAY_SET_INSTRUCTIONS:
+            session_fields["instructions"] = response_fields["instructions"] = True
+        if settings.REALTIME_CLIENT_MAY_SET_TOOLS:
+            session_fields["tools"] = response_fields["tools"] = True
+        self._session_fields = session_fields
+        self._response_fields = response_fields
+        self._voices = frozenset(settings.REALTIME_VOICES)
+
+    def check(self, text: str) -> Verdict:
+        try:
+            event = orjson.loads(text)
+        except orjson.JSONDecodeError as exc:
+            return _refuse(f"The frame is not valid JSON: {exc}", code="invalid_json")
+        if not isinstance(event, dict):
+            return _refuse("A client event must be a JSON object.", code="invalid_event")
+        etype, event_id = event.get("type"), event.get("event_id")
+        if not isinstance(etype, str):
+            return _refuse(
+                "The event has no string 'type'.",
+                code="invalid_event",
+                event_id=event_id,
+                param="type",
+            )
+        if etype not in CLIENT_EVENTS:
+            return _refuse(
+                f"Unknown or unsupported client event type {etype[:64]!r}.",
+                code="unknown_event_type",
+                event_id=event_id,
+                param="type",
+            )
+        if etype == "session.update":
+            return self._check_session_update(event)
+        if etype == "response.create":
+            return self._check_response_create(event)
+        if etype == "conversation.item.create":
+            return self._check_item_create(event)
+        if etype == "input_audio_buffer.append" and _plainly_one_type(text):
+            # Audio appends are most of the traffic: forward them as received.
+            return Verdict(frame=text)
+        # Everything else is re-encoded from what we checked, so the upstream parses exactly that.
+        return Verdict(frame=orjson.dumps(event).decode())
+
+    def _check_session_update(self, event: dict) -> Verdict:
+        session = event.get("session")
+        if not isinstance(session, dict):
+            return _refuse(
+                "session.update needs a 'session' object.",
+                code="invalid_event",
+                event_id=event.get("event_id"),
+                param="session",
+            )
+        path = _disallowed_path(session, self._session_fields, "session")
+        if path:
+            return _refuse(
+                f"This server does not let clients change {path}.",
+                code="field_not_allowed",
+                event_id=event.get("event_id"),
+                param=path,
+            )
+        voice = ((session.get("audio") or {}).get("output") or {}).get("voice")
+        if voice is not None and voice not in self._voices:
+            return _refuse(
+                f"Voice {str(voice)[:32]!r} is not available here; choose one of: "
+                + ", ".join(sorted(self._voices)),
+                code="voice_not_allowed",
+                event_id=event.get("event_id"),
+                param="session.audio.output.voice",
+            )
+        return Verdict(frame=orjson.dumps(event).decode())
+
+    def _check_response_create(self, event: dict) -> Verdict:
+        response = event.get("response")
+        if response is None:
+            return Verdict(frame=orjson.dumps(event).decode())
+        if not isinstance(response, dict):
+            return _refuse(
+                "'response' must be an object.",
+                code="invalid_event",
+                event_id=event.get("event_id"),
+                param="response",
+            )
+        path = _disallowed_path(response, self._response_fields, "response")
+        if path:
+            return _refuse(
+                f"This server does not let clients set {path}.",
+                code="field_not_allowed",
+                event_id=event.get("event_id"),
+                param=path,
+            )
+        return Verdict(frame=orjson.dumps(event).decode())
+
+    def _check_item_create(self, event: dict) -> Verdict:
+        item = event.get("item")
+        if not isinstance(item, dict):
+            return _refuse(
+                "conversation.item.create needs an 'item' object.",
+                code="invalid_event",
+                event_id=event.get("event_id"),
+                param="item",
+            )
+        # A system message is a second set of instructions.
+        if item.get("role") == "system" and not settings.REALTIME_CLIENT_MAY_SET_INSTRUCTIONS:
+            return _refuse(
+                "This server does not let clients add system messages.",
+                code="field_not_allowed",
+                event_id=event.get("event_id"),
+                param="item.role",
+            )
+        return Verdict(frame=orjson.dumps(event).decode())
+
+
+def session_defaults() -> str:
+    """The session.update the gateway sends as soon as an upstream opens."""
+    return orjson.dumps(
+        {
+            "type": "session.update",
+            "event_id": new_event_id(),
+            "session": {
+                "type": "realtime",
+                "instructions": settings.REALTIME_INSTRUCTIONS,
+                "audio": {
+                    "input": {
+                        "transcription": {
+                            "model": settings.REALTIME_TRANSCRIPTION_MODEL,
+                            "language": settings.REALTIME_LANGUAGE,
+                        },
+                        "turn_detection": {
+                            "type": "server_vad",
+                            "threshold": 0.5,
+                            "prefix_padding_ms": 300,
+                            "silence_duration_ms": 500,
+                            "create_response": True,
+                            "interrupt_response": True,
+                        },
+                        "noise_reduction": {"type": "near_field"},
+                    },
+                    "output": {"voice": settings.REALTIME_VOICE},
+                },
+            },
+        }
+    ).decode()

@@ -1,0 +1,195 @@
+"""Named write functions: everything the gateway stores goes through here."""
+
+import secrets
+from dataclasses import dataclass, field
+from decimal import Decimal
+
+from django.conf import settings
+from django.db import transaction
+from django.db.models import F
+from django.utils.timezone import now
+
+from voicechat.models import ApiToken, Conversation, ItemStatus, TranscriptItem, UsageRecord
+
+
+def api_token_create(*, user, name: str = "") -> tuple[ApiToken, str]:
+    """A new token for `user`; the plain token is returned once and never stored."""
+    token = ApiToken.PREFIX + secrets.token_urlsafe(32)
+    api_token = ApiToken.objects.create(
+        user=user, name=name, hint=token[:10], digest=ApiToken.digest_of(token)
+    )
+    return api_token, token
+
+
+def api_token_revoke(*, api_token: ApiToken) -> None:
+    if api_token.revoked is None:
+        api_token.revoked = now()
+        api_token.save(update_fields=["revoked"])
+
+
+def conversation_start(*, user, backend: str, model: str, voice: str) -> Conversation:
+    return Conversation.objects.create(user=user, backend=backend, model=model, voice=voice)
+
+
+def conversation_end(*, conversation_id: int, reason: str, detail: str = "") -> None:
+    # Only the first end counts: a late second call (e.g. from disconnect) must not overwrite it.
+    Conversation.objects.filter(pk=conversation_id, ended__isnull=True).update(
+        ended=now(), end_reason=reason, end_detail=detail[:2000]
+    )
+
+
+@dataclass(frozen=True)
+class TokenCounts:
+    """The token counts of one response.done `usage`, with cached tokens split out."""
+
+    input_tokens: int
+    output_tokens: int
+    text_in: int
+    audio_in: int
+    cached_text_in: int
+    cached_audio_in: int
+    text_out: int
+    audio_out: int
+
+    @classmethod
+    def from_usage(cls, usage: dict) -> "TokenCounts":
+        inp = usage.get("input_token_details") or {}
+        out = usage.get("output_token_details") or {}
+        cached = inp.get("cached_tokens_details") or {}
+        cached_audio = cached.get("audio_tokens") or 0
+        # Older payloads give only the cached total; treat the rest of it as text.
+        cached_text = cached.get("text_tokens")
+        if cached_text is None:
+            cached_text = max((inp.get("cached_tokens") or 0) - cached_audio, 0)
+        return cls(
+            input_tokens=usage.get("input_tokens") or 0,
+            output_tokens=usage.get("output_tokens") or 0,
+            text_in=inp.get("text_tokens") or 0,
+            audio_in=inp.get("audio_tokens") or 0,
+            cached_text_in=cached_text,
+            cached_audio_in=cached_audio,
+            text_out=out.get("text_tokens") or 0,
+            audio_out=out.get("audio_tokens") or 0,
+        )
+
+    def cost(self, model: str) -> Decimal:
+        """Estimated cost in USD, from settings.REALTIME_PRICES (0 for an unpriced model)."""
+        prices = settings.REALTIME_PRICES.get(model)
+        if prices is None:
+            return Decimal(0)
+        # Cached tokens are a subset of input tokens, billed at the cached rate instead.
+        total = (
+            max(self.text_in - self.cached_text_in, 0) * prices["text_input"]
+            + self.cached_text_in * prices["text_cached_input"]
+            + max(self.audio_in - self.cached_audio_in, 0) * prices["audio_input"]
+            + self.cached_audio_in * prices["audio_cached_input"]
+            + self.text_out * prices["text_output"]
+            + self.audio_out * prices["audio_output"]
+        )
+        return (total / Decimal(1_000_000)).quantize(Decimal("0.000001"))
+
+
+@dataclass
+class ItemChange:
+    """What the recorder learned about one conversation item; None fields are left as they are."""
+
+    item_id: str
+    previous_item_id: str | None = None
+    role: str | None = None
+    kind: str | None = None
+    text: str | None = None
+    status: str | None = None
+    audio_end_ms: int | None = None
+
+
+@dataclass
+class RecorderBatch:
+    items: list[ItemChange] = field(default_factory=list)
+    usage: list[dict] = field(default_factory=list)
+    voice: str | None = None
+    upstream_session_id: str | None = None
+
+
+# An item's status only moves forward, so late events (a transcript arriving after the
+# barge-in, response.done after the truncation) never undo what was learned.
+_STATUS_RANK = {
+    ItemStatus.IN_PROGRESS: 0,
+    ItemStatus.COMPLETED: 1,
+    ItemStatus.TRANSCRIPTION_FAILED: 1,
+    ItemStatus.INTERRUPTED: 2,
+    ItemStatus.TRUNCATED: 3,
+    ItemStatus.DELETED: 4,
+}
+
+
+@transaction.atomic
+def recorder_batch_write(*, conversation_id: int, model: str, batch: RecorderBatch) -> None:
+    """Apply a batch of transcript changes and usage to one conversation, in one transaction."""
+    stamp = now()
+    existing = {
+        item.item_id: item
+        for item in TranscriptItem.objects.filter(
+            conversation_id=conversation_id, item_id__in={c.item_id for c in batch.items}
+        )
+    }
+    for change in batch.items:
+        item = existing.get(change.item_id)
+        if item is None:
+            item = TranscriptItem(
+                conversation_id=conversation_id, item_id=change.item_id, created=stamp
+            )
+            existing[change.item_id] = item
+        _apply(item, change)
+        item.updated = stamp
+        item.save()
+    for usage in batch.usage:
+        _usage_add(conversation_id=conversation_id, model=model, **usage)
+    fields = {}
+    if batch.voice:
+        fields["voice"] = batch.voice
+    if batch.upstream_session_id:
+        fields["upstream_session_id"] = batch.upstream_session_id
+    if fields:
+        Conversation.objects.filter(pk=conversation_id).update(**fields)
+
+
+def _apply(item: TranscriptItem, change: ItemChange) -> None:
+    if change.previous_item_id is not None:
+        item.previous_item_id = change.previous_item_id
+    if change.role:
+        item.role = change.role
+    if change.kind:
+        item.kind = change.kind
+    if change.text is not None and item.status != ItemStatus.DELETED:
+        item.text = change.text
+    if change.audio_end_ms is not None:
+        item.audio_end_ms = change.audio_end_ms
+    if change.status and _STATUS_RANK[change.status] >= _STATUS_RANK[item.status]:
+        item.status = change.status
+
+
+def _usage_add(
+    *, conversation_id: int, model: str, response_id: str, status: str, usage: dict
+) -> None:
+    counts = TokenCounts.from_usage(usage)
+    cost = counts.cost(model)
+    UsageRecord.objects.create(
+        conversation_id=conversation_id,
+        response_id=response_id,
+        status=status,
+        input_text_tokens=counts.text_in,
+        input_audio_tokens=counts.audio_in,
+        input_cached_tokens=counts.cached_text_in + counts.cached_audio_in,
+        input_cached_audio_tokens=counts.cached_audio_in,
+        output_text_tokens=counts.text_out,
+        output_audio_tokens=counts.audio_out,
+        input_tokens=counts.input_tokens,
+        output_tokens=counts.output_tokens,
+        cost_usd=cost,
+    )
+    Conversation.objects.filter(pk=conversation_id).update(
+        input_tokens=F("input_tokens") + counts.input_tokens,
+        output_tokens=F("output_tokens") + counts.output_tokens,
+        cached_tokens=F("cached_tokens") + counts.cached_text_in + counts.cached_audio_in,
+        cost_usd=F("cost_usd") + cost,
+    )

@@ -1,0 +1,150 @@
+import asyncio
+import contextlib
+import json
+import secrets
+import socket
+
+import pytest
+from channels.db import database_sync_to_async
+from channels.testing import WebsocketCommunicator
+
+from voicechat.services import api_token_create
+from voicechat.tests.fake_upstream import FakeRealtimeServer
+
+# Looks like a real key so the redaction tests mean something; never valid anywhere.
+PROVIDER_KEY = "sk-proj-test" + secrets.token_hex(20)
+
+
+@pytest.fixture(autouse=True)
+def _fast_test_settings(settings):
+    settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
+    settings.CHANNEL_LAYERS = {"default": {"BACKEND": "channels.layers.InMemoryChannelLayer"}}
+
+
+@pytest.fixture
+def alice(django_user_model):
+    """An ordinary user who talks to the gateway."""
+    return django_user_model.objects.create_user("alice", password="alice-password-123")
+
+
+@pytest.fixture
+def bob(django_user_model):
+    """Another user, whose conversations alice must never see."""
+    return django_user_model.objects.create_user("bob", password="bob-password-123")
+
+
+@pytest.fixture
+def alice_token(alice) -> str:
+    return api_token_create(user=alice, name="tests")[1]
+
+
+@pytest.fixture
+async def fake_upstream(settings):
+    """A fake OpenAI Realtime server, with the gateway pointed at it."""
+    async with FakeRealtimeServer() as server:
+        settings.OPENAI_API_KEY = PROVIDER_KEY
+        settings.OPENAI_REALTIME_URL = server.url
+        settings.REALTIME_BACKEND = "openai"
+        yield server
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.fixture
+async def gateway_server(transactional_db):
+    """The real ASGI application served by uvicorn on a loopback port; yields its base URL."""
+    import uvicorn
+
+    from config.asgi import application
+
+    port = free_port()
+    server = uvicorn.Server(
+        uvicorn.Config(
+            application, host="127.0.0.1", port=port, log_level="warning", lifespan="off"
+        )
+    )
+    task = asyncio.create_task(server.serve())
+    async with asyncio.timeout(10):
+        while not server.started:
+            await asyncio.sleep(0.02)
+    yield f"127.0.0.1:{port}"
+    server.should_exit = True
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
+
+
+class Client:
+    """A WebsocketCommunicator speaking JSON events to the gateway application."""
+
+    def __init__(self, communicator: WebsocketCommunicator) -> None:
+        self.communicator = communicator
+
+    async def send(self, event: dict) -> None:
+        await self.communicator.send_to(text_data=json.dumps(event))
+
+    async def receive(self, timeout: float = 5) -> dict:
+        return json.loads(await self.communicator.receive_from(timeout))
+
+    async def receive_until(self, etype: str, timeout: float = 5) -> list[dict]:
+        """Events up to and including the first of type `etype`."""
+        events = []
+        async with asyncio.timeout(timeout):
+            while True:
+                event = await self.receive(timeout)
+                events.append(event)
+                if event["type"] == etype:
+                    return events
+
+    async def receive_close(self, timeout: float = 5) -> tuple[list[dict], int]:
+        """Events until the gateway closes the socket, and the close code."""
+        events = []
+        while True:
+            message = await self.communicator.receive_output(timeout)
+            if message["type"] == "websocket.close":
+                return events, message.get("code", 1000)
+            events.append(json.loads(message["text"]))
+
+
+def gateway_communicator(
+    *,
+    token: str | None = None,
+    cookie: str | None = None,
+    origin: str | None = None,
+    path: str = "/v1/realtime?model=gpt-realtime",
+) -> WebsocketCommunicator:
+    from config.asgi import application
+
+    headers = []
+    if token is not None:
+        headers.append((b"authorization", f"Bearer {token}".encode()))
+    if cookie is not None:
+        headers.append((b"cookie", cookie.encode()))
+    if origin is not None:
+        headers.append((b"origin", origin.encode()))
+    return WebsocketCommunicator(application, path, headers=headers)
+
+
+@pytest.fixture
+async def connect():
+    """Open gateway sockets in a test and close every one of them at the end."""
+    communicators = []
+
+    async def _connect(**kwargs) -> tuple[bool, Client]:
+        communicator = gateway_communicator(**kwargs)
+        communicators.append(communicator)
+        connected, _ = await communicator.connect(timeout=5)
+        return connected, Client(communicator)
+
+    yield _connect
+    for communicator in communicators:
+        await communicator.disconnect()
+
+
+@database_sync_to_async
+def db(fn, *args, **kwargs):
+    """Run a sync ORM callable from an async test."""
+    return fn(*args, **kwargs)
