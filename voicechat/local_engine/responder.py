@@ -115,6 +115,9 @@ class ChatCompletionsResponder:
             base_url=base_url, api_key=api_key or "local", timeout=timeout, max_retries=0
         )
 
+    async def aclose(self) -> None:
+        await self._client.close()
+
     async def respond(self, turn: Turn) -> AsyncIterator[TextDelta | FunctionCall]:
         extra = chat_tools(turn)
         if turn.max_output_tokens:

@@ -47,7 +47,9 @@ class ResponseRun:
         on_finished: Callable[["ResponseRun"], None],
         params: dict,
         session: dict,
+        stats: speech.SpeechStats | None = None,
     ) -> None:
+        self._stats = stats
         self.id = new_id("resp")
         self._emit_raw = emit
         self._responder = responder
@@ -248,7 +250,7 @@ class ResponseRun:
         content = entry.item["content"][0]
         where = self._where(entry)
         while (sentence := await self._sentences.get()) is not None:
-            pcm = await speech.synthesize(sentence, self.voice)
+            pcm = await speech.synthesize(sentence, self.voice, self._stats)
             if self.finished:
                 return
             spoken = sentence if not content["transcript"] else " " + sentence

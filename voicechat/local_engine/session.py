@@ -43,7 +43,8 @@ class RealtimeSession:
         self.session = config.default_session(model)
         self.conversation = Conversation()
         self.responder = responder or make_responder()
-        self.transcriber = speech.Transcriber()
+        self.stats = speech.SpeechStats()
+        self.transcriber = speech.Transcriber(self.stats)
         self.response: ResponseRun | None = None
         self._response_task: asyncio.Task | None = None
         self._tasks: set[asyncio.Task] = set()
@@ -80,6 +81,9 @@ class RealtimeSession:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
         await self.transcriber.close()
+        close_responder = getattr(self.responder, "aclose", None)
+        if close_responder is not None:
+            await close_responder()
 
     @property
     def _total_ms(self) -> float:
@@ -421,6 +425,7 @@ class RealtimeSession:
             on_finished=self._response_finished,
             params=params,
             session=self.session,
+            stats=self.stats,
         )
         self.response = run
         self._response_task = self._spawn(run.run())

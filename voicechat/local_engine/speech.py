@@ -7,6 +7,8 @@ audio format.
 
 import asyncio
 import logging
+import time
+from dataclasses import dataclass
 
 from voicechat.local_engine import audio
 from voicechat.local_engine.workers import run_heavy
@@ -18,6 +20,29 @@ logger = logging.getLogger(__name__)
 DELTA_MS = 150
 
 
+@dataclass
+class SpeechStats:
+    """CPU seconds spent on speech and seconds of audio handled, for one conversation."""
+
+    stt_seconds: float = 0.0
+    stt_audio_seconds: float = 0.0
+    tts_seconds: float = 0.0
+    tts_audio_seconds: float = 0.0
+
+    def stt_rtf(self) -> float:
+        return self.stt_seconds / self.stt_audio_seconds if self.stt_audio_seconds else 0.0
+
+    def tts_rtf(self) -> float:
+        return self.tts_seconds / self.tts_audio_seconds if self.tts_audio_seconds else 0.0
+
+
+def _timed(fn, *args):
+    """Run fn in the worker thread and also return how long it took there."""
+    start = time.perf_counter()
+    result = fn(*args)
+    return result, time.perf_counter() - start
+
+
 class Transcriber:
     """One recognizer per conversation, fed in order by one worker task.
 
@@ -26,7 +51,8 @@ class Transcriber:
     speaks, so at the end of the turn only the last bit of decoding remains.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, stats: SpeechStats | None = None) -> None:
+        self.stats = stats or SpeechStats()
         self._recognizer = None
         self._language: str | None = None
         self._ops: asyncio.Queue | None = None
@@ -46,7 +72,8 @@ class Transcriber:
             if future.cancelled():
                 continue
             try:
-                result = await run_heavy(fn, *args)
+                result, seconds = await run_heavy(_timed, fn, *args)
+                self.stats.stt_seconds += seconds
             except Exception as exc:
                 if not future.cancelled():
                     future.set_exception(exc)
@@ -66,6 +93,7 @@ class Transcriber:
 
     async def transcribe(self, pcm16_24k: bytes, language: str) -> str:
         """A whole utterance at once (push-to-talk, created audio items)."""
+        self.stats.stt_audio_seconds += len(pcm16_24k) / 48000
         return await self._submit(lambda: self._recognizer_for(language).transcribe(pcm16_24k))
 
     def stream_start(self, language: str) -> None:
@@ -74,6 +102,7 @@ class Transcriber:
 
     def stream_feed(self, pcm16_24k: bytes) -> None:
         if pcm16_24k:
+            self.stats.stt_audio_seconds += len(pcm16_24k) / 48000
             future = self._submit(lambda: self._recognizer.feed(pcm16_24k))
             future.add_done_callback(_ignore_result)
 
@@ -99,9 +128,13 @@ def _synthesize_sync(text: str, voice: str) -> bytes:
     return get_synthesizer().synthesize(text, voice=local_voice_for(voice))
 
 
-async def synthesize(text: str, voice: str) -> bytes:
+async def synthesize(text: str, voice: str, stats: SpeechStats | None = None) -> bytes:
     """PCM16 24 kHz for one sentence in the session voice (an OpenAI voice name)."""
-    return await run_heavy(_synthesize_sync, text, voice)
+    pcm, seconds = await run_heavy(_timed, _synthesize_sync, text, voice)
+    if stats is not None:
+        stats.tts_seconds += seconds
+        stats.tts_audio_seconds += len(pcm) / 48000
+    return pcm
 
 
 def sentence_splitter():

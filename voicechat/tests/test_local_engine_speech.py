@@ -300,8 +300,20 @@ async def test_g711_mu_law_in_and_out():
             )
         await client.send({"type": "input_audio_buffer.commit"})
         committed = await client.wait("input_audio_buffer.committed")
+        # A typed question keeps the reply short (8 kHz speech is recognised poorly, below).
+        await client.send(
+            {
+                "type": "conversation.item.create",
+                "item": {
+                    "type": "message",
+                    "role": "user",
+                    "content": [{"type": "input_text", "text": "what is 3 plus 4"}],
+                },
+            }
+        )
         await client.send({"type": "response.create"})
         done = await client.wait("response.done")
+        assert "7" in reply_text(done)
         # Telephone-band audio is decoded and upsampled to the engine's 24 kHz timeline.
         # (pocketsphinx's wideband model recognises 8 kHz speech poorly, so the words
         # themselves are not asserted here; see docs/local-engine.md.)
