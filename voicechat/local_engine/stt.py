@@ -5,6 +5,7 @@ import importlib.util
 import logging
 import threading
 import weakref
+from contextlib import contextmanager
 from functools import lru_cache
 from pathlib import Path
 from typing import Protocol
@@ -43,7 +44,7 @@ class SpeechRecognizer(Protocol):
         ...
 
     def close(self) -> None:
-        """Give back what the recognizer holds (idempotent)."""
+        """Give back what the recognizer holds; idempotent, safe from any thread at any time."""
         ...
 
 
@@ -121,17 +122,58 @@ class PocketsphinxRecognizer:
         self._slot = _Slot(_pool.lend())
         # Return the decoder to the pool even if the session forgets to call close().
         self._release = weakref.finalize(self, _pool.give_back, self._slot)
+        self._state = threading.Lock()
+        self._busy = False
+        self._closed = False
         self._resampler: Resampler | None = None
         self._buffer = b""
         self._partial = ""
 
     def transcribe(self, pcm16_24k: bytes) -> str:
-        self.start()
-        self.feed(pcm16_24k)
-        return self.finish()
+        with self._using():
+            self._start()
+            self._feed(pcm16_24k)
+            return self._finish()
 
     def start(self) -> None:
-        decoder = self._decoder()
+        with self._using():
+            self._start()
+
+    def feed(self, pcm16_24k: bytes) -> str | None:
+        with self._using():
+            return self._feed(pcm16_24k)
+
+    def finish(self) -> str:
+        with self._using():
+            return self._finish()
+
+    def close(self) -> None:
+        """Safe from any thread at any time: a call still running gives the decoder back."""
+        with self._state:
+            self._closed = True
+            if self._busy:
+                return
+        self._release()
+
+    @contextmanager
+    def _using(self):
+        with self._state:
+            if self._closed:
+                raise RuntimeError("this recognizer was closed")
+            if self._busy:
+                raise RuntimeError("a recognizer serves one call at a time")
+            self._busy = True
+        try:
+            yield
+        finally:
+            with self._state:
+                self._busy = False
+                closed = self._closed
+            if closed:
+                self._release()
+
+    def _start(self) -> None:
+        decoder = self._slot.decoder
         if self._slot.in_utterance:
             decoder.end_utt()
         decoder.start_utt()
@@ -140,32 +182,24 @@ class PocketsphinxRecognizer:
         self._buffer = b""
         self._partial = ""
 
-    def feed(self, pcm16_24k: bytes) -> str | None:
+    def _feed(self, pcm16_24k: bytes) -> str | None:
         if not self._slot.in_utterance:
-            self.start()
+            self._start()
         self._decode(self._resampler.process(pcm16_24k), final=False)
         return self._changed_partial()
 
-    def finish(self) -> str:
+    def _finish(self) -> str:
         if not self._slot.in_utterance:
             return ""
-        decoder = self._decoder()
+        decoder = self._slot.decoder
         self._decode(self._resampler.flush(), final=True)
         decoder.end_utt()
         self._slot.in_utterance = False
         hypothesis = decoder.hyp()
         return hypothesis.hypstr.strip() if hypothesis is not None else ""
 
-    def close(self) -> None:
-        self._release()
-
-    def _decoder(self):
-        if self._slot.decoder is None:
-            raise RuntimeError("this recognizer was closed")
-        return self._slot.decoder
-
     def _decode(self, pcm16_16k: bytes, *, final: bool) -> None:
-        decoder = self._decoder()
+        decoder = self._slot.decoder
         self._buffer += pcm16_16k
         whole = len(self._buffer)
         if not final:
@@ -175,7 +209,7 @@ class PocketsphinxRecognizer:
         self._buffer = self._buffer[whole:]
 
     def _changed_partial(self) -> str | None:
-        hypothesis = self._decoder().hyp()
+        hypothesis = self._slot.decoder.hyp()
         text = hypothesis.hypstr.strip() if hypothesis is not None else ""
         if text == self._partial:
             return None

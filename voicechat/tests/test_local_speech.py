@@ -3,6 +3,7 @@
 import difflib
 import re
 import threading
+import time
 
 import numpy as np
 import pytest
@@ -257,6 +258,25 @@ def test_stt_pooled_decoder_starts_fresh_for_each_conversation(piper_speech):
         second.close()
     with pytest.raises(RuntimeError):
         first.transcribe(piper_speech[SENTENCES[1]])
+
+
+@pytest.mark.slow
+def test_stt_close_during_a_call_returns_the_decoder_when_the_call_ends(piper_speech):
+    long_utterance = b"".join(piper_speech[text] for text in SENTENCES)
+    recognizer = stt.make_recognizer()
+    decoder = recognizer._slot.decoder
+    heard: list[str] = []
+    worker = threading.Thread(target=lambda: heard.append(recognizer.transcribe(long_utterance)))
+    worker.start()
+    while not recognizer._busy and worker.is_alive():
+        time.sleep(0.001)  # wait (not a timing assertion) until the decoder is in use
+    recognizer.close()  # as the session does when the socket drops mid-transcription
+    assert decoder not in stt._pool._idle  # still in use: not lent to anyone else
+    worker.join()
+    assert words(heard[0])[:3] == ["what", "time", "does"]
+    assert decoder in stt._pool._idle
+    with pytest.raises(RuntimeError):
+        recognizer.feed(b"\x00\x00" * 480)
 
 
 @pytest.mark.slow
