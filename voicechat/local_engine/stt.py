@@ -288,8 +288,9 @@ def _make_pocketsphinx(language: str) -> SpeechRecognizer:
 _BACKENDS = {"pocketsphinx": _make_pocketsphinx, "faster-whisper": _make_faster_whisper}
 
 
-def make_recognizer(*, language: str = "en") -> SpeechRecognizer:
+def make_recognizer(*, language: str | None = "en") -> SpeechRecognizer:
     """A new recognizer for one conversation, chosen by settings.LOCAL_STT."""
+    language = language or "en"  # the session may leave the transcription language unset
     name = settings.LOCAL_STT
     if name in _BACKENDS:
         return _BACKENDS[name](language)

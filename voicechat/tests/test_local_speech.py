@@ -348,6 +348,26 @@ def test_tts_speaks_24khz_audio_of_plausible_length(settings, backend):
 
 
 @pytest.mark.slow
+def test_piper_serves_threads_at_once(settings):
+    settings.LOCAL_TTS = "piper"
+    synthesizer = tts.get_synthesizer()
+    spoken: dict[str, bytes] = {}
+
+    def speak(text: str) -> None:
+        spoken[text] = synthesizer.synthesize(text, voice="coral")
+
+    texts = ["Good morning.", "See you later.", "Thank you.", "Yes, of course."]
+    threads = [threading.Thread(target=speak, args=(text,)) for text in texts]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert set(spoken) == set(texts)
+    assert all(300 <= pcm16_duration_ms(pcm, PCM_RATE) <= 3000 for pcm in spoken.values())
+    assert all(rms(pcm) > 1000 for pcm in spoken.values())
+
+
+@pytest.mark.slow
 def test_piper_output_is_converted_from_its_model_rate(settings):
     settings.LOCAL_TTS = "piper"
     synthesizer = tts.get_synthesizer()
