@@ -3,6 +3,7 @@
 import asyncio
 import logging
 import math
+import re
 from collections.abc import Callable
 
 from voicechat.local_engine import speech
@@ -23,6 +24,13 @@ logger = logging.getLogger(__name__)
 # second of user audio and 20 per second of assistant audio (OpenAI's published ratios).
 USER_AUDIO_TOKENS_PER_S = 10
 ASSISTANT_AUDIO_TOKENS_PER_S = 20
+
+
+# Synthesis time grows with sentence length and nothing plays until the first piece is done,
+# so a long first sentence is spoken as two pieces, cut at its first clause break.
+FIRST_PIECE_MAX = 40
+FIRST_CLAUSE_MIN = 12
+FIRST_CLAUSE = re.compile(r"(?<=[,;:—])\s+")
 
 
 def text_tokens(text: str) -> int:
@@ -79,6 +87,7 @@ class ResponseRun:
         self._speaker: asyncio.Task | None = None
         self._sentences: asyncio.Queue | None = None
         self._sentence_buffer = None
+        self._queued_any = False
         self._encoder: speech.OutputEncoder | None = None
 
     @property
@@ -243,7 +252,17 @@ class ResponseRun:
             )
             return
         for sentence in self._sentence_buffer.feed(delta):
-            self._sentences.put_nowait(sentence)
+            self._queue_sentence(sentence)
+
+    def _queue_sentence(self, sentence: str) -> None:
+        """Queue a sentence for speech; the first one is cut at a clause for faster first audio."""
+        if not self._queued_any:
+            self._queued_any = True
+            match = FIRST_CLAUSE.search(sentence, FIRST_CLAUSE_MIN)
+            if len(sentence) > FIRST_PIECE_MAX and match:
+                self._sentences.put_nowait(sentence[: match.start()])
+                sentence = sentence[match.end() :]
+        self._sentences.put_nowait(sentence)
 
     async def _speak(self, entry: Entry) -> None:
         """Synthesize sentences in order and stream them: transcript first, then the audio."""
@@ -277,7 +296,7 @@ class ResponseRun:
             return
         if self._speaker is not None:
             for sentence in self._sentence_buffer.flush():
-                self._sentences.put_nowait(sentence)
+                self._queue_sentence(sentence)
             self._sentences.put_nowait(None)
             await self._speaker
         self._close_message_now(status=status)
