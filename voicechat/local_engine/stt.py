@@ -22,6 +22,7 @@ STT_RATE = 16000
 # 20 ms per process_raw call: pocketsphinx holds the GIL while it decodes, so small calls
 # keep the event loop (and other conversations) responsive; see docs/local-engine-speech.md.
 _DECODE_BYTES = STT_RATE // 50 * 2
+_MAX_IDLE_DECODERS = 2
 
 
 class SpeechRecognizer(Protocol):
@@ -91,7 +92,9 @@ class _DecoderPool:
             slot.decoder.end_utt()
         decoder, slot.decoder = slot.decoder, None
         with self._lock:
-            self._idle.append(decoder)
+            # Each decoder holds ~95 MB; after a burst of conversations keep only a few.
+            if len(self._idle) < _MAX_IDLE_DECODERS:
+                self._idle.append(decoder)
 
     def preload(self, count: int = 1) -> None:
         built = [self._build() for _ in range(count)]

@@ -271,10 +271,11 @@ def test_stt_close_during_a_call_returns_the_decoder_when_the_call_ends(piper_sp
     while not recognizer._busy and worker.is_alive():
         time.sleep(0.001)  # wait (not a timing assertion) until the decoder is in use
     recognizer.close()  # as the session does when the socket drops mid-transcription
-    assert decoder not in stt._pool._idle  # still in use: not lent to anyone else
+    assert recognizer._slot.decoder is decoder  # still in use: not given back yet
+    assert decoder not in stt._pool._idle
     worker.join()
     assert words(heard[0])[:3] == ["what", "time", "does"]
-    assert decoder in stt._pool._idle
+    assert recognizer._slot.decoder is None  # given back once the call ended
     with pytest.raises(RuntimeError):
         recognizer.feed(b"\x00\x00" * 480)
 
