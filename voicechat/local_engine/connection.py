@@ -48,7 +48,19 @@ class LocalUpstream(Upstream):
         except ClientEventError as exc:
             self._emit(exc.to_event())
             return
-        await self._session.handle(event)
+        try:
+            await self._session.handle(event)
+        except Exception:
+            # A bug must not take the gateway's receive loop down with it: report and go on.
+            logger.exception("local engine failed on a %s event", event.get("type"))
+            self._emit(
+                ClientEventError(
+                    "The local engine hit an internal error handling this event.",
+                    code="server_error",
+                    type="server_error",
+                    event_id=event.get("event_id"),
+                ).to_event()
+            )
 
     async def __aiter__(self) -> AsyncIterator[str]:
         while True:

@@ -5,6 +5,10 @@ from dataclasses import dataclass, field
 
 from voicechat.local_engine.events import ClientEventError
 
+# Audio is 48 kB a second; an hour-long conversation would hold ~170 MB of it. Only the newest
+# items keep their bytes (for conversation.item.retrieve); every item keeps its duration.
+KEEP_AUDIO_ITEMS = 8
+
 
 @dataclass
 class Segment:
@@ -92,6 +96,12 @@ class Conversation:
         self._entries.insert(index, entry)
         self._by_id[entry.id] = entry
         return self._entries[index - 1].id if index > 0 else None
+
+    def prune_audio(self, keep: int = KEEP_AUDIO_ITEMS) -> None:
+        """Drop the audio bytes of all but the newest `keep` audio items (durations stay)."""
+        with_audio = [e for e in self._entries if e.audio]
+        for entry in with_audio[:-keep] if keep else with_audio:
+            entry.audio = b""
 
     def delete(self, item_id: str) -> None:
         entry = self._by_id.pop(item_id)

@@ -233,6 +233,7 @@ class RealtimeSession:
         )
         previous = self.conversation.insert(entry, after=None)
         entry.previous_item_id = previous
+        self.conversation.prune_audio()
         self.emit("input_audio_buffer.committed", previous_item_id=previous, item_id=item_id)
         self.emit("conversation.item.added", previous_item_id=previous, item=_shown(entry.item))
         self.emit("conversation.item.done", previous_item_id=previous, item=_shown(entry.item))
@@ -445,6 +446,7 @@ class RealtimeSession:
     def _item_finished(self, entry: Entry) -> None:
         if entry.audio:
             self._voice_locked = True
+            self.conversation.prune_audio()
 
     async def _turn(self, params: dict) -> tuple[Turn, tuple[int, int]]:
         """The responder's input for a response, and its input-token estimate."""
@@ -460,7 +462,7 @@ class RealtimeSession:
             if simple is None:
                 continue
             history.append(simple)
-            if entry.audio:
+            if entry.audio_ms:
                 per_s = (
                     USER_AUDIO_TOKENS_PER_S
                     if simple.get("role") == "user"
