@@ -1,6 +1,7 @@
 """Offline speech synthesis: piper (natural, default) or espeak-ng (fast, robotic fallback)."""
 
 import ctypes
+import functools
 import re
 import threading
 from pathlib import Path
@@ -105,31 +106,41 @@ _ESPEAK_CALLBACK = ctypes.CFUNCTYPE(
 )
 
 
+# espeak-ng is one global state machine per process (voice, callback, buffers): every use of
+# the library, from any EspeakSynthesizer, goes through this lock, one sentence at a time.
+_ESPEAK_LOCK = threading.Lock()
+
+
+@functools.cache
+def _espeak_library() -> tuple[ctypes.CDLL, int]:
+    """The bundled libespeak-ng, initialised once per process, and its sample rate."""
+    import espeakng_loader
+
+    lib = ctypes.CDLL(espeakng_loader.get_library_path())
+    lib.espeak_Initialize.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_char_p, ctypes.c_int]
+    lib.espeak_SetVoiceByName.argtypes = [ctypes.c_char_p]
+    lib.espeak_SetSynthCallback.argtypes = [_ESPEAK_CALLBACK]
+    lib.espeak_Synth.argtypes = [
+        ctypes.c_char_p, ctypes.c_size_t, ctypes.c_uint, ctypes.c_int,
+        ctypes.c_uint, ctypes.c_uint, ctypes.c_void_p, ctypes.c_void_p,
+    ]
+    rate = lib.espeak_Initialize(
+        _AUDIO_OUTPUT_SYNCHRONOUS, 0, espeakng_loader.get_data_path().encode(), 0
+    )
+    if rate <= 0:
+        raise ImproperlyConfigured("espeak-ng failed to initialise from espeakng-loader")
+    return lib, rate
+
+
 class EspeakSynthesizer:
     """espeak-ng through the shared library bundled in espeakng-loader (no subprocess)."""
 
     def __init__(self) -> None:
-        import espeakng_loader
-
-        lib = ctypes.CDLL(espeakng_loader.get_library_path())
-        lib.espeak_Initialize.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_char_p, ctypes.c_int]
-        lib.espeak_SetVoiceByName.argtypes = [ctypes.c_char_p]
-        lib.espeak_Synth.argtypes = [
-            ctypes.c_char_p, ctypes.c_size_t, ctypes.c_uint, ctypes.c_int,
-            ctypes.c_uint, ctypes.c_uint, ctypes.c_void_p, ctypes.c_void_p,
-        ]
-        self.sample_rate = lib.espeak_Initialize(
-            _AUDIO_OUTPUT_SYNCHRONOUS, 0, espeakng_loader.get_data_path().encode(), 0
-        )
-        if self.sample_rate <= 0:
-            raise ImproperlyConfigured("espeak-ng failed to initialise from espeakng-loader")
-        self._lib = lib
+        with _ESPEAK_LOCK:
+            self._lib, self.sample_rate = _espeak_library()
         self._chunks: list[bytes] = []
-        # Keep a reference: ctypes callbacks are freed when the Python object is.
+        # Keep a reference: ctypes frees a callback's trampoline with its Python object.
         self._callback = _ESPEAK_CALLBACK(self._collect)
-        lib.espeak_SetSynthCallback(self._callback)
-        # espeak-ng is one global state machine per process: one sentence at a time.
-        self._lock = threading.Lock()
 
     def _collect(self, wav, count, _events) -> int:
         if wav and count > 0:
@@ -141,8 +152,9 @@ class EspeakSynthesizer:
             return b""
         name = _resolve(voice, ESPEAK_STYLES, ESPEAK_VOICES)
         text = sentence.encode("utf-8")
-        with self._lock:
+        with _ESPEAK_LOCK:
             self._chunks = []
+            self._lib.espeak_SetSynthCallback(self._callback)
             self._lib.espeak_SetVoiceByName(name.encode())
             self._lib.espeak_Synth(
                 text, len(text) + 1, 0, _POS_CHARACTER, 0, _ESPEAK_CHARS_UTF8, None, None
