@@ -236,7 +236,7 @@ def _build(name: str) -> SpeechSynthesizer:
 # or a line break. "3.5" and "e.g." inside words never match.
 _BOUNDARY = re.compile(r"(?<=[.!?…])[\"'”’)\]]*\s+|\s*\n\s*")
 _ABBREVIATIONS = frozenset(
-    "mr mrs ms dr prof sr jr st vs etc e.g i.e approx no fig mt ave".split()
+    "mr mrs ms dr prof sr jr st vs etc approx no fig mt ave".split()
 )
 # Markdown and other symbols a voice would read aloud or stumble over.
 _UNSPOKEN = re.compile(r"[*_#`~>|]+|^\s*(?:[-•]|\d+[.)])\s+", re.MULTILINE)
@@ -276,8 +276,8 @@ def _ends_with_abbreviation(candidate: str) -> bool:
     if not words or not candidate.endswith("."):
         return False
     last = words[-1].rstrip(".").lower()
-    # Single capital letters are initials ("J. R. R. Tolkien").
-    return last in _ABBREVIATIONS or (len(last) == 1 and last.isalpha())
+    # Single letters are initials ("J. R. R. Tolkien"); inner dots mark "e.g.", "U.S.", "a.m.".
+    return last in _ABBREVIATIONS or (len(last) == 1 and last.isalpha()) or "." in last
 
 
 def _split_long(piece: str) -> list[str]:

@@ -420,6 +420,7 @@ def test_split_sentences_keeps_abbreviations_numbers_and_initials():
         "Dr. Smith paid $3.50 at 5 Main St. in town, e.g. for tea.",
         "J. R. R. Tolkien wrote it.",
     ]
+    assert tts.split_sentences("The U.S. team won. Great!") == ["The U.S. team won.", "Great!"]
 
 
 def test_split_sentences_drops_markdown_and_blank_pieces():
