@@ -77,7 +77,7 @@ def _stem(word: str) -> str:
 
 _PHRASE_END = set(
     """and but so because i i'm what who please today tomorrow tonight now right this next
-    later then at on""".split()
+    later then at on in for with using from to""".split()
 )
 
 
@@ -149,6 +149,12 @@ def _spoken_date(now: datetime) -> str:
     return f"{now.strftime('%A, %B')} {now.day}, {now.year}"
 
 
+def _end(text: str) -> str:
+    """`text` as a sentence: one final punctuation mark."""
+    text = str(text).strip()
+    return text if text[-1:] in ".!?" else text + "."
+
+
 def _result_sentence(tool: str, output: str) -> str:
     """Say a function_call_output in words."""
     label = tool.replace("_", " ")
@@ -159,7 +165,7 @@ def _result_sentence(tool: str, output: str) -> str:
     if isinstance(data, dict):
         for key in ("result", "answer", "message", "text", "summary", "output", "error"):
             if isinstance(data.get(key), str | int | float) and len(data) <= 2:
-                return f"{label.capitalize()} says: {data[key]}."
+                return _end(f"{label.capitalize()} says: {data[key]}")
         parts = []
         for key, value in list(data.items())[:6]:
             if isinstance(value, dict):
@@ -172,7 +178,7 @@ def _result_sentence(tool: str, output: str) -> str:
         return f"Here's what {label} returned: " + ", ".join(parts) + "."
     if isinstance(data, list):
         return f"{label.capitalize()} returned: " + ", ".join(str(v) for v in data[:8]) + "."
-    return f"{label.capitalize()} says: {data}."
+    return _end(f"{label.capitalize()} says: {data}")
 
 
 def _tool_score(tool: dict, words: set[str]) -> float:
