@@ -135,7 +135,7 @@ def parse_client_event(frame: str | bytes) -> dict:
             event_id=event_id,
         )
     try:
-        model.model_validate(event, strict=False)
+        parsed = model.model_validate(event, strict=False)
     except ValidationError as exc:
         first = exc.errors()[0]
         param = _param_path(first["loc"])
@@ -145,7 +145,31 @@ def parse_client_event(frame: str | bytes) -> dict:
         raise ClientEventError(
             f"Invalid '{param}': {first['msg']}.", code=code, param=param, event_id=event_id
         ) from None
+    unknown = _unknown_fields(parsed, "")
+    if unknown:
+        # As OpenAI does: a misspelt field is an error, not silently ignored.
+        raise ClientEventError(
+            f"Unknown parameter: '{unknown[0]}'.",
+            code="unknown_parameter",
+            param=unknown[0],
+            event_id=event_id,
+        )
     return event
+
+
+def _unknown_fields(value: object, path: str) -> list[str]:
+    """Dotted paths of fields no SDK model declares, anywhere inside a validated event."""
+    found = []
+    if isinstance(value, BaseModel):
+        for name in value.model_extra or {}:
+            found.append(f"{path}.{name}" if path else name)
+        for name in type(value).model_fields:
+            child = getattr(value, name)
+            found += _unknown_fields(child, f"{path}.{name}" if path else name)
+    elif isinstance(value, list):
+        for i, child in enumerate(value):
+            found += _unknown_fields(child, f"{path}[{i}]")
+    return found
 
 
 def decode_audio(data: str, *, event_id: str | None) -> bytes:

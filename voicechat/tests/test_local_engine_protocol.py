@@ -364,6 +364,28 @@ BAD_EVENTS = [
         "session.output_modalities",
     ),
     ({"type": "response.cancel", "event_id": "e1"}, "response_cancel_not_active", None),
+    (
+        {
+            "type": "session.update",
+            "session": {"type": "realtime", "voice": "marin"},
+            "event_id": "e1",
+        },
+        "unknown_parameter",
+        "session.voice",
+    ),
+    (
+        {
+            **user_text("x"),
+            "event_id": "e1",
+            "item": {
+                "type": "message",
+                "role": "user",
+                "content": [{"type": "input_text", "txt": "typo"}],
+            },
+        },
+        "unknown_parameter",
+        "item.content[0].txt",
+    ),
     ({"type": "output_audio_buffer.clear", "event_id": "e1"}, "invalid_value", "type"),
 ]
 
