@@ -70,9 +70,26 @@ def _normalise_format(fmt: dict) -> dict:
     return out
 
 
+_VAD_RANGES = {
+    "threshold": (0.0, 1.0),
+    "prefix_padding_ms": (0, 10_000),
+    "silence_duration_ms": (0, 10_000),
+    "idle_timeout_ms": (0, 3_600_000),
+}
+
+
 def _normalise_turn_detection(td: dict | None) -> dict | None:
     if td is None:
         return None
+    for key, (low, high) in _VAD_RANGES.items():
+        value = td.get(key)
+        if value is not None and not low <= value <= high:
+            raise ClientEventError(
+                f"Invalid 'session.audio.input.turn_detection.{key}': expected a value "
+                f"between {low} and {high}, got {value}.",
+                code="invalid_value",
+                param=f"session.audio.input.turn_detection.{key}",
+            )
     defaults = SERVER_VAD_DEFAULTS if td["type"] == "server_vad" else SEMANTIC_VAD_DEFAULTS
     return {**defaults, **{k: v for k, v in td.items() if v is not None}}
 

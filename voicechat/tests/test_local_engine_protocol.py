@@ -367,6 +367,18 @@ BAD_EVENTS = [
     (
         {
             "type": "session.update",
+            "session": {
+                "type": "realtime",
+                "audio": {"input": {"turn_detection": {"type": "server_vad", "threshold": 1.5}}},
+            },
+            "event_id": "e1",
+        },
+        "invalid_value",
+        "session.audio.input.turn_detection.threshold",
+    ),
+    (
+        {
+            "type": "session.update",
             "session": {"type": "realtime", "voice": "marin"},
             "event_id": "e1",
         },
