@@ -49,6 +49,8 @@ class RealtimeSession:
         self._response_task: asyncio.Task | None = None
         self._tasks: set[asyncio.Task] = set()
         self._voice_locked = False
+        self._answer_when_done = False
+        self._closed = False
         # Input audio: the whole session is one timeline of PCM16 24 kHz.
         self._decoder = speech.InputDecoder(self.session["audio"]["input"]["format"])
         self._buffer = bytearray()
@@ -76,6 +78,7 @@ class RealtimeSession:
 
     async def close(self) -> None:
         """Stop every task of this session (the connection is gone)."""
+        self._closed = True
         tasks = [*self._tasks]
         for task in tasks:
             task.cancel()
@@ -186,8 +189,12 @@ class RealtimeSession:
         self._stream_to_stt(end_ms)
         pcm = self._take_buffer(self._speech_start_ms, end_ms)
         self._commit(pcm, item_id, streamed=True)
-        if td.create_response and self.response is None:
-            self._start_response({})
+        if td.create_response:
+            if self.response is None:
+                self._start_response({})
+            else:
+                # interrupt_response is off and the assistant is still talking: answer next.
+                self._answer_when_done = True
 
     def _take_buffer(self, start_ms: float, end_ms: float) -> bytes:
         """Audio between two session times; the buffer keeps only what follows end_ms."""
@@ -442,6 +449,14 @@ class RealtimeSession:
         if self.response is run:
             self.response = None
             self._response_task = None
+        if self._answer_when_done:
+            self._answer_when_done = False
+            # Called from inside the finished response: start the next one on its own turn.
+            asyncio.get_running_loop().call_soon(self._start_queued_response)
+
+    def _start_queued_response(self) -> None:
+        if self.response is None and not self._closed:
+            self._start_response({})
 
     def _item_finished(self, entry: Entry) -> None:
         if entry.audio:

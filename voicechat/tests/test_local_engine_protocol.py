@@ -86,6 +86,26 @@ async def test_session_created_then_updated_with_requested_settings():
         assert session["audio"]["input"]["turn_detection"] is None
         assert session["instructions"] == "Be brief."
 
+        # semantic_vad is accepted (approximated by server VAD with an eagerness-based window).
+        await client.send(
+            {
+                "type": "session.update",
+                "session": {
+                    "type": "realtime",
+                    "audio": {
+                        "input": {"turn_detection": {"type": "semantic_vad", "eagerness": "high"}}
+                    },
+                },
+            }
+        )
+        session = (await client.wait("session.updated"))["session"]
+        assert session["audio"]["input"]["turn_detection"] == {
+            "type": "semantic_vad",
+            "eagerness": "high",
+            "create_response": True,
+            "interrupt_response": True,
+        }
+
 
 async def test_text_turn_emits_the_full_event_sequence_with_usage():
     async with EngineClient() as client:

@@ -168,6 +168,41 @@ async def test_barge_in_cancels_the_response_and_the_new_turn_is_answered():
         assert truncated["audio_end_ms"] == 300
 
 
+async def test_without_interrupt_response_the_reply_finishes_then_the_user_is_answered():
+    async with EngineClient() as client:
+        session = {**VOICE_SESSION["session"]}
+        session["audio"] = {
+            "input": {
+                **session["audio"]["input"],
+                "turn_detection": {
+                    "type": "server_vad",
+                    "silence_duration_ms": 500,
+                    "interrupt_response": False,
+                },
+            }
+        }
+        await client.send({"type": "session.update", "session": session})
+        await client.send(
+            {
+                "type": "conversation.item.create",
+                "item": {
+                    "type": "message",
+                    "role": "user",
+                    "content": [{"type": "input_text", "text": "Hello!"}],
+                },
+            }
+        )
+        await client.send({"type": "response.create"})
+        await client.wait("response.output_audio.delta")
+        await client.append_audio(silence(200) + await speak("Thank you very much.") + silence(900))
+        await client.wait("input_audio_buffer.speech_stopped")
+        first = await client.wait("response.done")
+        assert first["response"]["status"] == "completed"
+        second = await client.wait("response.done")
+        assert second["response"]["status"] == "completed"
+        assert "welcome" in reply_text(second)
+
+
 async def test_push_to_talk_commit_and_response_create():
     async with EngineClient() as client:
         await client.send(
