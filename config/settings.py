@@ -212,5 +212,6 @@ LOCAL_LLM_MODEL = os.environ.get("LOCAL_LLM_MODEL", "llama3.2")
 LOCAL_LLM_API_KEY = os.environ.get("LOCAL_LLM_API_KEY", "")
 # Seconds to wait for the LLM server before the response fails.
 LOCAL_LLM_TIMEOUT = envint("LOCAL_LLM_TIMEOUT", 60)
-# Threads for speech recognition and synthesis, shared by all conversations (0: one per core).
+# Threads for speech recognition, and as many for synthesis, shared by all conversations
+# (0: one per core).
 LOCAL_ENGINE_WORKERS = envint("LOCAL_ENGINE_WORKERS", 0)

@@ -72,7 +72,7 @@ class Transcriber:
             if future.cancelled():
                 continue
             try:
-                result, seconds = await run_heavy(_timed, fn, *args)
+                result, seconds = await run_heavy("stt", _timed, fn, *args)
                 self.stats.stt_seconds += seconds
             except Exception as exc:
                 if not future.cancelled():
@@ -130,7 +130,7 @@ def _synthesize_sync(text: str, voice: str) -> bytes:
 
 async def synthesize(text: str, voice: str, stats: SpeechStats | None = None) -> bytes:
     """PCM16 24 kHz for one sentence in the session voice (an OpenAI voice name)."""
-    pcm, seconds = await run_heavy(_timed, _synthesize_sync, text, voice)
+    pcm, seconds = await run_heavy("tts", _timed, _synthesize_sync, text, voice)
     if stats is not None:
         stats.tts_seconds += seconds
         stats.tts_audio_seconds += len(pcm) / 48000
