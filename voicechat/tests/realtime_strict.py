@@ -1,4 +1,7 @@
-"""Strict validation of GA Realtime server events against the openai SDK's pydantic types.
+"""Stricter validation of GA Realtime server events against the openai SDK's pydantic types.
+
+Adds to realtime_validation.py (the gateway suite's check): strict field types, validation as
+the event's own type rather than the first union member that fits, and unique event ids.
 
 The SDK's models accept unknown fields silently (extra="allow") and the server-event union is
 not discriminated, so validating with TypeAdapter alone would let typos and beta-shaped events
@@ -9,6 +12,8 @@ import typing
 
 from openai.types.realtime import RealtimeServerEvent
 from pydantic import BaseModel, TypeAdapter
+
+from voicechat.tests.realtime_validation import validate_server_event as gateway_validate
 
 SERVER_EVENT_ADAPTER = TypeAdapter(RealtimeServerEvent)
 
@@ -65,6 +70,7 @@ class EventLog:
 
     def add(self, event: dict) -> dict:
         validate_server_event(event)
+        gateway_validate(event)  # the gateway suite's check (raw keys against the models)
         assert event["event_id"] not in self._ids, f"duplicate event_id {event['event_id']}"
         self._ids.add(event["event_id"])
         self.events.append(event)
