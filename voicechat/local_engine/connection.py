@@ -6,6 +6,7 @@ from collections.abc import AsyncIterator
 
 from websockets.exceptions import ConnectionClosedOK
 
+from voicechat.local_engine import speech
 from voicechat.local_engine.events import ClientEventError, dumps, parse_client_event
 from voicechat.local_engine.responder import Responder
 from voicechat.local_engine.session import RealtimeSession
@@ -34,6 +35,7 @@ class LocalUpstream(Upstream):
             model=self._model, emit=self._emit, responder=self._responder
         )
         self._session.start()
+        speech.warm_up()
 
     def _emit(self, event: dict) -> None:
         if not self._closed:

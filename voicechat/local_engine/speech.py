@@ -119,7 +119,27 @@ class Transcriber:
 
 def _ignore_result(future: asyncio.Future) -> None:
     if not future.cancelled() and future.exception() is not None:
-        logger.warning("streaming speech recognition failed: %r", future.exception())
+        logger.warning("background speech work failed: %r", future.exception())
+
+
+_warm = False
+
+
+def warm_up() -> None:
+    """Load the synthesizer in the background once per process (piper takes ~1 s to load), so
+    the first reply of the first conversation doesn't wait for it."""
+    global _warm
+    if _warm:
+        return
+    _warm = True
+
+    def load() -> None:
+        from voicechat.local_engine.tts import get_synthesizer
+
+        get_synthesizer()
+
+    task = asyncio.ensure_future(run_heavy("tts", load))
+    task.add_done_callback(_ignore_result)
 
 
 def _synthesize_sync(text: str, voice: str) -> bytes:
