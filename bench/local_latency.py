@@ -40,6 +40,7 @@ from voicechat.local_engine.tts import get_synthesizer, local_voice_for  # noqa:
 
 CHUNK = 1920  # 40 ms of PCM16 24 kHz
 CHUNK_S = 0.040
+TURN_TIMEOUT_S = 120  # a turn this slow means the machine is overloaded: the run stops there
 SILENCE_MS = 500  # the session's silence window (OpenAI's default is 500 ms too)
 SCRIPT = [
     "Hello there.",
@@ -123,7 +124,7 @@ class Conversation:
         speaking = asyncio.create_task(self.speak(pcm, tail_ms=SILENCE_MS + 400))
         stopped = first_audio = None
         while True:
-            at, event = await asyncio.wait_for(self.events.get(), 60)
+            at, event = await asyncio.wait_for(self.events.get(), TURN_TIMEOUT_S)
             if event["type"] == "input_audio_buffer.speech_stopped":
                 stopped = at
             elif event["type"] == "response.output_audio.delta" and first_audio is None:
@@ -275,7 +276,7 @@ async def main(args) -> dict:
     print("latency, one conversation...", flush=True)
     single = await latency(phrases)
     print("capacity...", flush=True)
-    levels = [1, 2, 3, 4] if args.quick else [1, 2, 3, 4, 6]
+    levels = [1, 2, 3] if args.quick else list(range(1, args.max_conversations + 1))
     rows = await capacity(phrases[:3] if args.quick else phrases, levels)
     base = rows[0]["vad_to_audio_median_ms"]
     doubled = next(
@@ -341,6 +342,7 @@ if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="fewer turns and levels (~1 min)")
     parser.add_argument("--turns", type=int, default=len(SCRIPT))
+    parser.add_argument("--max-conversations", type=int, default=4)
     parser.add_argument("--json", help="also write the raw results to this file")
     args = parser.parse_args()
     if args.quick:
