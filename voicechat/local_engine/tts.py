@@ -54,6 +54,7 @@ class PiperSynthesizer:
     """Piper (VITS, onnxruntime) with the joe voice from its wheel, or LOCAL_PIPER_VOICE."""
 
     def __init__(self, model_path: Path, config_path: Path) -> None:
+        # Imported here: onnxruntime is slow to import, and split_sentences needs none of it.
         from piper import PiperVoice, SynthesisConfig
 
         self._voice = PiperVoice.load(model_path, config_path)
