@@ -7,6 +7,7 @@ import socket
 import pytest
 from channels.db import database_sync_to_async
 from channels.testing import WebsocketCommunicator
+from django.core.cache import cache
 
 from voicechat.services import api_token_create
 from voicechat.tests.fake_upstream import FakeRealtimeServer
@@ -19,6 +20,8 @@ PROVIDER_KEY = "sk-proj-test" + secrets.token_hex(20)
 def _fast_test_settings(settings):
     settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
     settings.CHANNEL_LAYERS = {"default": {"BACKEND": "channels.layers.InMemoryChannelLayer"}}
+    # Rate-limit windows live in the cache: every test starts with none used.
+    cache.clear()
 
 
 @pytest.fixture
@@ -125,7 +128,9 @@ def gateway_communicator(
         headers.append((b"cookie", cookie.encode()))
     if origin is not None:
         headers.append((b"origin", origin.encode()))
-    return WebsocketCommunicator(application, path, headers=headers)
+    communicator = WebsocketCommunicator(application, path, headers=headers)
+    communicator.scope["client"] = ("127.0.0.1", 50000)  # as an ASGI server would set it
+    return communicator
 
 
 @pytest.fixture
