@@ -127,6 +127,7 @@ def _ignore_result(future: asyncio.Future) -> None:
 
 
 _warm = False
+_background: set[asyncio.Future] = set()
 
 
 def warm_up() -> None:
@@ -144,6 +145,8 @@ def warm_up() -> None:
 
     task = asyncio.ensure_future(run_heavy("tts", load))
     task.add_done_callback(_ignore_result)
+    _background.add(task)  # the loop keeps only weak references to tasks
+    task.add_done_callback(_background.discard)
 
 
 def _synthesize_sync(text: str, voice: str) -> bytes:
