@@ -15,7 +15,7 @@ from websockets.exceptions import ConnectionClosed
 from voicechat import ratelimit, services
 from voicechat.auth import authenticate, header
 from voicechat.budgets import budget_problem, watch_budget
-from voicechat.models import Conversation, EndReason
+from voicechat.models import Backend, Conversation, EndReason
 from voicechat.policy import ClientEventPolicy, session_defaults
 from voicechat.protocol import (
     CLOSE_CODE_FOR,
@@ -90,7 +90,11 @@ class RealtimeGatewayConsumer(AsyncWebsocketConsumer):
             identity.method,
             self.client_ip,
         )
-        self.recorder = TranscriptRecorder(conversation_id=self.conversation.pk, model=self.model)
+        # The local engine's token counts are estimates of work done for free: never billed.
+        price_model = self.model if self.conversation.backend == Backend.OPENAI else ""
+        self.recorder = TranscriptRecorder(
+            conversation_id=self.conversation.pk, price_model=price_model
+        )
         self.recorder.start()
         self.relay_task = asyncio.create_task(self._relay_upstream())
 
