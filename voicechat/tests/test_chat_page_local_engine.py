@@ -106,3 +106,39 @@ def test_push_to_talk_with_the_local_engine(local_chat_server, launch_browser, a
     lines = entries(page)
     assert [line["role"] for line in lines[:2]] == ["user", "assistant"]
     assert lines[0]["text"].strip() and lines[1]["text"].strip()
+
+
+def test_interrupting_the_local_engine_truncates_its_reply(
+    local_chat_server, launch_browser, alice, tmp_path
+):
+    # Ask with push-to-talk, then press again while the answer plays: the press stops the
+    # playback and truncates the reply on the engine to what was heard. (Server-VAD barge-in
+    # is the same truncate; test_chat_page_browser covers it with a deterministic upstream.)
+    wav = spoken_wav(tmp_path / "joke.wav", "Tell me a joke.", lead_ms=3000)
+    page = signed_in_page(launch_browser(wav), local_chat_server, alice)
+    page.set_default_timeout(60_000)
+    page.goto(local_chat_server.url)
+    page.get_by_test_id("mode-push-to-talk").check()
+    page.get_by_test_id("connect").click()
+    page.wait_for_function("() => !document.querySelector('[data-testid=push-to-talk]').disabled")
+    page.evaluate("() => document.activeElement?.blur()")
+    page.keyboard.down("Space")
+    wait_for_stat(page, "s.audioMsSent >= 5500", 60_000)
+    page.keyboard.up("Space")
+
+    page.wait_for_selector('[data-testid="status"][data-state="assistant-speaking"]')
+    wait_for_stat(page, "s.audioMsPlayed >= 300", 60_000)
+    page.keyboard.down("Space")
+    try:
+        wait_for_entry(page, "assistant", "interrupted")
+    finally:
+        print("transcript:", entries(page), "stats:", stats(page))  # shown if the test fails
+    page.keyboard.up("Space")
+    conversation = Conversation.objects.for_user(alice).recent().first()
+
+    def truncated_item():
+        return conversation.items.filter(status=ItemStatus.TRUNCATED).first()
+
+    item = browser.wait_until(truncated_item, 60, "the engine to truncate the reply")
+    assert item.role == Role.ASSISTANT
+    assert 0 < item.audio_end_ms <= stats(page)["audioMsReceived"]
