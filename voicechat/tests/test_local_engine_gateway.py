@@ -8,8 +8,7 @@ from openai import AsyncOpenAI
 
 from voicechat.models import Backend, Conversation
 from voicechat.tests.conftest import db
-from voicechat.tests.realtime_strict import EventLog
-from voicechat.tests.realtime_validation import validate_server_event
+from voicechat.tests.realtime_validation import EventLog, validate_server_event
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
