@@ -7,7 +7,9 @@ import logging
 from urllib.parse import parse_qs
 
 import orjson
+from channels.consumer import get_handler_name
 from channels.db import database_sync_to_async
+from channels.exceptions import StopConsumer
 from channels.generic.websocket import AsyncWebsocketConsumer
 from django.conf import settings
 from websockets.exceptions import ConnectionClosed
@@ -27,6 +29,29 @@ logger = logging.getLogger(__name__)
 class RealtimeGatewayConsumer(AsyncWebsocketConsumer):
     upstream: Upstream | None = None
     relay_task: asyncio.Task | None = None
+
+    async def __call__(self, scope: dict, receive, send) -> None:
+        """Serve one socket with a plain receive loop (the hot path: one call per client frame).
+
+        Channels' own loop would, for every frame, race the socket against a channel layer (a new
+        task plus asyncio.wait) and hop to the database thread to close stale connections, where
+        frames queue behind transcript writes. The gateway is never addressed through a channel
+        layer, and it reaches the database only through database_sync_to_async, which does that
+        clean-up itself around each call; so both are pure cost here.
+        """
+        self.scope = scope
+        self.channel_layer = None
+        self.base_send = send
+        with contextlib.suppress(StopConsumer):
+            while True:
+                await self.dispatch(await receive())
+
+    async def dispatch(self, message: dict) -> None:
+        """Call the handler for an ASGI message type (websocket_connect, _receive, _disconnect)."""
+        handler = getattr(self, get_handler_name(message), None)
+        if handler is None:
+            raise ValueError(f"No handler for message type {message['type']}")
+        await handler(message)
 
     async def connect(self) -> None:
         identity = await authenticate(self.scope)
