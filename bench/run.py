@@ -35,7 +35,7 @@ DEFAULT_HARNESS = Path(os.environ.get("BENCH_HARNESS", ROOT.parent / "shared" / 
 # The production command line (docs/benchmarks.md); {py}, {port} and {workers} are filled in.
 UVICORN_CMD = (
     "{py} -m uvicorn config.asgi:application --host 127.0.0.1 --port {port} --workers {workers} "
-    "--loop uvloop --http httptools --ws websockets-sansio --lifespan off --no-access-log "
+    "--loop uvloop --http httptools --ws {ws} --lifespan off --no-access-log "
     "--log-level warning"
 )
 RUNSERVER_CMD = "{py} manage.py runserver --noreload --nothreading 127.0.0.1:{port}"
@@ -92,6 +92,21 @@ def stop(proc: subprocess.Popen | None) -> None:
         proc.wait()
     except ProcessLookupError:
         pass
+
+
+def raise_priority(proc: subprocess.Popen, nice: int) -> None:
+    """Give a process we started priority over unrelated load (root only).
+
+    With autogroup scheduling (Linux default) CPU is shared between sessions first, so a
+    process's own nice value only matters within its session: set the session's autogroup nice
+    too. Every process we start runs in its own session, so each gets the same weight.
+    """
+    if not nice or os.geteuid() != 0:
+        return
+    try:
+        Path(f"/proc/{proc.pid}/autogroup").write_text(str(nice))
+    except OSError:
+        pass  # autogroup disabled: the `nice` prefix alone does the job
 
 
 def machine_busy_pct(interval: float = 1.0) -> float:
@@ -240,7 +255,7 @@ class Bench:
         if target.kind == "direct":
             return None, self.upstream_url
         port = free_port()
-        cmd = target.command.format(py=PROJECT_PY, port=port)
+        cmd = target.command.format(py=PROJECT_PY, port=port, ws=os.environ.get("BENCH_UVICORN_WS", "websockets-sansio"))
         env = {
             **os.environ, **target.env, "PORT": str(port), "UPSTREAM_URL": self.upstream_url,
         }
@@ -250,6 +265,7 @@ class Bench:
             stdout=logf, stderr=subprocess.STDOUT, start_new_session=True,
         )
         logf.close()
+        raise_priority(proc, self.args.nice)
         if not wait_port(port, self.args.start_timeout, proc):
             stop(proc)
             raise RuntimeError(f"{target.name} did not open port {port} (see {logf.name})")
@@ -267,6 +283,7 @@ class Bench:
             self.fake = subprocess.Popen(
                 cmd, stdout=logf, stderr=subprocess.STDOUT, start_new_session=True
             )
+        raise_priority(self.fake, self.args.nice)
         if not wait_port(self.upstream_port, 15, self.fake):
             raise SystemExit("the fake upstream did not start (see fake_upstream.log)")
 
@@ -297,6 +314,7 @@ class Bench:
                     self.loadgen_cmd(target, url, n), stdout=lg_out, stderr=lg_log,
                     start_new_session=True,
                 )
+            raise_priority(loadgen, self.args.nice)
             mon = [
                 str(self.hpy), str(self.harness / "procmon.py"), "--out", f"{base}.samples.jsonl",
                 "--interval", "0.5", "--proc", f"upstream={self.fake.pid}",
