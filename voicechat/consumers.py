@@ -143,7 +143,8 @@ class RealtimeGatewayConsumer(AsyncWebsocketConsumer):
                 if etype == "error":
                     frame = self._note_error(frame)
                 self.recorder.observe(etype, frame)
-                await self.send(text_data=frame)
+                # Straight to the ASGI server: the consumer's send() only adds two coroutine hops.
+                await self.base_send({"type": "websocket.send", "text": frame})
         except UpstreamError as exc:
             await self._end(exc.reason, exc.message, code=exc.code)
             return
