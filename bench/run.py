@@ -39,6 +39,8 @@ UVICORN_CMD = (
     "--log-level warning"
 )
 RUNSERVER_CMD = "{py} manage.py runserver --noreload --nothreading 127.0.0.1:{port}"
+# The gateway's own production launcher: one uvicorn per core, each on its own SO_REUSEPORT socket.
+SERVE_CMD = "{py} manage.py serve --host 127.0.0.1 --port {port} --workers {workers}"
 
 
 @dataclass
@@ -235,6 +237,10 @@ class Bench:
             name = "gw-uvicorn" if workers == 1 else f"gw-uvicorn{workers}"
             known[name] = Target(
                 name, "gateway", UVICORN_CMD.replace("{workers}", str(workers)), gw, "/v1/realtime"
+            )
+            known[f"gw-serve{workers}"] = Target(
+                f"gw-serve{workers}", "gateway", SERVE_CMD.replace("{workers}", str(workers)), gw,
+                "/v1/realtime",
             )
         targets = []
         for spec in wanted:

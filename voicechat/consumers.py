@@ -11,6 +11,7 @@ from channels.consumer import get_handler_name
 from channels.db import database_sync_to_async
 from channels.exceptions import StopConsumer
 from channels.generic.websocket import AsyncWebsocketConsumer
+from channels.sessions import InstanceSessionWrapper
 from django.conf import settings
 from websockets.exceptions import ConnectionClosed
 
@@ -24,6 +25,17 @@ from voicechat.redaction import redact
 from voicechat.upstream import Upstream, UpstreamError, open_upstream, resolve_backend
 
 logger = logging.getLogger(__name__)
+
+
+def _frame_send(send):
+    """The ASGI server's own send, for relayed frames.
+
+    Channels' SessionMiddleware wraps `send` to save the session on HTTP responses; for every
+    WebSocket frame the wrapper only inspects the (lazy) session and passes the frame on, which
+    cost more than the policy check on the relay path. Accept and close still go through it.
+    """
+    wrapper = getattr(send, "__self__", None)
+    return wrapper.real_send if isinstance(wrapper, InstanceSessionWrapper) else send
 
 
 class RealtimeGatewayConsumer(AsyncWebsocketConsumer):
@@ -42,9 +54,14 @@ class RealtimeGatewayConsumer(AsyncWebsocketConsumer):
         self.scope = scope
         self.channel_layer = None
         self.base_send = send
+        self.relay_send = _frame_send(send)
         with contextlib.suppress(StopConsumer):
             while True:
-                await self.dispatch(await receive())
+                message = await receive()
+                if message["type"] == "websocket.receive":
+                    await self.receive(message.get("text"), message.get("bytes"))
+                else:
+                    await self.dispatch(message)
 
     async def dispatch(self, message: dict) -> None:
         """Call the handler for an ASGI message type (websocket_connect, _receive, _disconnect)."""
@@ -143,8 +160,7 @@ class RealtimeGatewayConsumer(AsyncWebsocketConsumer):
                 if etype == "error":
                     frame = self._note_error(frame)
                 self.recorder.observe(etype, frame)
-                # Straight to the ASGI server: the consumer's send() only adds two coroutine hops.
-                await self.base_send({"type": "websocket.send", "text": frame})
+                await self.relay_send({"type": "websocket.send", "text": frame})
         except UpstreamError as exc:
             await self._end(exc.reason, exc.message, code=exc.code)
             return

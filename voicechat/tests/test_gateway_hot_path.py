@@ -85,3 +85,18 @@ async def test_a_later_type_key_decides_and_is_checked(client, fake_upstream):
     error = (await client.receive())["error"]
     assert error["code"] == "field_not_allowed" and error["param"] == "session.instructions"
     assert [e["type"] for e in fake_upstream.received] == ["session.update"]  # only the defaults
+
+
+async def test_relayed_frames_skip_the_session_wrapper_and_nothing_else():
+    from channels.sessions import InstanceSessionWrapper
+
+    from voicechat.consumers import _frame_send
+
+    sent = []
+
+    async def server_send(message):
+        sent.append(message)
+
+    wrapper = InstanceSessionWrapper({"cookies": {}}, server_send)
+    assert _frame_send(wrapper.send) is server_send
+    assert _frame_send(server_send) is server_send  # not wrapped: used as it is
