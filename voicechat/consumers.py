@@ -15,16 +15,24 @@ from channels.sessions import InstanceSessionWrapper
 from django.conf import settings
 from websockets.exceptions import ConnectionClosed
 
-from voicechat import services
-from voicechat.auth import authenticate
-from voicechat.models import EndReason
+from voicechat import ratelimit, services
+from voicechat.auth import authenticate, header
+from voicechat.budgets import budget_problem, watch_budget
+from voicechat.models import Conversation, EndReason
 from voicechat.policy import ClientEventPolicy, session_defaults
-from voicechat.protocol import CLOSE_CODE_FOR, FATAL_ERROR_CODES, error_event, peek_type
+from voicechat.protocol import (
+    CLOSE_CODE_FOR,
+    FATAL_ERROR_CODES,
+    EndConversation,
+    error_event,
+    peek_type,
+)
 from voicechat.recorder import TranscriptRecorder
 from voicechat.redaction import redact
-from voicechat.upstream import Upstream, UpstreamError, open_upstream, resolve_backend
+from voicechat.upstream import Upstream, open_upstream, resolve_backend
 
 logger = logging.getLogger(__name__)
+audit = logging.getLogger("voicechat.audit")
 
 
 def _frame_send(send):
@@ -39,8 +47,11 @@ def _frame_send(send):
 
 
 class RealtimeGatewayConsumer(AsyncWebsocketConsumer):
+    conversation: Conversation | None = None
     upstream: Upstream | None = None
     relay_task: asyncio.Task | None = None
+    budget_task: asyncio.Task | None = None
+    end_reason: EndReason | None = None
 
     async def __call__(self, scope: dict, receive, send) -> None:
         """Serve one socket with a plain receive loop (the hot path: one call per client frame).
@@ -71,33 +82,62 @@ class RealtimeGatewayConsumer(AsyncWebsocketConsumer):
         await handler(message)
 
     async def connect(self) -> None:
+        self.client_ip = (self.scope.get("client") or ["unknown"])[0]
+        if not await ratelimit.allow(
+            f"ip:{self.client_ip}", limit=settings.REALTIME_CONNECTS_PER_MINUTE_PER_IP
+        ):
+            audit.warning("socket refused: too many connections from %s", self.client_ip)
+            await self.close()
+            return
         identity = await authenticate(self.scope)
         if identity is None:
+            audit.warning("socket refused: not authenticated, from %s", self.client_ip)
             # Closing before accept refuses the handshake (HTTP 403); no upstream was opened.
             await self.close()
             return
         await self.accept()
+        self.user = identity.user
+        if not await ratelimit.allow(
+            f"user:{self.user.pk}", limit=settings.REALTIME_CONNECTS_PER_MINUTE_PER_USER
+        ):
+            audit.warning("socket closed: %s opened too many conversations", self.user)
+            await self._end(
+                EndReason.RATE_LIMITED,
+                "Too many new conversations in the last minute. Wait a moment and try again.",
+                code="rate_limited",
+            )
+            return
         query = parse_qs(self.scope.get("query_string", b"").decode("latin-1"))
         self.model = (query.get("model") or [settings.REALTIME_MODEL])[0][:64]
         self.policy = ClientEventPolicy()
         # Client frames that arrive while the upstream is still opening, replayed in order.
         self.pending: collections.deque[str] = collections.deque()
         self.upstream_ready = False
-        self.end_reason: EndReason | None = None
         self.end_detail = ""
         self.last_error_code = ""
+        self.budget_wake = asyncio.Event()
         self.conversation = await database_sync_to_async(services.conversation_start)(
-            user=identity.user,
+            user=self.user,
             backend=resolve_backend(),
             model=self.model,
             voice=settings.REALTIME_VOICE,
+            auth_method=identity.method,
+            client_ip=self.client_ip if self.client_ip != "unknown" else None,
+            user_agent=header(self.scope, b"user-agent") or "",
+        )
+        audit.info(
+            "conversation %s opened by %s (%s) from %s",
+            self.conversation.pk,
+            self.user,
+            identity.method,
+            self.client_ip,
         )
         self.recorder = TranscriptRecorder(conversation_id=self.conversation.pk, model=self.model)
         self.recorder.start()
         self.relay_task = asyncio.create_task(self._relay_upstream())
 
     async def receive(self, text_data: str | None = None, bytes_data: bytes | None = None) -> None:
-        if self.end_reason is not None:
+        if self.end_reason is not None or self.conversation is None:
             return
         if text_data is None:
             await self.send(
@@ -109,6 +149,12 @@ class RealtimeGatewayConsumer(AsyncWebsocketConsumer):
         verdict = self.policy.check(text_data)
         if verdict.error is not None:
             await self.send(text_data=verdict.error)
+            if verdict.abusive:
+                await self._end(
+                    EndReason.ABUSE,
+                    "Too many invalid events in the last minute; the connection was closed.",
+                    code="too_many_invalid_events",
+                )
         elif self.upstream_ready:
             with contextlib.suppress(ConnectionClosed):  # the relay task reports the close
                 await self.upstream.send(verdict.frame)
@@ -125,30 +171,27 @@ class RealtimeGatewayConsumer(AsyncWebsocketConsumer):
             )
 
     async def disconnect(self, code: int) -> None:
-        if self.relay_task is None:
-            return  # refused before accept: nothing was opened
-        self.relay_task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await self.relay_task
+        for task in (self.relay_task, self.budget_task):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
         if self.upstream is not None:
             await self.upstream.close()
+        if self.conversation is None:
+            return  # refused before a conversation began: nothing to store
         await self.recorder.close()
+        reason = self.end_reason or EndReason.CLIENT_CLOSED
         await database_sync_to_async(services.conversation_end)(
-            conversation_id=self.conversation.pk,
-            reason=self.end_reason or EndReason.CLIENT_CLOSED,
-            detail=self.end_detail,
+            conversation_id=self.conversation.pk, reason=reason, detail=self.end_detail
         )
+        audit.info("conversation %s ended: %s", self.conversation.pk, reason)
 
     async def _relay_upstream(self) -> None:
-        """Open the upstream, replay what the client sent meanwhile, then relay until it ends."""
+        """Admit the conversation, open the upstream, replay what the client sent meanwhile,
+        then relay until the upstream ends."""
         try:
-            if self.model not in settings.REALTIME_ALLOWED_MODELS:
-                raise UpstreamError(
-                    EndReason.MODEL_NOT_ALLOWED,
-                    f"Model {self.model!r} is not available here; choose one of: "
-                    + ", ".join(settings.REALTIME_ALLOWED_MODELS),
-                    code="model_not_allowed",
-                )
+            await self._admit()
             self.upstream = open_upstream(self.model)
             await self.upstream.connect()
             await self.upstream.send(session_defaults())
@@ -159,10 +202,12 @@ class RealtimeGatewayConsumer(AsyncWebsocketConsumer):
                 etype = peek_type(frame)
                 if etype == "error":
                     frame = self._note_error(frame)
+                elif etype == "response.done":
+                    self.budget_wake.set()
                 self.recorder.observe(etype, frame)
                 await self.relay_send({"type": "websocket.send", "text": frame})
-        except UpstreamError as exc:
-            await self._end(exc.reason, exc.message, code=exc.code)
+        except EndConversation as end:
+            await self._end(end.reason, end.message, code=end.code)
             return
         except ConnectionClosed:
             pass  # closed while we were sending: reported below like any upstream close
@@ -173,6 +218,29 @@ class RealtimeGatewayConsumer(AsyncWebsocketConsumer):
             )
             return
         await self._end_for_upstream_close()
+
+    async def _admit(self) -> None:
+        """Raise EndConversation unless this conversation may start; then guard its budget."""
+        if self.model not in settings.REALTIME_ALLOWED_MODELS:
+            raise EndConversation(
+                EndReason.MODEL_NOT_ALLOWED,
+                f"Model {self.model!r} is not available here; choose one of: "
+                + ", ".join(settings.REALTIME_ALLOWED_MODELS),
+                code="model_not_allowed",
+            )
+        problem = await budget_problem(self.user, exclude_conversation=self.conversation.pk)
+        if problem:
+            raise EndConversation(EndReason.BUDGET_EXCEEDED, problem, code="budget_exceeded")
+        self.budget_task = asyncio.create_task(self._guard_budget())
+
+    async def _guard_budget(self) -> None:
+        problem = await watch_budget(
+            self.user,
+            conversation_id=self.conversation.pk,
+            live_cost=lambda: self.recorder.cost_usd,
+            wake=self.budget_wake,
+        )
+        await self._end(EndReason.BUDGET_EXCEEDED, problem, code="budget_exceeded")
 
     def _note_error(self, frame: str) -> str:
         """Remember a fatal error's code, and mask the provider key in what the client sees."""
@@ -213,6 +281,5 @@ class RealtimeGatewayConsumer(AsyncWebsocketConsumer):
         if self.end_reason is not None:
             return
         self.end_reason, self.end_detail = reason, detail or message
-        logger.info("conversation %s ending: %s", self.conversation.pk, reason)
         await self.send(text_data=error_event(message, code=code, type="server_error"))
         await self.close(code=CLOSE_CODE_FOR[reason])

@@ -27,8 +27,25 @@ def api_token_revoke(*, api_token: ApiToken) -> None:
         api_token.save(update_fields=["revoked"])
 
 
-def conversation_start(*, user, backend: str, model: str, voice: str) -> Conversation:
-    return Conversation.objects.create(user=user, backend=backend, model=model, voice=voice)
+def conversation_start(
+    *,
+    user,
+    backend: str,
+    model: str,
+    voice: str,
+    auth_method: str = "",
+    client_ip: str | None = None,
+    user_agent: str = "",
+) -> Conversation:
+    return Conversation.objects.create(
+        user=user,
+        backend=backend,
+        model=model,
+        voice=voice,
+        auth_method=auth_method,
+        client_ip=client_ip,
+        user_agent=user_agent[:300],
+    )
 
 
 def conversation_end(*, conversation_id: int, reason: str, detail: str = "") -> None:

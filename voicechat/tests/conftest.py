@@ -7,6 +7,7 @@ import socket
 import pytest
 from channels.db import database_sync_to_async
 from channels.testing import WebsocketCommunicator
+from django.core.cache import cache
 
 from voicechat.services import api_token_create
 from voicechat.tests.fake_upstream import FakeRealtimeServer
@@ -19,6 +20,8 @@ PROVIDER_KEY = "sk-proj-test" + secrets.token_hex(20)
 def _fast_test_settings(settings):
     settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
     settings.CHANNEL_LAYERS = {"default": {"BACKEND": "channels.layers.InMemoryChannelLayer"}}
+    # Rate-limit windows live in the cache: every test starts with none used.
+    cache.clear()
 
 
 @pytest.fixture
