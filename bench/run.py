@@ -170,7 +170,8 @@ class Bench:
                  str(self.harness / "requirements.txt")],
                 check=True,
             )
-        if any(t.kind == "node" for t in self.targets()) and not (self.node_modules / "ws").exists():
+        needs_node = any(t.kind == "node" for t in self.targets())
+        if needs_node and not (self.node_modules / "ws").exists():
             log("npm ci for the node relay (bench/.cache/node)")
             (CACHE / "node").mkdir(parents=True, exist_ok=True)
             for name in ("package.json", "package-lock.json"):
@@ -248,6 +249,9 @@ class Bench:
                 f"gw-serve{workers}", "gateway", SERVE_CMD.replace("{workers}", str(workers)), gw,
                 "/v1/realtime",
             )
+        for spec in self.args.target:  # --target NAME=COMMAND: any relay, e.g. another server
+            name, _, command = spec.partition("=")
+            known[name] = Target(name, "custom", command, {}, "/")
         targets = []
         for spec in wanted:
             name, _, rev = spec.partition("@")
@@ -267,7 +271,10 @@ class Bench:
         if target.kind == "direct":
             return None, self.upstream_url
         port = free_port()
-        cmd = target.command.format(py=PROJECT_PY, port=port, ws=os.environ.get("BENCH_UVICORN_WS", "websockets-sansio"))
+        cmd = target.command.format(
+            py=PROJECT_PY, port=port, upstream=self.upstream_url,
+            ws=os.environ.get("BENCH_UVICORN_WS", "websockets-sansio"),
+        )
         env = {
             **os.environ, **target.env, "PORT": str(port), "UPSTREAM_URL": self.upstream_url,
         }
@@ -321,7 +328,10 @@ class Bench:
             log(str(exc))
             return None
         try:
-            with open(f"{base}.loadgen.json", "w") as lg_out, open(f"{base}.loadgen.log", "w") as lg_log:
+            with (
+                open(f"{base}.loadgen.json", "w") as lg_out,
+                open(f"{base}.loadgen.log", "w") as lg_log,
+            ):
                 loadgen = subprocess.Popen(
                     self.loadgen_cmd(target, url, n), stdout=lg_out, stderr=lg_log,
                     start_new_session=True,
@@ -360,7 +370,8 @@ class Bench:
             log(
                 f"{tag} N={n}: ready {result['connections_ready']}/{n} "
                 f"lost {result['frames_lost']}/{result['frames_sent']} "
-                f"p50/p99 {result['rtt_ms']['p50']}/{result['rtt_ms']['p99']} ms, other CPU {noise}%"
+                f"p50/p99 {result['rtt_ms']['p50']}/{result['rtt_ms']['p99']} ms, "
+                f"other CPU {noise}%"
             )
             if result["connections_ready"] == 0:
                 self.failures.append(f"{tag} N={n}: no session became ready {result['errors']}")
@@ -388,7 +399,9 @@ class Bench:
             "targets": [t.name for t in targets], "pin": self.args.pin,
             "nice": self.args.nice, "transcript_every": self.args.transcript_every,
             "kernel": os.uname().release,
-            "node": subprocess.run(["node", "--version"], capture_output=True, text=True).stdout.strip(),
+            "node": subprocess.run(
+                ["node", "--version"], capture_output=True, text=True
+            ).stdout.strip(),
             "uvicorn_cmd": UVICORN_CMD, "runserver_cmd": RUNSERVER_CMD, "serve_cmd": SERVE_CMD,
             "git_head": subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT,
                                        capture_output=True, text=True).stdout.strip(),
@@ -440,19 +453,36 @@ def read_loadgen(path: Path) -> dict | None:
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--targets", default="direct,node,python,gw-runserver,gw-uvicorn,gw-uvicorn2")
-    p.add_argument("--ns", type=lambda s: [int(x) for x in s.split(",")], default=[10, 50, 100, 200, 300])
+    p = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    p.add_argument(
+        "--targets", default="direct,node,python,gw-runserver,gw-uvicorn,gw-serve2",
+        help="comma-separated: direct, node, python, gw-runserver, gw-uvicorn[K], gw-serve[K], "
+        "a gateway target @<git rev> (that commit's code), or a --target name",
+    )
+    p.add_argument(
+        "--target", action="append", default=[], metavar="NAME=COMMAND",
+        help="an extra relay started per run; COMMAND may use {port}, {upstream} and {py}",
+    )
+    p.add_argument("--summarize", metavar="DIR", help="only rebuild DIR/summary.md")
+    p.add_argument(
+        "--ns", type=lambda s: [int(x) for x in s.split(",")], default=[10, 50, 100, 200, 300]
+    )
     p.add_argument("--duration", type=float, default=8, help="seconds of streaming per run")
-    p.add_argument("--repeat", type=int, default=2, help="interleaved repeats; medians are reported")
+    p.add_argument("--repeat", type=int, default=2, help="interleaved repeats (medians)")
     p.add_argument("--chunk-ms", type=float, default=40)
     p.add_argument("--transcript-every", type=int, default=5,
                    help="the fake upstream adds a transcript delta after every K-th audio echo")
     p.add_argument("--quick", action="store_true", help="N=50, 8 s, one repeat")
-    p.add_argument("--pin", action="store_true", help="taskset: relay on --relay-cpus, harness on --load-cpus")
+    p.add_argument(
+        "--pin", action="store_true", help="taskset: relay on --relay-cpus, harness on --load-cpus"
+    )
     p.add_argument("--relay-cpus", default="1")
     p.add_argument("--load-cpus", default="0")
-    p.add_argument("--nice", type=int, default=-10, help="niceness of everything we start (root only)")
+    p.add_argument(
+        "--nice", type=int, default=-10, help="priority of everything we start (root only)"
+    )
     p.add_argument("--quiet-wait-s", type=float, default=3)
     p.add_argument("--quiet-max-pct", type=float, default=25)
     p.add_argument("--noise-max-pct", type=float, default=40)
@@ -469,7 +499,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     sys.path.insert(0, str(ROOT))
-    return Bench(parse_args(argv)).run()
+    args = parse_args(argv)
+    if args.summarize:
+        from bench.summary import write_summary
+
+        print(write_summary(Path(args.summarize), Path(args.harness), args.max_added_p99_ms))
+        return 0
+    return Bench(args).run()
 
 
 if __name__ == "__main__":
