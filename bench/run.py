@@ -82,9 +82,28 @@ def wait_port(port: int, timeout: float, proc: subprocess.Popen | None = None) -
     return False
 
 
+LIVE: set[subprocess.Popen] = set()  # everything started and not yet stopped
+
+
+def track(proc: subprocess.Popen) -> subprocess.Popen:
+    LIVE.add(proc)
+    return proc
+
+
+def stop_all(*_args) -> None:
+    """Stop whatever is still running (on exit, and on SIGTERM/SIGINT)."""
+    for proc in list(LIVE):
+        stop(proc)
+    if _args:  # called as a signal handler
+        raise SystemExit(130)
+
+
 def stop(proc: subprocess.Popen | None) -> None:
     """SIGTERM the process group we started, SIGKILL after 5 s."""
-    if proc is None or proc.poll() is not None:
+    if proc is None:
+        return
+    LIVE.discard(proc)
+    if proc.poll() is not None:
         return
     try:
         os.killpg(proc.pid, signal.SIGTERM)
@@ -279,10 +298,10 @@ class Bench:
             **os.environ, **target.env, "PORT": str(port), "UPSTREAM_URL": self.upstream_url,
         }
         logf = open(self.out / f"{target.name}.server.log", "ab")  # noqa: SIM115
-        proc = subprocess.Popen(
+        proc = track(subprocess.Popen(
             [*self.prefix_relay, *shlex.split(cmd)], cwd=target.cwd, env=env,
             stdout=logf, stderr=subprocess.STDOUT, start_new_session=True,
-        )
+        ))
         logf.close()
         raise_priority(proc, self.args.nice)
         if not wait_port(port, self.args.start_timeout, proc):
@@ -299,9 +318,9 @@ class Bench:
             "--transcript-every", str(self.args.transcript_every),
         ]
         with open(self.out / "fake_upstream.log", "ab") as logf:
-            self.fake = subprocess.Popen(
+            self.fake = track(subprocess.Popen(
                 cmd, stdout=logf, stderr=subprocess.STDOUT, start_new_session=True
-            )
+            ))
         raise_priority(self.fake, self.args.nice)
         if not wait_port(self.upstream_port, 15, self.fake):
             raise SystemExit("the fake upstream did not start (see fake_upstream.log)")
@@ -332,10 +351,10 @@ class Bench:
                 open(f"{base}.loadgen.json", "w") as lg_out,
                 open(f"{base}.loadgen.log", "w") as lg_log,
             ):
-                loadgen = subprocess.Popen(
+                loadgen = track(subprocess.Popen(
                     self.loadgen_cmd(target, url, n), stdout=lg_out, stderr=lg_log,
                     start_new_session=True,
-                )
+                ))
             raise_priority(loadgen, self.args.nice)
             mon = [
                 str(self.hpy), str(self.harness / "procmon.py"), "--out", f"{base}.samples.jsonl",
@@ -344,8 +363,10 @@ class Bench:
             ]
             if server is not None:
                 mon += ["--proc", f"relay={server.pid}"]
-            base.with_suffix(".samples.jsonl").unlink(missing_ok=True)
-            monitor = subprocess.Popen(mon, stderr=subprocess.DEVNULL, start_new_session=True)
+            Path(f"{base}.samples.jsonl").unlink(missing_ok=True)
+            monitor = track(
+                subprocess.Popen(mon, stderr=subprocess.DEVNULL, start_new_session=True)
+            )
             try:
                 loadgen.wait(self.args.duration + 180)
             except subprocess.TimeoutExpired:
@@ -505,7 +526,12 @@ def main(argv: list[str] | None = None) -> int:
 
         print(write_summary(Path(args.summarize), Path(args.harness), args.max_added_p99_ms))
         return 0
-    return Bench(args).run()
+    signal.signal(signal.SIGTERM, stop_all)
+    signal.signal(signal.SIGINT, stop_all)
+    try:
+        return Bench(args).run()
+    finally:
+        stop_all()
 
 
 if __name__ == "__main__":

@@ -57,13 +57,25 @@ def enrich(res: dict, rows: list[dict]) -> list[dict]:
     return rows
 
 
+def marginal_rss_kb(rows: list[dict], target: str) -> float | None:
+    """Memory each extra conversation costs: peak RSS growth from the smallest to the largest N."""
+    mine = sorted((r for r in rows if r["target"] == target and r.get("relay_rss")),
+                  key=lambda r: r["n"])
+    if len(mine) < 2 or mine[-1]["n"] == mine[0]["n"]:
+        return None
+    grown = mine[-1]["relay_rss"] - mine[0]["relay_rss"]
+    return round(1024 * grown / (mine[-1]["n"] - mine[0]["n"]), 1)
+
+
 def _f(value, digits: int = 2) -> str:
     if value is None:
         return "-"
     return f"{value:.{digits}f}" if isinstance(value, float) else str(value)
 
 
-def markdown(rows: list[dict], caps: dict, meta: dict, max_added_p99_ms: float) -> str:
+def markdown(
+    rows: list[dict], caps: dict, meta: dict, max_added_p99_ms: float, marginal: dict
+) -> str:
     out = [
         f"Run {meta.get('date_utc')} on {meta.get('nproc')} CPUs; load average at start "
         f"{', '.join(f'{x:.2f}' for x in meta.get('loadavg_start', []))}; "
@@ -91,11 +103,14 @@ def markdown(rows: list[dict], caps: dict, meta: dict, max_added_p99_ms: float) 
         f"Capacity (largest N with added p99 <= {max_added_p99_ms:g} ms, no loss, every session "
         "ready, at that N and every smaller N measured):",
         "",
-        "| target | capacity N |",
-        "|---|---|",
+        "| target | capacity N | RSS per extra conversation KB |",
+        "|---|---|---|",
     ]
     for target, cap in caps.items():
-        out.append(f"| {target} | {cap if cap is not None else '< smallest N'} |")
+        out.append(
+            f"| {target} | {cap if cap is not None else '< smallest N'} "
+            f"| {_f(marginal.get(target), 0)} |"
+        )
     return "\n".join(out) + "\n"
 
 
@@ -108,11 +123,15 @@ def write_summary(results_dir: Path, harness: Path, max_added_p99_ms: float = 20
         row["flags"] = [f for f in row["flags"] if f]
     targets = list(dict.fromkeys(r["target"] for r in res["runs"]))
     caps = {t: capacity(rows, t, max_added_p99_ms) for t in targets}
+    marginal = {t: marginal_rss_kb(rows, t) for t in targets}
     meta = res.get("meta", {})
-    text = markdown(rows, caps, meta, max_added_p99_ms)
+    text = markdown(rows, caps, meta, max_added_p99_ms, marginal)
     (results_dir / "summary.md").write_text(text)
     (results_dir / "summary.json").write_text(
-        json.dumps({"meta": meta, "rows": rows, "capacity": caps}, indent=1, default=str)
+        json.dumps(
+            {"meta": meta, "rows": rows, "capacity": caps, "rss_per_extra_conv_kb": marginal},
+            indent=1, default=str,
+        )
     )
     # The harness's own per-run table, for the raw view.
     (results_dir / "table.md").write_text(report.table(res) + "\n")
