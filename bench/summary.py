@@ -57,10 +57,14 @@ def enrich(res: dict, rows: list[dict]) -> list[dict]:
     return rows
 
 
-def marginal_rss_kb(rows: list[dict], target: str) -> float | None:
-    """Memory each extra conversation costs: peak RSS growth from the smallest to the largest N."""
-    mine = sorted((r for r in rows if r["target"] == target and r.get("relay_rss")),
-                  key=lambda r: r["n"])
+def marginal_rss_kb(rows: list[dict], target: str, up_to_n: int | None) -> float | None:
+    """Memory each extra conversation costs: peak RSS growth from the smallest N to `up_to_n`
+    (the capacity: beyond it, backlogged frames inflate RSS)."""
+    mine = sorted(
+        (r for r in rows if r["target"] == target and r.get("relay_rss")
+         and up_to_n is not None and r["n"] <= up_to_n),
+        key=lambda r: r["n"],
+    )
     if len(mine) < 2 or mine[-1]["n"] == mine[0]["n"]:
         return None
     grown = mine[-1]["relay_rss"] - mine[0]["relay_rss"]
@@ -103,7 +107,7 @@ def markdown(
         f"Capacity (largest N with added p99 <= {max_added_p99_ms:g} ms, no loss, every session "
         "ready, at that N and every smaller N measured):",
         "",
-        "| target | capacity N | RSS per extra conversation KB |",
+        "| target | capacity N | RSS per extra conversation KB (smallest N to capacity) |",
         "|---|---|---|",
     ]
     for target, cap in caps.items():
@@ -123,7 +127,7 @@ def write_summary(results_dir: Path, harness: Path, max_added_p99_ms: float = 20
         row["flags"] = [f for f in row["flags"] if f]
     targets = list(dict.fromkeys(r["target"] for r in res["runs"]))
     caps = {t: capacity(rows, t, max_added_p99_ms) for t in targets}
-    marginal = {t: marginal_rss_kb(rows, t) for t in targets}
+    marginal = {t: marginal_rss_kb(rows, t, caps[t]) for t in targets}
     meta = res.get("meta", {})
     text = markdown(rows, caps, meta, max_added_p99_ms, marginal)
     (results_dir / "summary.md").write_text(text)
