@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 ADDR ?= 127.0.0.1:8000
 
-.PHONY: run test install lint
+.PHONY: run test install lint bench
 
 $(VENV)/.installed: requirements.txt requirements-dev.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -24,3 +24,7 @@ test: install
 
 lint: install
 	$(VENV)/bin/ruff check .
+
+# Relay cost and capacity against the reference relays (docs/benchmarks.md); about 20-25 min.
+bench: install
+	$(PY) bench/run.py

@@ -7,8 +7,11 @@ import logging
 from urllib.parse import parse_qs
 
 import orjson
+from channels.consumer import get_handler_name
 from channels.db import database_sync_to_async
+from channels.exceptions import StopConsumer
 from channels.generic.websocket import AsyncWebsocketConsumer
+from channels.sessions import InstanceSessionWrapper
 from django.conf import settings
 from websockets.exceptions import ConnectionClosed
 
@@ -32,12 +35,51 @@ logger = logging.getLogger(__name__)
 audit = logging.getLogger("voicechat.audit")
 
 
+def _frame_send(send):
+    """The ASGI server's own send, for relayed frames.
+
+    Channels' SessionMiddleware wraps `send` to save the session on HTTP responses; for every
+    WebSocket frame the wrapper only inspects the (lazy) session and passes the frame on, which
+    cost more than the policy check on the relay path. Accept and close still go through it.
+    """
+    wrapper = getattr(send, "__self__", None)
+    return wrapper.real_send if isinstance(wrapper, InstanceSessionWrapper) else send
+
+
 class RealtimeGatewayConsumer(AsyncWebsocketConsumer):
     conversation: Conversation | None = None
     upstream: Upstream | None = None
     relay_task: asyncio.Task | None = None
     budget_task: asyncio.Task | None = None
     end_reason: EndReason | None = None
+
+    async def __call__(self, scope: dict, receive, send) -> None:
+        """Serve one socket with a plain receive loop (the hot path: one call per client frame).
+
+        Channels' own loop would, for every frame, race the socket against a channel layer (a new
+        task plus asyncio.wait) and hop to the database thread to close stale connections, where
+        frames queue behind transcript writes. The gateway is never addressed through a channel
+        layer, and it reaches the database only through database_sync_to_async, which does that
+        clean-up itself around each call; so both are pure cost here.
+        """
+        self.scope = scope
+        self.channel_layer = None
+        self.base_send = send
+        self.relay_send = _frame_send(send)
+        with contextlib.suppress(StopConsumer):
+            while True:
+                message = await receive()
+                if message["type"] == "websocket.receive":
+                    await self.receive(message.get("text"), message.get("bytes"))
+                else:
+                    await self.dispatch(message)
+
+    async def dispatch(self, message: dict) -> None:
+        """Call the handler for an ASGI message type (websocket_connect, _receive, _disconnect)."""
+        handler = getattr(self, get_handler_name(message), None)
+        if handler is None:
+            raise ValueError(f"No handler for message type {message['type']}")
+        await handler(message)
 
     async def connect(self) -> None:
         self.client_ip = (self.scope.get("client") or ["unknown"])[0]
@@ -167,7 +209,7 @@ class RealtimeGatewayConsumer(AsyncWebsocketConsumer):
                 elif etype == "response.done":
                     self.budget_wake.set()
                 self.recorder.observe(etype, frame)
-                await self.send(text_data=frame)
+                await self.relay_send({"type": "websocket.send", "text": frame})
         except EndConversation as end:
             await self._end(end.reason, end.message, code=end.code)
             return
