@@ -12,21 +12,32 @@ from channels.generic.websocket import AsyncWebsocketConsumer
 from django.conf import settings
 from websockets.exceptions import ConnectionClosed
 
-from voicechat import services
+from voicechat import lifecycle, services
 from voicechat.auth import authenticate
+from voicechat.limits import TOO_MANY_CODE, DurationLimit
 from voicechat.models import EndReason
+from voicechat.monitor import ConversationPublisher
 from voicechat.policy import ClientEventPolicy, session_defaults
-from voicechat.protocol import CLOSE_CODE_FOR, FATAL_ERROR_CODES, error_event, peek_type
+from voicechat.protocol import (
+    CLOSE_CODE_FOR,
+    FATAL_ERROR_CODES,
+    CloseCode,
+    error_event,
+    peek_type,
+)
 from voicechat.recorder import TranscriptRecorder
 from voicechat.redaction import redact
 from voicechat.upstream import Upstream, UpstreamError, open_upstream, resolve_backend
 
 logger = logging.getLogger(__name__)
 
+SHUTDOWN_MESSAGE = "The server is restarting. Please reconnect in a moment."
+
 
 class RealtimeGatewayConsumer(AsyncWebsocketConsumer):
     upstream: Upstream | None = None
     relay_task: asyncio.Task | None = None
+    _finished: asyncio.Future | None = None
 
     async def connect(self) -> None:
         identity = await authenticate(self.scope)
@@ -44,14 +55,31 @@ class RealtimeGatewayConsumer(AsyncWebsocketConsumer):
         self.end_reason: EndReason | None = None
         self.end_detail = ""
         self.last_error_code = ""
-        self.conversation = await database_sync_to_async(services.conversation_start)(
-            user=identity.user,
-            backend=resolve_backend(),
-            model=self.model,
-            voice=settings.REALTIME_VOICE,
-        )
+        if lifecycle.draining():
+            await self._refuse(SHUTDOWN_MESSAGE, "server_shutdown", CloseCode.SERVER_SHUTDOWN)
+            return
+        try:
+            self.conversation = await database_sync_to_async(services.conversation_start)(
+                user=identity.user,
+                backend=resolve_backend(),
+                model=self.model,
+                voice=settings.REALTIME_VOICE,
+                # Where staff on any process reach this socket (monitor, "end conversation").
+                process=lifecycle.process_id(),
+                channel_name=getattr(self, "channel_name", ""),
+                max_open=settings.REALTIME_MAX_CONCURRENT_PER_USER,
+            )
+        except services.TooManyConversations as exc:
+            await self._refuse(str(exc), TOO_MANY_CODE, CloseCode.TOO_MANY_CONVERSATIONS)
+            return
+        self.conversation_id = self.conversation.pk
         self.recorder = TranscriptRecorder(conversation_id=self.conversation.pk, model=self.model)
         self.recorder.start()
+        self.monitor = ConversationPublisher(self.conversation)
+        self.monitor.start()
+        self.duration_limit = DurationLimit(self._end_for_duration)
+        self.duration_limit.start()
+        lifecycle.register(self)
         self.relay_task = asyncio.create_task(self._relay_upstream())
 
     async def receive(self, text_data: str | None = None, bytes_data: bytes | None = None) -> None:
@@ -84,18 +112,75 @@ class RealtimeGatewayConsumer(AsyncWebsocketConsumer):
 
     async def disconnect(self, code: int) -> None:
         if self.relay_task is None:
-            return  # refused before accept: nothing was opened
-        self.relay_task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await self.relay_task
+            return  # refused before the conversation began: nothing was opened
+        await self._finish()
+
+    async def _finish(self) -> None:
+        """Close the upstream, store the transcript and the end reason; runs once, completely."""
+        if self._finished is None:
+            self._finished = asyncio.ensure_future(self._close_everything())
+        # Shielded: a server that cancels the consumer (daphne at shutdown) must not cut the
+        # transcript flush short.
+        await asyncio.shield(self._finished)
+
+    async def _close_everything(self) -> None:
+        self.duration_limit.cancel()
+        await self._stop_relay()
         if self.upstream is not None:
             await self.upstream.close()
         await self.recorder.close()
-        await database_sync_to_async(services.conversation_end)(
-            conversation_id=self.conversation.pk,
-            reason=self.end_reason or EndReason.CLIENT_CLOSED,
-            detail=self.end_detail,
+        # Closed by the server while it shuts down (not our own graceful path): say so.
+        reason = self.end_reason or (
+            EndReason.SERVER_SHUTDOWN if lifecycle.draining() else EndReason.CLIENT_CLOSED
         )
+        await database_sync_to_async(services.conversation_end)(
+            conversation_id=self.conversation.pk, reason=reason, detail=self.end_detail
+        )
+        await self.monitor.close(reason=reason)
+        lifecycle.unregister(self)
+
+    async def _stop_relay(self) -> None:
+        if asyncio.current_task() is not self.relay_task:
+            self.relay_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self.relay_task
+
+    # --- ends decided outside the relay: staff, shutdown, length limit -------------------
+
+    async def gateway_end(self, message: dict) -> None:
+        """Channel-layer message from a staff member's monitor, on any process."""
+        by = str(message.get("by") or "staff")[:150]
+        await self._end_from_outside(
+            EndReason.ENDED_BY_STAFF,
+            "A staff member ended this conversation.",
+            code="ended_by_staff",
+            detail=f"ended by {by}",
+        )
+
+    async def end_for_shutdown(self) -> None:
+        """Called by lifecycle on SIGTERM: tell the client, then store everything before exit."""
+        await self._end_from_outside(
+            EndReason.SERVER_SHUTDOWN, SHUTDOWN_MESSAGE, code="server_shutdown"
+        )
+        await self._finish()
+
+    async def _end_for_duration(self) -> None:
+        limit = self.duration_limit
+        await self._end_from_outside(limit.reason, limit.message, code=limit.code)
+
+    async def _end_from_outside(
+        self, reason: EndReason, message: str, *, code: str, detail: str = ""
+    ) -> None:
+        if self.end_reason is not None:
+            return
+        # Stop relaying first, so nothing is sent to the client after the close.
+        await self._stop_relay()
+        await self._end(reason, message, code=code, detail=detail)
+
+    async def _refuse(self, message: str, code: str, close_code: int) -> None:
+        """Explain why no conversation was started, then close (nothing was opened)."""
+        await self.send(text_data=error_event(message, code=code, type="server_error"))
+        await self.close(code=close_code)
 
     async def _relay_upstream(self) -> None:
         """Open the upstream, replay what the client sent meanwhile, then relay until it ends."""
@@ -118,6 +203,7 @@ class RealtimeGatewayConsumer(AsyncWebsocketConsumer):
                 if etype == "error":
                     frame = self._note_error(frame)
                 self.recorder.observe(etype, frame)
+                self.monitor.observe(etype, frame)
                 await self.send(text_data=frame)
         except UpstreamError as exc:
             await self._end(exc.reason, exc.message, code=exc.code)

@@ -1,6 +1,7 @@
 import asyncio
 import contextlib
 import json
+import os
 import secrets
 import socket
 
@@ -15,10 +16,31 @@ from voicechat.tests.fake_upstream import FakeRealtimeServer
 PROVIDER_KEY = "sk-proj-test" + secrets.token_hex(20)
 
 
+# With REDIS_URL set (make test-services), tests use that Redis under a prefix of their own.
+REDIS_TEST_PREFIX = f"vctest{os.getpid()}"
+
+
 @pytest.fixture(autouse=True)
 def _fast_test_settings(settings):
     settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
-    settings.CHANNEL_LAYERS = {"default": {"BACKEND": "channels.layers.InMemoryChannelLayer"}}
+    if settings.REDIS_URL:
+        settings.CHANNEL_LAYERS = {
+            "default": {
+                "BACKEND": "channels_redis.core.RedisChannelLayer",
+                "CONFIG": {"hosts": [settings.REDIS_URL], "prefix": REDIS_TEST_PREFIX},
+            }
+        }
+    else:
+        settings.CHANNEL_LAYERS = {"default": {"BACKEND": "channels.layers.InMemoryChannelLayer"}}
+
+
+@pytest.fixture(autouse=True)
+def _fresh_process_state():
+    """Each test starts with a process that is not shutting down."""
+    from voicechat import lifecycle
+
+    with lifecycle.fresh_state():
+        yield
 
 
 @pytest.fixture
