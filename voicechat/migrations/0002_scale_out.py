@@ -5,35 +5,56 @@ from django.db import migrations, models
 
 
 class Migration(migrations.Migration):
-
     dependencies = [
-        ('voicechat', '0001_initial'),
+        ("voicechat", "0001_initial"),
         migrations.swappable_dependency(settings.AUTH_USER_MODEL),
     ]
 
     operations = [
         migrations.AddField(
-            model_name='conversation',
-            name='channel_name',
+            model_name="conversation",
+            name="channel_name",
             field=models.CharField(blank=True, max_length=200),
         ),
         migrations.AddField(
-            model_name='conversation',
-            name='heartbeat',
+            model_name="conversation",
+            name="heartbeat",
             field=models.DateTimeField(blank=True, null=True),
         ),
         migrations.AddField(
-            model_name='conversation',
-            name='process',
+            model_name="conversation",
+            name="process",
             field=models.CharField(blank=True, max_length=100),
         ),
         migrations.AlterField(
-            model_name='conversation',
-            name='end_reason',
-            field=models.CharField(blank=True, choices=[('client_closed', 'Client closed the connection'), ('not_configured', 'No backend configured'), ('model_not_allowed', 'Model not allowed'), ('upstream_unreachable', 'Upstream unreachable'), ('upstream_refused', 'Upstream refused the connection'), ('upstream_closed', 'Upstream closed the connection'), ('upstream_error', 'Upstream reported a fatal error'), ('time_limit', 'Session time limit reached'), ('server_error', 'Server error'), ('ended_by_staff', 'Ended by staff'), ('server_shutdown', 'Server shut down'), ('duration_limit', 'Conversation length limit reached'), ('process_lost', 'Server process lost')], max_length=32),
+            model_name="conversation",
+            name="end_reason",
+            field=models.CharField(
+                blank=True,
+                choices=[
+                    ("client_closed", "Client closed the connection"),
+                    ("not_configured", "No backend configured"),
+                    ("model_not_allowed", "Model not allowed"),
+                    ("upstream_unreachable", "Upstream unreachable"),
+                    ("upstream_refused", "Upstream refused the connection"),
+                    ("upstream_closed", "Upstream closed the connection"),
+                    ("upstream_error", "Upstream reported a fatal error"),
+                    ("time_limit", "Session time limit reached"),
+                    ("server_error", "Server error"),
+                    ("ended_by_staff", "Ended by staff"),
+                    ("server_shutdown", "Server shut down"),
+                    ("duration_limit", "Conversation length limit reached"),
+                    ("process_lost", "Server process lost"),
+                ],
+                max_length=32,
+            ),
         ),
         migrations.AddIndex(
-            model_name='conversation',
-            index=models.Index(condition=models.Q(('ended__isnull', True)), fields=['user'], name='conversation_open_by_user'),
+            model_name="conversation",
+            index=models.Index(
+                condition=models.Q(("ended__isnull", True)),
+                fields=["user"],
+                name="conversation_open_by_user",
+            ),
         ),
     ]
