@@ -180,7 +180,7 @@ class RealtimeGatewayConsumer(AsyncWebsocketConsumer):
     async def _refuse(self, message: str, code: str, close_code: int) -> None:
         """Explain why no conversation was started, then close (nothing was opened)."""
         await self.send(text_data=error_event(message, code=code, type="server_error"))
-        await self.close(code=close_code)
+        await self.close(code=int(close_code))
 
     async def _relay_upstream(self) -> None:
         """Open the upstream, replay what the client sent meanwhile, then relay until it ends."""
@@ -259,4 +259,5 @@ class RealtimeGatewayConsumer(AsyncWebsocketConsumer):
         self.end_reason, self.end_detail = reason, detail or message
         logger.info("conversation %s ending: %s", self.conversation.pk, reason)
         await self.send(text_data=error_event(message, code=code, type="server_error"))
-        await self.close(code=CLOSE_CODE_FOR[reason])
+        # A plain int: daphne (autobahn) rejects an IntEnum close code and never closes.
+        await self.close(code=int(CLOSE_CODE_FOR[reason]))

@@ -170,3 +170,43 @@ async def connect():
 def db(fn, *args, **kwargs):
     """Run a sync ORM callable from an async test."""
     return fn(*args, **kwargs)
+
+
+# --- scale-out: staff, sessions, real server processes ----------------------------------------
+
+
+@pytest.fixture
+def staff_user(django_user_model):
+    """A staff member who watches the live monitor (not a superuser)."""
+    return django_user_model.objects.create_user(
+        "olga", password="olga-password-123", is_staff=True
+    )
+
+
+def session_cookie(user) -> str:
+    """A Cookie header value logging `user` in (the session lives in the shared database)."""
+    from django.conf import settings
+    from django.test import Client as DjangoClient
+
+    client = DjangoClient()
+    client.force_login(user)
+    return f"{settings.SESSION_COOKIE_NAME}={client.cookies[settings.SESSION_COOKIE_NAME].value}"
+
+
+@pytest.fixture
+async def start_server(transactional_db):
+    """Start real server processes (uvicorn or daphne) on the test database; stopped after."""
+    from voicechat.tests.servers import ServerProcess, server_env
+
+    started = []
+
+    async def _start(kind: str = "uvicorn", *, upstream_url: str, **env: str):
+        server = ServerProcess(kind, **server_env(upstream_url=upstream_url, **env))
+        started.append(server)
+        return await server.start()
+
+    yield _start
+    for server in started:
+        # Shown by pytest only when the test failed.
+        print(f"--- {server.kind} on {server.address} ---\n{server.log()}")
+        server.stop()
