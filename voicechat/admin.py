@@ -148,7 +148,6 @@ class ConversationAdmin(admin.ModelAdmin):
             text, f"conversations-{now():%Y%m%d-%H%M%S}.md", "text/markdown; charset=utf-8"
         )
 
-
     @admin.action(description="End selected open conversations (on any server process)")
     def end_conversations(self, request, queryset):
         by = request.user.get_username()

@@ -173,8 +173,7 @@ class ConversationPublisher:
 def live_conversations() -> list[dict]:
     """Summaries of every open conversation on every process, newest first."""
     return [
-        conversation_summary(c)
-        for c in Conversation.objects.live().select_related("user").recent()
+        conversation_summary(c) for c in Conversation.objects.live().select_related("user").recent()
     ]
 
 

@@ -243,9 +243,7 @@ def _usage_add(
 
 def conversations_heartbeat(*, conversation_ids: list[int]) -> None:
     """Mark open conversations as still held by a live server process."""
-    Conversation.objects.filter(pk__in=conversation_ids, ended__isnull=True).update(
-        heartbeat=now()
-    )
+    Conversation.objects.filter(pk__in=conversation_ids, ended__isnull=True).update(heartbeat=now())
 
 
 def conversations_end_stale(*, user=None) -> int:

@@ -49,9 +49,7 @@ async def test_rows_of_a_lost_process_do_not_count_and_are_ended(
 ):
     settings.REALTIME_MAX_CONCURRENT_PER_USER = 1
     settings.REALTIME_STALE_AFTER = 60
-    lost = await db(
-        services.conversation_start, user=alice, backend="openai", model="m", voice="v"
-    )
+    lost = await db(services.conversation_start, user=alice, backend="openai", model="m", voice="v")
     last_seen = now() - timedelta(minutes=5)
     await db(Conversation.objects.filter(pk=lost.pk).update, heartbeat=last_seen)
 
@@ -68,9 +66,7 @@ async def test_heartbeat_keeps_live_rows_fresh_and_ends_lost_ones(
     settings.REALTIME_HEARTBEAT_INTERVAL = 0.05
     settings.REALTIME_STALE_AFTER = 60
     lost = await db(services.conversation_start, user=bob, backend="openai", model="m", voice="v")
-    await db(
-        Conversation.objects.filter(pk=lost.pk).update, heartbeat=now() - timedelta(minutes=5)
-    )
+    await db(Conversation.objects.filter(pk=lost.pk).update, heartbeat=now() - timedelta(minutes=5))
     _, client = await connect(token=alice_token)
     await client.receive_until("session.updated")
     live = await db(Conversation.objects.get, user=alice)

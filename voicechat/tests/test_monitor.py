@@ -15,7 +15,11 @@ pytestmark = pytest.mark.django_db(transaction=True)
 
 SAY_HELLO = {
     "type": "conversation.item.create",
-    "item": {"type": "message", "role": "user", "content": [{"type": "input_text", "text": "Say hello"}]},
+    "item": {
+        "type": "message",
+        "role": "user",
+        "content": [{"type": "input_text", "text": "Say hello"}],
+    },
 }
 
 

@@ -5,8 +5,8 @@ import json
 import signal
 
 import pytest
-from websockets.exceptions import ConnectionClosed
 from websockets.asyncio.client import connect as ws_connect
+from websockets.exceptions import ConnectionClosed
 
 from voicechat import lifecycle
 from voicechat.models import Conversation, EndReason
@@ -21,7 +21,11 @@ LINES = [f"Line number {n} must survive the restart." for n in range(8)]
 def typed(text: str) -> dict:
     return {
         "type": "conversation.item.create",
-        "item": {"type": "message", "role": "user", "content": [{"type": "input_text", "text": text}]},
+        "item": {
+            "type": "message",
+            "role": "user",
+            "content": [{"type": "input_text", "text": text}],
+        },
     }
 
 
