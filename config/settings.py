@@ -250,7 +250,7 @@ else:
     WHITENOISE_USE_FINDERS = True
 MIDDLEWARE.insert(
     MIDDLEWARE.index("django.middleware.security.SecurityMiddleware") + 1,
-    "whitenoise.middleware.WhiteNoiseMiddleware",
+    "voicechat.staticfiles.AsgiWhiteNoiseMiddleware",
 )
 
 # Behind a TLS-terminating proxy: trust its X-Forwarded-Proto (only if it always sets it).
@@ -271,6 +271,11 @@ LOGGING["formatters"] = {
     "text": {"format": "%(asctime)s %(levelname)s %(name)s [%(process)d] %(message)s"},
     "json": {"()": "voicechat.logformat.JsonFormatter"},
 }
+# Servers' own loggers go through our handler too (one format, and redacted): uvicorn gives
+# them handlers of their own, which this replaces.
+LOGGING.setdefault("loggers", {}).update(
+    {name: {"handlers": [], "propagate": True} for name in ("uvicorn", "uvicorn.access")}
+)
 for _handler in LOGGING["handlers"].values():
     _handler["formatter"] = "json" if LOG_FORMAT == "json" else "text"
     _handler.setdefault("filters", [])

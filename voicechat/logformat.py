@@ -10,6 +10,8 @@ _STANDARD = frozenset(vars(logging.LogRecord("", 0, "", 0, "", None, None))) | {
     "message",
     "asctime",
     "taskName",
+    # uvicorn repeats its message with terminal colours.
+    "color_message",
 }
 
 

@@ -20,6 +20,20 @@ PROVIDER_KEY = "sk-proj-test" + secrets.token_hex(20)
 REDIS_TEST_PREFIX = f"vctest{os.getpid()}"
 
 
+@pytest.fixture(autouse=True, scope="session")
+def _services_reachable():
+    """When the run asked for Redis (REDIS_URL), it must be there: fail, never skip."""
+    from django.conf import settings
+
+    if settings.REDIS_URL:
+        import redis
+
+        try:
+            redis.Redis.from_url(settings.REDIS_URL, socket_connect_timeout=3).ping()
+        except redis.RedisError as exc:
+            pytest.fail(f"REDIS_URL is set but Redis does not answer: {exc}", pytrace=False)
+
+
 @pytest.fixture(autouse=True)
 def _fast_test_settings(settings):
     settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]

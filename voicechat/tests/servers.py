@@ -22,7 +22,6 @@ from django.db import connection
 from voicechat.tests.conftest import PROVIDER_KEY, REDIS_TEST_PREFIX, free_port
 
 ROOT = Path(__file__).resolve().parents[2]
-SECRET_KEY = "test-secret-key-shared-by-every-server-process"
 
 
 def database_env() -> dict[str, str]:
@@ -44,7 +43,8 @@ def server_env(*, upstream_url: str, **extra: str) -> dict[str, str]:
     env.update(
         DJANGO_SETTINGS_MODULE="config.settings",
         DEBUG="false",
-        SECRET_KEY=SECRET_KEY,
+        # The test's own key, so sessions made in the test are valid on every server.
+        SECRET_KEY=settings.SECRET_KEY,
         ALLOWED_HOSTS="127.0.0.1,localhost",
         OPENAI_API_KEY=PROVIDER_KEY,
         OPENAI_REALTIME_URL=upstream_url,
