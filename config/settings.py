@@ -206,13 +206,13 @@ if DATABASE_URL:
     DATABASES = {
         "default": dj_database_url.parse(
             DATABASE_URL,
-            # Under ASGI, connections kept per thread leak (Django's docs): open one per use
-            # unless DATABASE_POOL asks for psycopg's pool.
+            # Under ASGI, connections kept per thread leak (Django's docs), so either psycopg's
+            # pool (DATABASE_POOL, the default for PostgreSQL) or a new connection per use.
             conn_max_age=0,
             conn_health_checks=False,
         )
     }
-    if envbool("DATABASE_POOL", "False"):
+    if DATABASES["default"]["ENGINE"].endswith("postgresql") and envbool("DATABASE_POOL", "True"):
         DATABASES["default"].setdefault("OPTIONS", {})["pool"] = {
             "min_size": 1,
             "max_size": envint("DATABASE_POOL_MAX_SIZE", 10),

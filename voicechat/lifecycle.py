@@ -11,6 +11,7 @@ it always does. A second signal skips the wait.
 
 import asyncio
 import contextlib
+import contextvars
 import logging
 import os
 import signal
@@ -126,7 +127,10 @@ def _on_signal(signum: int, frame) -> None:
         return
     _state["signalled"] = True
     logger.info("received signal %d: ending live conversations first", signum)
-    loop.call_soon_threadsafe(_start_shutdown, signum, frame)
+    # A fresh context: the handler runs inside whatever code the signal interrupted, and its
+    # context variables (asgiref's "single DB thread busy" flag among them) must not leak into
+    # the shutdown tasks, or their database writes refuse to run.
+    loop.call_soon_threadsafe(_start_shutdown, signum, frame, context=contextvars.Context())
 
 
 def _start_shutdown(signum: int, frame) -> None:
