@@ -65,6 +65,9 @@ def server_command(kind: str, port: int) -> list[str]:
             sys.executable, "-m", "uvicorn", "config.asgi:application",
             "--host", "127.0.0.1", "--port", str(port), "--lifespan", "off", "--no-access-log",
         ]  # fmt: skip
+    if kind == "uvicorn-workers":
+        # As in production: a supervisor process and two workers sharing the socket.
+        return [*server_command("uvicorn", port), "--workers", "2"]
     if kind == "daphne":
         return [
             sys.executable, "-m", "daphne", "-b", "127.0.0.1", "-p", str(port),

@@ -79,7 +79,7 @@ async def test_shutdown_ends_live_conversations_and_refuses_new_ones(
     assert await db(Conversation.objects.count) == 1
 
 
-@pytest.mark.parametrize("kind", ["uvicorn", "daphne"])
+@pytest.mark.parametrize("kind", ["uvicorn", "uvicorn-workers", "daphne"])
 async def test_sigterm_to_a_real_server_loses_no_line(
     kind, fake_upstream, alice, alice_token, start_server
 ):
