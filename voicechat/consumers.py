@@ -125,19 +125,21 @@ class RealtimeGatewayConsumer(AsyncWebsocketConsumer):
 
     async def _close_everything(self) -> None:
         self.duration_limit.cancel()
-        await self._stop_relay()
-        if self.upstream is not None:
-            await self.upstream.close()
-        await self.recorder.close()
         # Closed by the server while it shuts down (not our own graceful path): say so.
         reason = self.end_reason or (
             EndReason.SERVER_SHUTDOWN if lifecycle.draining() else EndReason.CLIENT_CLOSED
         )
-        await database_sync_to_async(services.conversation_end)(
-            conversation_id=self.conversation.pk, reason=reason, detail=self.end_detail
-        )
-        await self.monitor.close(reason=reason)
-        lifecycle.unregister(self)
+        try:
+            await self._stop_relay()
+            if self.upstream is not None:
+                await self.upstream.close()
+            await self.recorder.close()
+            await database_sync_to_async(services.conversation_end)(
+                conversation_id=self.conversation.pk, reason=reason, detail=self.end_detail
+            )
+        finally:
+            await self.monitor.close(reason=reason)
+            lifecycle.unregister(self)
 
     async def _stop_relay(self) -> None:
         if asyncio.current_task() is not self.relay_task:

@@ -5,6 +5,7 @@ ended from B, counted by the concurrency limit on both, and survives A's SIGTERM
 line stored. Needs DATABASE_URL (PostgreSQL) and REDIS_URL: skipped on the embedded run only.
 """
 
+import asyncio
 import json
 import re
 
@@ -144,4 +145,9 @@ async def test_two_processes_share_conversations_monitor_and_limits(
     assert doomed.end_reason == EndReason.SERVER_SHUTDOWN
     assert [item.text for item in await db(doomed.ordered_items)] == LINES
     assert (await db(Conversation.objects.get, pk=first)).end_reason == EndReason.ENDED_BY_STAFF
-    assert await db(Conversation.objects.filter(end_reason="").count) == 0  # all ended, recorded
+    # B records its own conversation's end once the client's close reaches it.
+    async with asyncio.timeout(10):
+        while await db(Conversation.objects.active().count):
+            await asyncio.sleep(0.05)
+    reasons = await db(lambda: sorted(Conversation.objects.values_list("end_reason", flat=True)))
+    assert reasons == ["client_closed", "ended_by_staff", "server_shutdown"]
