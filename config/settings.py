@@ -6,6 +6,7 @@ The embedded defaults (SQLite, in-memory channel layer, local engine) need no se
 
 import os
 import tempfile
+from datetime import timedelta
 from decimal import Decimal
 from pathlib import Path
 
@@ -24,6 +25,14 @@ def envint(name: str, default: int) -> int:
         return int(value) if value.strip() else default
     except ValueError:
         raise ImproperlyConfigured(f"{name} must be an integer, got {value!r}") from None
+
+
+def envdecimal(name: str, default: str) -> Decimal:
+    value = os.environ.get(name, "").strip() or default
+    try:
+        return Decimal(value)
+    except ArithmeticError:
+        raise ImproperlyConfigured(f"{name} must be a number, got {value!r}") from None
 
 
 def envlist(name: str, default: str) -> list[str]:
@@ -55,6 +64,7 @@ INSTALLED_APPS = [
     "django.contrib.messages",
     "django.contrib.staticfiles",
     "channels",
+    "axes",
     "voicechat",
 ]
 
@@ -66,6 +76,14 @@ MIDDLEWARE = [
     "django.contrib.auth.middleware.AuthenticationMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
+    # Last, as django-axes asks: it turns a locked-out login into its lockout page.
+    "axes.middleware.AxesMiddleware",
+]
+
+AUTHENTICATION_BACKENDS = [
+    # First, so a locked-out username+IP is refused before the password is even checked.
+    "axes.backends.AxesStandaloneBackend",
+    "django.contrib.auth.backends.ModelBackend",
 ]
 
 ROOT_URLCONF = "config.urls"
@@ -196,6 +214,33 @@ REALTIME_PRICES = {
     },
 }
 
+# --- Security limits ----------------------------------------------------------------------
+
+# Login rate limiting (django-axes): this many failures for one username from one address
+# locks that pair out for LOGIN_COOLOFF_MINUTES; a successful login resets the count.
+AXES_FAILURE_LIMIT = envint("LOGIN_FAILURE_LIMIT", 5)
+AXES_COOLOFF_TIME = timedelta(minutes=envint("LOGIN_COOLOFF_MINUTES", 15))
+AXES_LOCKOUT_PARAMETERS = [["username", "ip_address"]]
+AXES_RESET_ON_SUCCESS = True
+AXES_LOCKOUT_TEMPLATE = "registration/lockout.html"
+AXES_VERBOSE = False
+
+# Daily budgets per user (0 = unlimited); per-user overrides live in admin (User limits).
+REALTIME_DAILY_MINUTES = envint("REALTIME_DAILY_MINUTES", 120)
+REALTIME_DAILY_COST_USD = envdecimal("REALTIME_DAILY_COST_USD", "5.00")
+# How often a live conversation re-checks the budgets, in seconds.
+REALTIME_BUDGET_CHECK_SECONDS = envint("REALTIME_BUDGET_CHECK_SECONDS", 30)
+# New gateway sockets per minute (0 = unlimited).
+REALTIME_CONNECTS_PER_MINUTE_PER_USER = envint("REALTIME_CONNECTS_PER_MINUTE_PER_USER", 20)
+REALTIME_CONNECTS_PER_MINUTE_PER_IP = envint("REALTIME_CONNECTS_PER_MINUTE_PER_IP", 60)
+# Frame limits: the largest client frame (characters), and audio no faster than real time
+# times REALTIME_AUDIO_RATE after a burst allowance of REALTIME_AUDIO_BURST_MS.
+REALTIME_MAX_FRAME_BYTES = envint("REALTIME_MAX_FRAME_BYTES", 256 * 1024)
+REALTIME_AUDIO_RATE = float(envdecimal("REALTIME_AUDIO_RATE", "1.5"))
+REALTIME_AUDIO_BURST_MS = envint("REALTIME_AUDIO_BURST_MS", 5000)
+# Refused client events tolerated per minute before the socket is closed as abusive.
+REALTIME_MAX_REFUSED_PER_MINUTE = envint("REALTIME_MAX_REFUSED_PER_MINUTE", 300)
+
 # --- Scale-out: shared database and channel layer, production serving, limits -----------
 
 # PostgreSQL (psycopg 3) for several server processes, e.g. postgres://user:pass@host/voicechat.
@@ -222,7 +267,8 @@ if DATABASE_URL:
         "NAME": f"test_{DATABASES['default'].get('NAME') or 'voicechat'}_{os.getpid()}"
     }
 
-# Redis for the channel layer, so processes reach each other (live monitor, staff "end").
+# Redis for the channel layer, so processes reach each other (live monitor, staff "end"),
+# and for the cache, so rate limits count every process.
 REDIS_URL = os.environ.get("REDIS_URL", "")
 # Keys and groups are namespaced, so several deployments (or test runs) can share one Redis.
 REDIS_PREFIX = os.environ.get("REDIS_PREFIX", "voicechat")
@@ -231,6 +277,14 @@ if REDIS_URL:
         "default": {
             "BACKEND": "channels_redis.core.RedisChannelLayer",
             "CONFIG": {"hosts": [REDIS_URL], "prefix": REDIS_PREFIX},
+        }
+    }
+    # Rate-limit windows (voicechat/ratelimit.py) must be shared by every process too.
+    CACHES = {
+        "default": {
+            "BACKEND": "django.core.cache.backends.redis.RedisCache",
+            "LOCATION": REDIS_URL,
+            "KEY_PREFIX": REDIS_PREFIX,
         }
     }
 

@@ -12,55 +12,80 @@ from channels.generic.websocket import AsyncWebsocketConsumer
 from django.conf import settings
 from websockets.exceptions import ConnectionClosed
 
-from voicechat import lifecycle, services
-from voicechat.auth import authenticate
+from voicechat import lifecycle, ratelimit, services
+from voicechat.auth import authenticate, header
+from voicechat.budgets import budget_problem, watch_budget
 from voicechat.limits import TOO_MANY_CODE, DurationLimit
-from voicechat.models import EndReason
+from voicechat.models import Conversation, EndReason
 from voicechat.monitor import ConversationPublisher
 from voicechat.policy import ClientEventPolicy, session_defaults
 from voicechat.protocol import (
     CLOSE_CODE_FOR,
     FATAL_ERROR_CODES,
     CloseCode,
+    EndConversation,
     error_event,
     peek_type,
 )
 from voicechat.recorder import TranscriptRecorder
 from voicechat.redaction import redact
-from voicechat.upstream import Upstream, UpstreamError, open_upstream, resolve_backend
+from voicechat.upstream import Upstream, open_upstream, resolve_backend
 
 logger = logging.getLogger(__name__)
+audit = logging.getLogger("voicechat.audit")
 
 SHUTDOWN_MESSAGE = "The server is restarting. Please reconnect in a moment."
 
 
 class RealtimeGatewayConsumer(AsyncWebsocketConsumer):
+    conversation: Conversation | None = None
     upstream: Upstream | None = None
     relay_task: asyncio.Task | None = None
+    budget_task: asyncio.Task | None = None
+    end_reason: EndReason | None = None
     _finished: asyncio.Future | None = None
 
     async def connect(self) -> None:
+        self.client_ip = (self.scope.get("client") or ["unknown"])[0]
+        if not await ratelimit.allow(
+            f"ip:{self.client_ip}", limit=settings.REALTIME_CONNECTS_PER_MINUTE_PER_IP
+        ):
+            audit.warning("socket refused: too many connections from %s", self.client_ip)
+            await self.close()
+            return
         identity = await authenticate(self.scope)
         if identity is None:
+            audit.warning("socket refused: not authenticated, from %s", self.client_ip)
             # Closing before accept refuses the handshake (HTTP 403); no upstream was opened.
             await self.close()
             return
         await self.accept()
+        self.user = identity.user
+        if not await ratelimit.allow(
+            f"user:{self.user.pk}", limit=settings.REALTIME_CONNECTS_PER_MINUTE_PER_USER
+        ):
+            audit.warning("socket closed: %s opened too many conversations", self.user)
+            await self._end(
+                EndReason.RATE_LIMITED,
+                "Too many new conversations in the last minute. Wait a moment and try again.",
+                code="rate_limited",
+            )
+            return
         query = parse_qs(self.scope.get("query_string", b"").decode("latin-1"))
         self.model = (query.get("model") or [settings.REALTIME_MODEL])[0][:64]
         self.policy = ClientEventPolicy()
         # Client frames that arrive while the upstream is still opening, replayed in order.
         self.pending: collections.deque[str] = collections.deque()
         self.upstream_ready = False
-        self.end_reason: EndReason | None = None
         self.end_detail = ""
         self.last_error_code = ""
+        self.budget_wake = asyncio.Event()
         if lifecycle.draining():
             await self._refuse(SHUTDOWN_MESSAGE, "server_shutdown", CloseCode.SERVER_SHUTDOWN)
             return
         try:
             self.conversation = await database_sync_to_async(services.conversation_start)(
-                user=identity.user,
+                user=self.user,
                 backend=resolve_backend(),
                 model=self.model,
                 voice=settings.REALTIME_VOICE,
@@ -68,11 +93,22 @@ class RealtimeGatewayConsumer(AsyncWebsocketConsumer):
                 process=lifecycle.process_id(),
                 channel_name=getattr(self, "channel_name", ""),
                 max_open=settings.REALTIME_MAX_CONCURRENT_PER_USER,
+                auth_method=identity.method,
+                client_ip=self.client_ip if self.client_ip != "unknown" else None,
+                user_agent=header(self.scope, b"user-agent") or "",
             )
         except services.TooManyConversations as exc:
+            audit.warning("socket closed: %s holds too many conversations", self.user)
             await self._refuse(str(exc), TOO_MANY_CODE, CloseCode.TOO_MANY_CONVERSATIONS)
             return
         self.conversation_id = self.conversation.pk
+        audit.info(
+            "conversation %s opened by %s (%s) from %s",
+            self.conversation.pk,
+            self.user,
+            identity.method,
+            self.client_ip,
+        )
         self.recorder = TranscriptRecorder(conversation_id=self.conversation.pk, model=self.model)
         self.recorder.start()
         self.monitor = ConversationPublisher(self.conversation)
@@ -83,7 +119,7 @@ class RealtimeGatewayConsumer(AsyncWebsocketConsumer):
         self.relay_task = asyncio.create_task(self._relay_upstream())
 
     async def receive(self, text_data: str | None = None, bytes_data: bytes | None = None) -> None:
-        if self.end_reason is not None:
+        if self.end_reason is not None or self.conversation is None:
             return
         if text_data is None:
             await self.send(
@@ -95,6 +131,12 @@ class RealtimeGatewayConsumer(AsyncWebsocketConsumer):
         verdict = self.policy.check(text_data)
         if verdict.error is not None:
             await self.send(text_data=verdict.error)
+            if verdict.abusive:
+                await self._end(
+                    EndReason.ABUSE,
+                    "Too many invalid events in the last minute; the connection was closed.",
+                    code="too_many_invalid_events",
+                )
         elif self.upstream_ready:
             with contextlib.suppress(ConnectionClosed):  # the relay task reports the close
                 await self.upstream.send(verdict.frame)
@@ -111,8 +153,8 @@ class RealtimeGatewayConsumer(AsyncWebsocketConsumer):
             )
 
     async def disconnect(self, code: int) -> None:
-        if self.relay_task is None:
-            return  # refused before the conversation began: nothing was opened
+        if self.conversation is None:
+            return  # refused before a conversation began: nothing was opened
         await self._finish()
 
     async def _finish(self) -> None:
@@ -131,18 +173,23 @@ class RealtimeGatewayConsumer(AsyncWebsocketConsumer):
         )
         try:
             await self._stop_relay()
+            if self.budget_task is not None:
+                self.budget_task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await self.budget_task
             if self.upstream is not None:
                 await self.upstream.close()
             await self.recorder.close()
             await database_sync_to_async(services.conversation_end)(
                 conversation_id=self.conversation.pk, reason=reason, detail=self.end_detail
             )
+            audit.info("conversation %s ended: %s", self.conversation.pk, reason)
         finally:
             await self.monitor.close(reason=reason)
             lifecycle.unregister(self)
 
     async def _stop_relay(self) -> None:
-        if asyncio.current_task() is not self.relay_task:
+        if self.relay_task is not None and asyncio.current_task() is not self.relay_task:
             self.relay_task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self.relay_task
@@ -185,15 +232,10 @@ class RealtimeGatewayConsumer(AsyncWebsocketConsumer):
         await self.close(code=int(close_code))
 
     async def _relay_upstream(self) -> None:
-        """Open the upstream, replay what the client sent meanwhile, then relay until it ends."""
+        """Admit the conversation, open the upstream, replay what the client sent meanwhile,
+        then relay until the upstream ends."""
         try:
-            if self.model not in settings.REALTIME_ALLOWED_MODELS:
-                raise UpstreamError(
-                    EndReason.MODEL_NOT_ALLOWED,
-                    f"Model {self.model!r} is not available here; choose one of: "
-                    + ", ".join(settings.REALTIME_ALLOWED_MODELS),
-                    code="model_not_allowed",
-                )
+            await self._admit()
             self.upstream = open_upstream(self.model)
             await self.upstream.connect()
             await self.upstream.send(session_defaults())
@@ -204,11 +246,13 @@ class RealtimeGatewayConsumer(AsyncWebsocketConsumer):
                 etype = peek_type(frame)
                 if etype == "error":
                     frame = self._note_error(frame)
+                elif etype == "response.done":
+                    self.budget_wake.set()
                 self.recorder.observe(etype, frame)
                 self.monitor.observe(etype, frame)
                 await self.send(text_data=frame)
-        except UpstreamError as exc:
-            await self._end(exc.reason, exc.message, code=exc.code)
+        except EndConversation as end:
+            await self._end(end.reason, end.message, code=end.code)
             return
         except ConnectionClosed:
             pass  # closed while we were sending: reported below like any upstream close
@@ -219,6 +263,29 @@ class RealtimeGatewayConsumer(AsyncWebsocketConsumer):
             )
             return
         await self._end_for_upstream_close()
+
+    async def _admit(self) -> None:
+        """Raise EndConversation unless this conversation may start; then guard its budget."""
+        if self.model not in settings.REALTIME_ALLOWED_MODELS:
+            raise EndConversation(
+                EndReason.MODEL_NOT_ALLOWED,
+                f"Model {self.model!r} is not available here; choose one of: "
+                + ", ".join(settings.REALTIME_ALLOWED_MODELS),
+                code="model_not_allowed",
+            )
+        problem = await budget_problem(self.user, exclude_conversation=self.conversation.pk)
+        if problem:
+            raise EndConversation(EndReason.BUDGET_EXCEEDED, problem, code="budget_exceeded")
+        self.budget_task = asyncio.create_task(self._guard_budget())
+
+    async def _guard_budget(self) -> None:
+        problem = await watch_budget(
+            self.user,
+            conversation_id=self.conversation.pk,
+            live_cost=lambda: self.recorder.cost_usd,
+            wake=self.budget_wake,
+        )
+        await self._end_from_outside(EndReason.BUDGET_EXCEEDED, problem, code="budget_exceeded")
 
     def _note_error(self, frame: str) -> str:
         """Remember a fatal error's code, and mask the provider key in what the client sees."""
@@ -259,7 +326,6 @@ class RealtimeGatewayConsumer(AsyncWebsocketConsumer):
         if self.end_reason is not None:
             return
         self.end_reason, self.end_detail = reason, detail or message
-        logger.info("conversation %s ending: %s", self.conversation.pk, reason)
         await self.send(text_data=error_event(message, code=code, type="server_error"))
         # A plain int: daphne (autobahn) rejects an IntEnum close code and never closes.
         await self.close(code=int(CLOSE_CODE_FOR[reason]))

@@ -23,6 +23,9 @@ class EndReason(models.TextChoices):
     UPSTREAM_CLOSED = "upstream_closed", "Upstream closed the connection"
     UPSTREAM_ERROR = "upstream_error", "Upstream reported a fatal error"
     TIME_LIMIT = "time_limit", "Session time limit reached"
+    BUDGET_EXCEEDED = "budget_exceeded", "Daily budget used up"
+    RATE_LIMITED = "rate_limited", "Too many connections"
+    ABUSE = "abuse", "Too many refused events"
     SERVER_ERROR = "server_error", "Server error"
     ENDED_BY_STAFF = "ended_by_staff", "Ended by staff"
     SERVER_SHUTDOWN = "server_shutdown", "Server shut down"
@@ -57,6 +60,9 @@ class ConversationQuerySet(models.QuerySet):
     def stale(self) -> "ConversationQuerySet":
         """Open conversations whose process stopped without ending them."""
         return self.active()._seen().filter(seen__lt=stale_cutoff())
+    def since(self, moment) -> "ConversationQuerySet":
+        """Conversations that were still going at `moment` or started after it."""
+        return self.filter(Q(ended__isnull=True) | Q(ended__gte=moment))
 
 
 class Conversation(models.Model):
@@ -65,6 +71,10 @@ class Conversation(models.Model):
     model = models.CharField(max_length=64)
     voice = models.CharField(max_length=32, blank=True)
     upstream_session_id = models.CharField(max_length=128, blank=True)
+    # Audit: how and from where the socket was opened.
+    auth_method = models.CharField(max_length=16, blank=True)
+    client_ip = models.GenericIPAddressField(null=True, blank=True)
+    user_agent = models.CharField(max_length=300, blank=True)
     started = models.DateTimeField(default=now)
     ended = models.DateTimeField(null=True, blank=True)
     end_reason = models.CharField(max_length=32, choices=EndReason, blank=True)
@@ -238,3 +248,25 @@ class ApiToken(models.Model):
     def digest_of(token: str) -> str:
         # Tokens are 256 random bits, so a fast unsalted hash is safe to store and look up.
         return hashlib.sha256(token.encode()).hexdigest()
+
+
+class UserLimits(models.Model):
+    """Per-user overrides of the daily budgets; an empty field means the site default."""
+
+    user = models.OneToOneField(settings.AUTH_USER_MODEL, models.CASCADE, related_name="limits")
+    daily_minutes = models.PositiveIntegerField(
+        null=True, blank=True, help_text="Conversation minutes per day; 0 means unlimited."
+    )
+    daily_cost_usd = models.DecimalField(
+        max_digits=10,
+        decimal_places=2,
+        null=True,
+        blank=True,
+        help_text="Estimated US dollars per day; 0 means unlimited.",
+    )
+
+    class Meta:
+        verbose_name_plural = "user limits"
+
+    def __str__(self) -> str:
+        return f"Limits for {self.user}"

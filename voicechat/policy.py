@@ -5,7 +5,9 @@ spent on); a client may tune how it talks and listens. Anything else is answered
 event and not forwarded; the socket stays open.
 """
 
-from dataclasses import dataclass
+import collections
+import time
+from dataclasses import dataclass, replace
 
 import orjson
 from django.conf import settings
@@ -60,10 +62,48 @@ _RESPONSE_FIELDS: dict = {
 
 @dataclass(frozen=True)
 class Verdict:
-    """What to do with one client frame: forward `frame` upstream, or answer with `error`."""
+    """What to do with one client frame: forward `frame` upstream, or answer with `error`.
+
+    `abusive` is set when the client has had too many events refused: the socket should close.
+    """
 
     frame: str | None = None
     error: str | None = None
+    abusive: bool = False
+
+
+# Bytes of audio per millisecond for each input format (PCM16 at 24 kHz; G.711 at 8 kHz).
+_AUDIO_BYTES_PER_MS = {"audio/pcm": 48, "audio/pcmu": 8, "audio/pcma": 8}
+
+
+class AudioPacer:
+    """A token bucket in milliseconds of audio: real time times REALTIME_AUDIO_RATE, plus a burst.
+
+    A client streams at real time; one that sends faster is either broken or trying to run up
+    the deployer's bill, and an upstream would buffer the excess without bound.
+    """
+
+    def __init__(self) -> None:
+        self.rate = settings.REALTIME_AUDIO_RATE
+        self.burst_ms = float(settings.REALTIME_AUDIO_BURST_MS)
+        self.available_ms = self.burst_ms
+        self.bytes_per_ms = _AUDIO_BYTES_PER_MS["audio/pcm"]
+        self._last = time.monotonic()
+
+    def set_format(self, format_type: str) -> None:
+        self.bytes_per_ms = _AUDIO_BYTES_PER_MS.get(format_type, self.bytes_per_ms)
+
+    def take(self, base64_chars: int) -> bool:
+        """Spend the audio in a base64 payload of this length; False when it comes too fast."""
+        moment = time.monotonic()
+        elapsed_ms = (moment - self._last) * 1000
+        self._last = moment
+        self.available_ms = min(self.burst_ms, self.available_ms + elapsed_ms * self.rate)
+        audio_ms = base64_chars * 3 / 4 / self.bytes_per_ms
+        if audio_ms > self.available_ms:
+            return False
+        self.available_ms -= audio_ms
+        return True
 
 
 def _refuse(message: str, *, code: str, event_id=None, param: str | None = None) -> Verdict:
@@ -115,8 +155,30 @@ class ClientEventPolicy:
         self._session_fields = session_fields
         self._response_fields = response_fields
         self._voices = frozenset(settings.REALTIME_VOICES)
+        self._refusals: collections.deque[float] = collections.deque()
+        self.pacer = AudioPacer()
 
     def check(self, text: str) -> Verdict:
+        verdict = self._check(text)
+        if verdict.error is not None and self._count_refusal():
+            return replace(verdict, abusive=True)
+        return verdict
+
+    def _count_refusal(self) -> bool:
+        """Note one refused event; True when more than the allowed number fell in a minute."""
+        moment = time.monotonic()
+        self._refusals.append(moment)
+        while self._refusals and self._refusals[0] < moment - 60:
+            self._refusals.popleft()
+        return len(self._refusals) > settings.REALTIME_MAX_REFUSED_PER_MINUTE
+
+    def _check(self, text: str) -> Verdict:
+        if len(text) > settings.REALTIME_MAX_FRAME_BYTES:
+            return _refuse(
+                f"The frame has {len(text)} characters; the limit is "
+                f"{settings.REALTIME_MAX_FRAME_BYTES}. Send audio in chunks of 20-100 ms.",
+                code="frame_too_large",
+            )
         try:
             event = orjson.loads(text)
         except orjson.JSONDecodeError as exc:
@@ -144,6 +206,22 @@ class ClientEventPolicy:
             return self._check_response_create(event)
         if etype == "conversation.item.create":
             return self._check_item_create(event)
+        if etype == "input_audio_buffer.append":
+            audio = event.get("audio")
+            if not isinstance(audio, str):
+                return _refuse(
+                    "input_audio_buffer.append needs base64 'audio'.",
+                    code="invalid_event",
+                    event_id=event_id,
+                    param="audio",
+                )
+            if not self.pacer.take(len(audio)):
+                return _refuse(
+                    "Audio is arriving faster than real time; this chunk was dropped.",
+                    code="audio_rate_exceeded",
+                    event_id=event_id,
+                    param="audio",
+                )
         if etype == "input_audio_buffer.append" and _plainly_one_type(text):
             # Audio appends are most of the traffic: forward them as received.
             return Verdict(frame=text)
@@ -176,6 +254,9 @@ class ClientEventPolicy:
                 event_id=event.get("event_id"),
                 param="session.audio.output.voice",
             )
+        input_format = ((session.get("audio") or {}).get("input") or {}).get("format")
+        if isinstance(input_format, dict) and isinstance(input_format.get("type"), str):
+            self.pacer.set_format(input_format["type"])
         return Verdict(frame=orjson.dumps(event).decode())
 
     def _check_response_create(self, event: dict) -> Verdict:

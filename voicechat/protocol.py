@@ -32,6 +32,9 @@ class CloseCode(enum.IntEnum):
     DURATION_LIMIT = 4008
     # Refused before the conversation began: the user already holds their maximum.
     TOO_MANY_CONVERSATIONS = 4012
+    BUDGET_EXCEEDED = 4020
+    RATE_LIMITED = 4029
+    ABUSE = 4030
     NOT_CONFIGURED = 4010
     MODEL_NOT_ALLOWED = 4011
     SERVER_ERROR = 4500
@@ -44,6 +47,9 @@ CLOSE_CODE_FOR = {
     EndReason.UPSTREAM_CLOSED: CloseCode.UPSTREAM_CLOSED,
     EndReason.UPSTREAM_ERROR: CloseCode.UPSTREAM_ERROR,
     EndReason.TIME_LIMIT: CloseCode.TIME_LIMIT,
+    EndReason.BUDGET_EXCEEDED: CloseCode.BUDGET_EXCEEDED,
+    EndReason.RATE_LIMITED: CloseCode.RATE_LIMITED,
+    EndReason.ABUSE: CloseCode.ABUSE,
     EndReason.NOT_CONFIGURED: CloseCode.NOT_CONFIGURED,
     EndReason.MODEL_NOT_ALLOWED: CloseCode.MODEL_NOT_ALLOWED,
     EndReason.SERVER_ERROR: CloseCode.SERVER_ERROR,
@@ -51,6 +57,16 @@ CLOSE_CODE_FOR = {
     EndReason.SERVER_SHUTDOWN: CloseCode.SERVER_SHUTDOWN,
     EndReason.DURATION_LIMIT: CloseCode.DURATION_LIMIT,
 }
+
+class EndConversation(Exception):
+    """Ends a conversation: `message` is shown to the user, `code` goes in the error event."""
+
+    def __init__(self, reason: EndReason, message: str, *, code: str) -> None:
+        super().__init__(message)
+        self.reason = reason
+        self.message = message
+        self.code = code
+
 
 # Error codes after which OpenAI ends the session; any other error event is recoverable.
 FATAL_ERROR_CODES = frozenset(

@@ -8,13 +8,14 @@ While a batch is being written, new changes collect in the next one (natural bat
 
 import asyncio
 import logging
+from decimal import Decimal
 
 import orjson
 from channels.db import database_sync_to_async
 
 from voicechat import services
 from voicechat.models import ItemStatus, Role
-from voicechat.services import ItemChange, RecorderBatch
+from voicechat.services import ItemChange, RecorderBatch, TokenCounts
 
 logger = logging.getLogger(__name__)
 
@@ -46,6 +47,8 @@ class TranscriptRecorder:
         self.conversation_id = conversation_id
         self.model = model
         self._batch = RecorderBatch()
+        # Estimated cost of the responses seen so far, for the live budget check.
+        self.cost_usd = Decimal(0)
         self._dirty = asyncio.Event()
         self._closing = False
         self._writer: asyncio.Task | None = None
@@ -161,6 +164,7 @@ class TranscriptRecorder:
             if isinstance(item, dict) and item.get("status") == "incomplete":
                 self._change(item.get("id"), status=ItemStatus.INTERRUPTED)
         if response.get("usage"):
+            self.cost_usd += TokenCounts.from_usage(response["usage"]).cost(self.model)
             self._batch.usage.append(
                 {
                     "response_id": response.get("id") or "",

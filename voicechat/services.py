@@ -49,6 +49,9 @@ def conversation_start(
     process: str = "",
     channel_name: str = "",
     max_open: int = 0,
+    auth_method: str = "",
+    client_ip: str | None = None,
+    user_agent: str = "",
 ) -> Conversation:
     """A new conversation; with `max_open`, refused (TooManyConversations) at the user's limit.
 
@@ -74,6 +77,9 @@ def conversation_start(
             process=process,
             channel_name=channel_name,
             heartbeat=now(),
+            auth_method=auth_method,
+            client_ip=client_ip,
+            user_agent=user_agent[:300],
         )
 
 

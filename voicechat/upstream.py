@@ -16,19 +16,14 @@ from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus, InvalidURI
 
 from voicechat.models import Backend, EndReason
+from voicechat.protocol import EndConversation
 from voicechat.redaction import redact
 
 logger = logging.getLogger(__name__)
 
 
-class UpstreamError(Exception):
+class UpstreamError(EndConversation):
     """The upstream could not be used; `message` is safe to show to the user."""
-
-    def __init__(self, reason: EndReason, message: str, *, code: str) -> None:
-        super().__init__(message)
-        self.reason = reason
-        self.message = message
-        self.code = code
 
 
 class Upstream(abc.ABC):

@@ -8,6 +8,7 @@ import socket
 import pytest
 from channels.db import database_sync_to_async
 from channels.testing import WebsocketCommunicator
+from django.core.cache import cache
 
 from voicechat.services import api_token_create
 from voicechat.tests.fake_upstream import FakeRealtimeServer
@@ -44,8 +45,19 @@ def _fast_test_settings(settings):
                 "CONFIG": {"hosts": [settings.REDIS_URL], "prefix": REDIS_TEST_PREFIX},
             }
         }
+        # Rate-limit windows live in the (shared) cache: a fresh namespace per test, since
+        # clearing a Redis cache would flush the whole database.
+        settings.CACHES = {
+            "default": {
+                "BACKEND": "django.core.cache.backends.redis.RedisCache",
+                "LOCATION": settings.REDIS_URL,
+                "KEY_PREFIX": f"{REDIS_TEST_PREFIX}:{secrets.token_hex(4)}",
+            }
+        }
     else:
         settings.CHANNEL_LAYERS = {"default": {"BACKEND": "channels.layers.InMemoryChannelLayer"}}
+        # Rate-limit windows live in the cache: every test starts with none used.
+        cache.clear()
 
 
 @pytest.fixture(autouse=True)
