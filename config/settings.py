@@ -241,6 +241,30 @@ REALTIME_AUDIO_BURST_MS = envint("REALTIME_AUDIO_BURST_MS", 5000)
 # Refused client events tolerated per minute before the socket is closed as abusive.
 REALTIME_MAX_REFUSED_PER_MINUTE = envint("REALTIME_MAX_REFUSED_PER_MINUTE", 300)
 
+# --- Local engine: speech ---
+# Speech recognizer: pocketsphinx (bundled, US English), faster-whisper (if you installed it
+# and copied a model to LOCAL_STT_MODEL_PATH), or a dotted path to your own factory.
+LOCAL_STT = os.environ.get("LOCAL_STT", "pocketsphinx").strip()
+LOCAL_STT_MODEL_PATH = os.environ.get("LOCAL_STT_MODEL_PATH", "")
+# Speech synthesizer: piper (bundled joe voice), espeak (fast, robotic) or a dotted path.
+LOCAL_TTS = os.environ.get("LOCAL_TTS", "piper").strip()
+# Another piper voice: path to its .onnx file, with the .onnx.json beside it.
+LOCAL_PIPER_VOICE = os.environ.get("LOCAL_PIPER_VOICE", "")
+
+# --- Local engine ---------------------------------------------------------------------------
+
+# An OpenAI-compatible chat-completions server for the local engine's replies (Ollama:
+# http://127.0.0.1:11434/v1, llama.cpp server: http://127.0.0.1:8080/v1). Empty: the
+# built-in offline responder answers (time, date, arithmetic, memory, tools).
+LOCAL_LLM_URL = os.environ.get("LOCAL_LLM_URL", "").strip()
+LOCAL_LLM_MODEL = os.environ.get("LOCAL_LLM_MODEL", "llama3.2")
+LOCAL_LLM_API_KEY = os.environ.get("LOCAL_LLM_API_KEY", "")
+# Seconds to wait for the LLM server before the response fails.
+LOCAL_LLM_TIMEOUT = envint("LOCAL_LLM_TIMEOUT", 60)
+# Threads for speech recognition, and as many for synthesis, shared by all conversations
+# (0: one per core).
+LOCAL_ENGINE_WORKERS = envint("LOCAL_ENGINE_WORKERS", 0)
+
 # --- Scale-out: shared database and channel layer, production serving, limits -----------
 
 # PostgreSQL (psycopg 3) for several server processes, e.g. postgres://user:pass@host/voicechat.

@@ -2,13 +2,22 @@ import json
 
 from asgiref.sync import async_to_sync
 from django.contrib import admin
+from django.contrib.auth import get_user_model
+from django.contrib.auth.admin import UserAdmin
 from django.db.models import Case, Count, IntegerField, Q, Value, When
 from django.http import HttpResponse
 from django.utils.timezone import now
 
 from voicechat import monitor, services
 from voicechat.exports import conversation_as_dict, conversation_as_markdown
-from voicechat.models import ApiToken, Conversation, TranscriptItem, UsageRecord, order_by_chain
+from voicechat.models import (
+    ApiToken,
+    Conversation,
+    TranscriptItem,
+    UsageRecord,
+    UserLimits,
+    order_by_chain,
+)
 
 
 class ReadOnlyInline(admin.TabularInline):
@@ -85,6 +94,9 @@ class ConversationAdmin(admin.ModelAdmin):
     actions = ["export_json", "export_markdown", "end_conversations"]
     readonly_fields = [
         "user",
+        "auth_method",
+        "client_ip",
+        "user_agent",
         "backend",
         "model",
         "voice",
@@ -178,3 +190,27 @@ class ApiTokenAdmin(admin.ModelAdmin):
         for api_token in queryset:
             services.api_token_revoke(api_token=api_token)
         self.message_user(request, f"Revoked {queryset.count()} token(s).")
+
+
+class UserLimitsInline(admin.StackedInline):
+    model = UserLimits
+    can_delete = True
+    # One row per user, so the admin titles it with the singular name.
+    verbose_name = "Daily limits (empty = site default, 0 = unlimited)"
+
+
+# The budgets are edited where the user is: on the user's own admin page.
+User = get_user_model()
+admin.site.unregister(User)
+
+
+@admin.register(User)
+class UserWithLimitsAdmin(UserAdmin):
+    inlines = [*UserAdmin.inlines, UserLimitsInline]
+
+
+@admin.register(UserLimits)
+class UserLimitsAdmin(admin.ModelAdmin):
+    list_display = ["user", "daily_minutes", "daily_cost_usd"]
+    list_select_related = ["user"]
+    search_fields = ["user__username"]

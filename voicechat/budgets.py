@@ -38,7 +38,9 @@ def _start_of_today():
 
 
 @database_sync_to_async
-def budget_problem(user, *, exclude_conversation: int | None = None, extra_cost=Decimal(0)) -> str | None:
+def budget_problem(
+    user, *, exclude_conversation: int | None = None, extra_cost=Decimal(0)
+) -> str | None:
     """Why `user` may not talk any more today, or None while both budgets have room.
 
     `extra_cost` is spending the database has not seen yet (the live conversation's responses,
@@ -60,7 +62,11 @@ def budget_problem(user, *, exclude_conversation: int | None = None, extra_cost=
                 "The budget renews at midnight."
             )
     if limits.cost_usd:
-        counted = conversations.exclude(pk=exclude_conversation) if exclude_conversation else conversations
+        counted = (
+            conversations.exclude(pk=exclude_conversation)
+            if exclude_conversation
+            else conversations
+        )
         spent = (counted.aggregate(total=Sum("cost_usd"))["total"] or Decimal(0)) + extra_cost
         if spent >= limits.cost_usd:
             return (

@@ -327,5 +327,6 @@ class RealtimeGatewayConsumer(AsyncWebsocketConsumer):
             return
         self.end_reason, self.end_detail = reason, detail or message
         await self.send(text_data=error_event(message, code=code, type="server_error"))
-        # A plain int: daphne (autobahn) rejects an IntEnum close code and never closes.
+        # A plain int: daphne hands the code to autobahn, which refuses anything whose type is
+        # not exactly int (an IntEnum included), and the socket then never closes.
         await self.close(code=int(CLOSE_CODE_FOR[reason]))

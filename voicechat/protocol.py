@@ -58,6 +58,7 @@ CLOSE_CODE_FOR = {
     EndReason.DURATION_LIMIT: CloseCode.DURATION_LIMIT,
 }
 
+
 class EndConversation(Exception):
     """Ends a conversation: `message` is shown to the user, `code` goes in the error event."""
 

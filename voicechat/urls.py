@@ -1,7 +1,13 @@
+from django.contrib.auth import views as auth_views
 from django.urls import path
 
 from voicechat import views
 
 urlpatterns = [
+    path("", views.chat, name="chat"),
+    path("history/", views.history, name="history"),
+    path("history/<int:pk>/", views.conversation_detail, name="conversation_detail"),
+    path("login/", auth_views.LoginView.as_view(redirect_authenticated_user=True), name="login"),
+    path("logout/", auth_views.LogoutView.as_view(), name="logout"),
     path("healthz", views.healthz, name="healthz"),
 ]

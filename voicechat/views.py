@@ -1,5 +1,66 @@
-from django.http import HttpRequest, JsonResponse
+"""Pages: the voice chat, the user's conversation history, and the health check."""
+
+from django.conf import settings
+from django.contrib.auth.decorators import login_required
+from django.core.paginator import Paginator
+from django.db.models import Count, OuterRef, Subquery
+from django.http import HttpRequest, HttpResponse, JsonResponse
+from django.shortcuts import get_object_or_404, render
+from django.templatetags.static import static
+
+from voicechat.models import Conversation, Role, TranscriptItem
+
+HISTORY_PAGE_SIZE = 20
 
 
 def healthz(request: HttpRequest) -> JsonResponse:
     return JsonResponse({"status": "ok"})
+
+
+def chat_config() -> dict:
+    """What the chat page's JavaScript needs, handed over with json_script (never templated JS)."""
+    return {
+        "realtimePath": "/v1/realtime",
+        "model": settings.REALTIME_MODEL,
+        "voices": list(settings.REALTIME_VOICES),
+        "voice": settings.REALTIME_VOICE,
+        "worklets": {
+            "capture": static("voicechat/worklets/capture-processor.js"),
+            "playback": static("voicechat/worklets/playback-processor.js"),
+        },
+    }
+
+
+@login_required
+def chat(request: HttpRequest) -> HttpResponse:
+    return render(request, "voicechat/chat.html", {"chat_config": chat_config(), "nav": "chat"})
+
+
+@login_required
+def history(request: HttpRequest) -> HttpResponse:
+    # One query for the page: each row's line count and preview (the first thing the user said,
+    # which names a conversation better than the greeting) come from annotations.
+    first_words = (
+        TranscriptItem.objects.filter(conversation=OuterRef("pk"), role=Role.USER)
+        .exclude(text="")
+        .order_by("created", "pk")
+        .values("text")[:1]
+    )
+    conversations = (
+        Conversation.objects.for_user(request.user)
+        .recent()
+        .annotate(item_count=Count("items"), preview=Subquery(first_words))
+    )
+    page = Paginator(conversations, HISTORY_PAGE_SIZE).get_page(request.GET.get("page"))
+    return render(request, "voicechat/history.html", {"page": page, "nav": "history"})
+
+
+@login_required
+def conversation_detail(request: HttpRequest, pk: int) -> HttpResponse:
+    # Scoped to the user: someone else's conversation is a 404, not a 403, so ids leak nothing.
+    conversation = get_object_or_404(Conversation.objects.for_user(request.user), pk=pk)
+    return render(
+        request,
+        "voicechat/conversation_detail.html",
+        {"conversation": conversation, "items": conversation.ordered_items(), "nav": "history"},
+    )

@@ -6,43 +6,87 @@ from django.db import migrations, models
 
 
 class Migration(migrations.Migration):
-
     dependencies = [
-        ('voicechat', '0001_initial'),
+        ("voicechat", "0001_initial"),
         migrations.swappable_dependency(settings.AUTH_USER_MODEL),
     ]
 
     operations = [
         migrations.AddField(
-            model_name='conversation',
-            name='auth_method',
+            model_name="conversation",
+            name="auth_method",
             field=models.CharField(blank=True, max_length=16),
         ),
         migrations.AddField(
-            model_name='conversation',
-            name='client_ip',
+            model_name="conversation",
+            name="client_ip",
             field=models.GenericIPAddressField(blank=True, null=True),
         ),
         migrations.AddField(
-            model_name='conversation',
-            name='user_agent',
+            model_name="conversation",
+            name="user_agent",
             field=models.CharField(blank=True, max_length=300),
         ),
         migrations.AlterField(
-            model_name='conversation',
-            name='end_reason',
-            field=models.CharField(blank=True, choices=[('client_closed', 'Client closed the connection'), ('not_configured', 'No backend configured'), ('model_not_allowed', 'Model not allowed'), ('upstream_unreachable', 'Upstream unreachable'), ('upstream_refused', 'Upstream refused the connection'), ('upstream_closed', 'Upstream closed the connection'), ('upstream_error', 'Upstream reported a fatal error'), ('time_limit', 'Session time limit reached'), ('budget_exceeded', 'Daily budget used up'), ('rate_limited', 'Too many connections'), ('abuse', 'Too many refused events'), ('server_error', 'Server error')], max_length=32),
+            model_name="conversation",
+            name="end_reason",
+            field=models.CharField(
+                blank=True,
+                choices=[
+                    ("client_closed", "Client closed the connection"),
+                    ("not_configured", "No backend configured"),
+                    ("model_not_allowed", "Model not allowed"),
+                    ("upstream_unreachable", "Upstream unreachable"),
+                    ("upstream_refused", "Upstream refused the connection"),
+                    ("upstream_closed", "Upstream closed the connection"),
+                    ("upstream_error", "Upstream reported a fatal error"),
+                    ("time_limit", "Session time limit reached"),
+                    ("budget_exceeded", "Daily budget used up"),
+                    ("rate_limited", "Too many connections"),
+                    ("abuse", "Too many refused events"),
+                    ("server_error", "Server error"),
+                ],
+                max_length=32,
+            ),
         ),
         migrations.CreateModel(
-            name='UserLimits',
+            name="UserLimits",
             fields=[
-                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
-                ('daily_minutes', models.PositiveIntegerField(blank=True, help_text='Conversation minutes per day; 0 means unlimited.', null=True)),
-                ('daily_cost_usd', models.DecimalField(blank=True, decimal_places=2, help_text='Estimated US dollars per day; 0 means unlimited.', max_digits=10, null=True)),
-                ('user', models.OneToOneField(on_delete=django.db.models.deletion.CASCADE, related_name='limits', to=settings.AUTH_USER_MODEL)),
+                (
+                    "id",
+                    models.BigAutoField(
+                        auto_created=True, primary_key=True, serialize=False, verbose_name="ID"
+                    ),
+                ),
+                (
+                    "daily_minutes",
+                    models.PositiveIntegerField(
+                        blank=True,
+                        help_text="Conversation minutes per day; 0 means unlimited.",
+                        null=True,
+                    ),
+                ),
+                (
+                    "daily_cost_usd",
+                    models.DecimalField(
+                        blank=True,
+                        decimal_places=2,
+                        help_text="Estimated US dollars per day; 0 means unlimited.",
+                        max_digits=10,
+                        null=True,
+                    ),
+                ),
+                (
+                    "user",
+                    models.OneToOneField(
+                        on_delete=django.db.models.deletion.CASCADE,
+                        related_name="limits",
+                        to=settings.AUTH_USER_MODEL,
+                    ),
+                ),
             ],
             options={
-                'verbose_name_plural': 'user limits',
+                "verbose_name_plural": "user limits",
             },
         ),
     ]

@@ -173,7 +173,9 @@ def gateway_communicator(
         headers.append((b"cookie", cookie.encode()))
     if origin is not None:
         headers.append((b"origin", origin.encode()))
-    return WebsocketCommunicator(application, path, headers=headers)
+    communicator = WebsocketCommunicator(application, path, headers=headers)
+    communicator.scope["client"] = ("127.0.0.1", 50000)  # as an ASGI server would set it
+    return communicator
 
 
 @pytest.fixture

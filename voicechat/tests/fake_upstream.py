@@ -168,7 +168,25 @@ class FakeRealtimeServer:
                 self.received_frames.append(frame)
                 event = json.loads(frame)
                 self.received.append(event)
-                for reply in self._reply(event, session, state):
+                try:
+                    replies = self._reply(event, session, state)
+                except (KeyError, TypeError, ValueError, AttributeError) as exc:
+                    # Like the real API: a malformed event gets an error, the session stays.
+                    replies = [
+                        {
+                            "type": "error",
+                            "error": {
+                                "type": "invalid_request_error",
+                                "code": "invalid_value",
+                                "message": f"Invalid event: {exc}",
+                                "param": None,
+                                "event_id": event.get("event_id")
+                                if isinstance(event, dict)
+                                else None,
+                            },
+                        }
+                    ]
+                for reply in replies:
                     await self._send(ws, reply)
         except Exception:
             pass
@@ -217,6 +235,8 @@ class FakeRealtimeServer:
             ]
         if etype == "response.create":
             return self._response(state)
+        if etype == "input_audio_buffer.clear":
+            return [{"type": "input_audio_buffer.cleared"}]
         if etype == "response.cancel":
             return []
         return [

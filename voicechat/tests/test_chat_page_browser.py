@@ -1,0 +1,317 @@
+"""The chat page in real headless Chromium, against daphne and a fake voice upstream.
+
+The fake microphone plays a WAV (speech-like sound between silences); the fake upstream detects
+the speech, answers with paced audio and a late user transcript. These tests check the page's
+plumbing end to end: capture, the gateway, playback, barge-in, push-to-talk, text, errors.
+"""
+
+import base64
+
+import pytest
+
+from voicechat.models import Conversation, ItemStatus, Role
+from voicechat.tests import browser
+from voicechat.tests.browser import (
+    pcm_rms,
+    received,
+    signed_in_page,
+    speech_wav,
+    stats,
+    wait_for_stat,
+    watch_console,
+)
+
+# The shared browser fixtures, assigned here so pytest finds them for this module.
+playwright_instance = browser.playwright_instance
+launch_browser = browser.launch_browser
+voice_upstream = browser.voice_upstream
+chat_server = browser.chat_server
+
+pytestmark = [pytest.mark.browser, pytest.mark.slow]
+
+REPLY = "Sure. Here is a calm, short answer from the fake upstream."
+
+
+def entries(page) -> list[dict]:
+    return page.eval_on_selector_all(
+        '[data-testid="transcript-entry"]',
+        """els => els.map(e => ({
+            role: e.dataset.role, state: e.dataset.state, itemId: e.dataset.itemId,
+            text: e.querySelector('.turn-text').textContent }))""",
+    )
+
+
+def wait_for_entry(page, role: str, state: str, text: str = "") -> None:
+    page.wait_for_function(
+        """([role, state, text]) =>
+            [...document.querySelectorAll('[data-testid="transcript-entry"]')].some(e =>
+                e.dataset.role === role && e.dataset.state === state
+                && e.querySelector('.turn-text').textContent.includes(text))""",
+        arg=[role, state, text],
+    )
+
+
+def wait_for_status(page, state: str) -> None:
+    page.wait_for_selector(f'[data-testid="status"][data-state="{state}"]')
+
+
+def appended_audio(upstream) -> list[bytes]:
+    return [
+        base64.b64decode(event["audio"])
+        for event in upstream.received
+        if event["type"] == "input_audio_buffer.append"
+    ]
+
+
+def test_a_spoken_turn_is_heard_answered_played_and_saved(
+    chat_server, voice_upstream, launch_browser, alice, tmp_path
+):
+    voice_upstream.reply_ms = 2000
+    voice_upstream.reply_text = REPLY
+    wav = speech_wav(tmp_path / "hello.wav", ("silence", 1200), ("speech", 1500), ("silence", 6000))
+    page = signed_in_page(launch_browser(wav), chat_server, alice)
+    page.goto(chat_server.url)
+    page.get_by_test_id("connect").click()
+
+    wait_for_entry(page, "assistant", "done", REPLY)
+    wait_for_entry(page, "user", "done", "fake transcript")
+    # The user's transcript arrived after the reply had started, yet it is shown first.
+    assert [e["role"] for e in entries(page)] == ["user", "assistant"]
+
+    # All of the reply is played, without a gap once the prefill was reached.
+    wait_for_stat(page, "s.audioMsPlayed >= s.audioMsReceived - 25 && s.audioMsReceived >= 2000")
+    wait_for_status(page, "listening")
+    played = stats(page)
+    assert played["audioMsReceived"] == 2000
+    assert played["underruns"] == 0
+    assert played["lastLatencyMs"] is not None and played["lastLatencyMs"] >= 0
+
+    # The microphone went out as 40 ms PCM16 chunks at 24 kHz, and it was not silence.
+    chunks = appended_audio(voice_upstream)
+    assert played["chunksSent"] >= len(chunks) > 50
+    assert all(len(chunk) <= 1920 for chunk in chunks)
+    assert sum(len(chunk) == 1920 for chunk in chunks) >= len(chunks) - 1
+    assert pcm_rms(b"".join(chunks)) > 0.005
+
+    # The transcript is in the database, in conversation order.
+    conversation = Conversation.objects.for_user(alice).recent().first()
+    page.get_by_test_id("disconnect").click()
+    wait_for_status(page, "ended")
+    items = conversation.ordered_items()
+    assert [(i.role, i.status) for i in items] == [
+        (Role.USER, ItemStatus.COMPLETED),
+        (Role.ASSISTANT, ItemStatus.COMPLETED),
+    ]
+    assert items[0].text.startswith("(fake transcript of") and items[1].text == REPLY
+
+
+def test_speaking_over_the_reply_stops_it_and_truncates_to_what_was_heard(
+    chat_server, voice_upstream, launch_browser, alice, tmp_path
+):
+    voice_upstream.reply_ms = 12000  # far longer than the pause before the interruption
+    wav = speech_wav(
+        tmp_path / "barge-in.wav",
+        ("silence", 1200),
+        ("speech", 1200),
+        ("silence", 2500),
+        ("speech", 1200),
+        ("silence", 4000),
+    )
+    page = signed_in_page(launch_browser(wav), chat_server, alice)
+    page.goto(chat_server.url)
+    page.get_by_test_id("connect").click()
+
+    wait_for_entry(page, "assistant", "interrupted")
+    [truncate] = received(voice_upstream, "conversation.item.truncate")
+    first_reply = next(e for e in entries(page) if e["role"] == "assistant")
+    assert truncate["item_id"] == first_reply["itemId"]
+    assert truncate["content_index"] == 0
+    heard = truncate["audio_end_ms"]
+    assert isinstance(heard, int)
+    got = stats(page)["audioMsReceived"]
+    # Something was heard, never more than was received, and playback stopped well short.
+    assert 0 < heard <= got
+    assert heard < voice_upstream.reply_ms
+    # After the interruption the second turn is answered in full.
+    wait_for_entry(page, "assistant", "done")
+    assert [e["role"] for e in entries(page)] == ["user", "assistant", "user", "assistant"]
+    conversation = Conversation.objects.for_user(alice).recent().first()
+    page.get_by_test_id("disconnect").click()
+    wait_for_status(page, "ended")
+    cut = conversation.items.get(item_id=truncate["item_id"])
+    assert cut.status == ItemStatus.TRUNCATED and cut.audio_end_ms == heard
+
+
+def test_stop_button_cuts_the_reply_short(
+    chat_server, voice_upstream, launch_browser, alice, tmp_path
+):
+    voice_upstream.reply_ms = 12000
+    page = signed_in_page(launch_browser(), chat_server, alice)
+    page.goto(chat_server.url)
+    page.get_by_test_id("connect").click()
+    wait_for_status(page, "listening")
+    page.get_by_test_id("text-input").fill("Tell me a long story")
+    page.get_by_test_id("send").click()
+    wait_for_status(page, "assistant-speaking")
+    wait_for_stat(page, "s.audioMsPlayed > 300")
+    page.get_by_test_id("stop").click()
+
+    wait_for_entry(page, "assistant", "interrupted")
+    received(voice_upstream, "response.cancel")
+    [truncate] = received(voice_upstream, "conversation.item.truncate")
+    assert 0 < truncate["audio_end_ms"] <= stats(page)["audioMsReceived"]
+
+
+def test_push_to_talk_sends_only_while_held_then_commits(
+    chat_server, voice_upstream, launch_browser, alice, tmp_path
+):
+    voice_upstream.reply_text = REPLY
+    wav = speech_wav(tmp_path / "ptt.wav", ("silence", 1000), ("speech", 9000))
+    page = signed_in_page(launch_browser(wav), chat_server, alice)
+    page.goto(chat_server.url)
+    page.get_by_test_id("mode-push-to-talk").check()
+    page.get_by_test_id("connect").click()
+    wait_for_status(page, "listening")
+    ptt = page.get_by_test_id("push-to-talk")
+    page.wait_for_function("() => !document.querySelector('[data-testid=push-to-talk]').disabled")
+    assert stats(page)["chunksSent"] == 0  # nothing leaves the microphone until the press
+
+    # Hold the space bar for a while, then let go.
+    page.evaluate("() => document.activeElement?.blur()")
+    page.keyboard.down("Space")
+    wait_for_status(page, "user-speaking")
+    assert ptt.get_attribute("aria-pressed") == "true"
+    wait_for_stat(page, "s.audioMsSent >= 1000")
+    page.keyboard.up("Space")
+    wait_for_entry(page, "assistant", "done", REPLY)
+    wait_for_entry(page, "user", "done", "fake transcript")
+    wait_for_status(page, "listening")  # the reply has finished playing
+    sent_after_first = stats(page)["chunksSent"]
+
+    # The same with the button, held by the pointer.
+    box = ptt.bounding_box()
+    page.mouse.move(box["x"] + box["width"] / 2, box["y"] + box["height"] / 2)
+    page.mouse.down()
+    wait_for_stat(page, f"s.chunksSent >= {sent_after_first + 15}")
+    page.mouse.up()
+    page.wait_for_function(
+        """() => [...document.querySelectorAll('[data-testid="transcript-entry"]')]
+            .filter(e => e.dataset.role === 'assistant' && e.dataset.state === 'done')
+            .length === 2"""
+    )
+
+    types = [e["type"] for e in voice_upstream.received if e["type"] != "input_audio_buffer.append"]
+    updates = [e for e in voice_upstream.received if e["type"] == "session.update"]
+    assert any(u["session"]["audio"]["input"]["turn_detection"] is None for u in updates)
+    assert "input_audio_buffer.speech_started" not in types
+    # Each turn: clear, (appends), commit, response.create.
+    turns = [t for t in types if t.startswith(("input_audio_buffer", "response.create"))]
+    assert turns == ["input_audio_buffer.clear", "input_audio_buffer.commit", "response.create"] * 2
+    assert [e["role"] for e in entries(page)] == ["user", "assistant", "user", "assistant"]
+
+
+def test_typing_instead_of_talking(chat_server, voice_upstream, launch_browser, alice):
+    voice_upstream.reply_text = REPLY
+    page = signed_in_page(launch_browser(), chat_server, alice)
+    page.goto(chat_server.url)
+    assert page.get_by_test_id("text-input").is_disabled()
+    page.get_by_test_id("connect").click()
+    wait_for_status(page, "listening")
+    page.get_by_test_id("text-input").fill("What's a good name for a cat?")
+    page.get_by_test_id("text-input").press("Enter")
+
+    wait_for_entry(page, "user", "done", "What's a good name for a cat?")
+    wait_for_entry(page, "assistant", "done", REPLY)
+    assert page.get_by_test_id("text-input").input_value() == ""
+    conversation = Conversation.objects.for_user(alice).recent().first()
+    page.get_by_test_id("disconnect").click()
+    wait_for_status(page, "ended")
+    assert [i.text for i in conversation.ordered_items()] == [
+        "What's a good name for a cat?",
+        REPLY,
+    ]
+
+
+def test_a_blocked_microphone_is_explained_and_text_still_works(
+    chat_server, voice_upstream, launch_browser, alice
+):
+    voice_upstream.reply_text = REPLY
+    # Without the fake-UI flag Chromium asks for permission, and headless answers "no".
+    page = signed_in_page(launch_browser(grant_microphone=False), chat_server, alice)
+    page.goto(chat_server.url)
+    page.get_by_test_id("connect").click()
+    alert = page.get_by_test_id("alert")
+    alert.wait_for()
+    assert "Microphone access is blocked" in alert.inner_text()
+    wait_for_status(page, "listening")
+    page.get_by_test_id("text-input").fill("Can you hear me?")
+    page.get_by_test_id("send").click()
+    wait_for_entry(page, "assistant", "done", REPLY)
+    assert page.get_by_test_id("push-to-talk").is_disabled()
+
+
+def test_a_dropped_upstream_reconnects_into_a_new_conversation(
+    chat_server, voice_upstream, launch_browser, alice
+):
+    voice_upstream.reply_text = REPLY
+    page = signed_in_page(launch_browser(), chat_server, alice)
+    page.goto(chat_server.url)
+    page.get_by_test_id("connect").click()
+    wait_for_status(page, "listening")
+    page.get_by_test_id("text-input").fill("First question")
+    page.get_by_test_id("send").click()
+    wait_for_entry(page, "assistant", "done", REPLY)
+
+    # The provider drops the session; the gateway closes with 4003 and the page dials again.
+    voice_upstream.call(voice_upstream.drop(code=1011))
+    page.wait_for_selector(".turn-notice >> text=reconnecting")
+    page.wait_for_selector(".turn-notice >> text=New conversation")
+    wait_for_status(page, "listening")
+    page.get_by_test_id("text-input").fill("Second question")
+    page.get_by_test_id("send").click()
+    page.wait_for_function(
+        """() => [...document.querySelectorAll('[data-testid="transcript-entry"]')]
+            .filter(e => e.dataset.role === 'assistant' && e.dataset.state === 'done')
+            .length === 2"""
+    )
+    # The earlier lines stay on the page; the server kept two conversations.
+    assert [e["text"] for e in entries(page) if e["role"] == "user"] == [
+        "First question",
+        "Second question",
+    ]
+    assert Conversation.objects.for_user(alice).count() == 2
+
+
+@pytest.mark.parametrize("voice_upstream", [{"reject_status": 401}], indirect=True)
+def test_an_upstream_refusal_is_shown_in_plain_words(
+    chat_server, voice_upstream, launch_browser, alice
+):
+    page = signed_in_page(launch_browser(), chat_server, alice)
+    page.goto(chat_server.url)
+    page.get_by_test_id("connect").click()
+    wait_for_status(page, "ended")
+    alert = page.get_by_test_id("alert")
+    assert "refused the connection" in alert.inner_text()
+    assert "refused" in page.get_by_test_id("status").inner_text()
+    assert DUMMY_KEY_FRAGMENT not in page.content()
+    # Ready to try again.
+    assert page.get_by_test_id("connect").is_visible()
+
+
+DUMMY_KEY_FRAGMENT = "sk-test-browser"
+
+
+def test_the_login_form_leads_to_the_chat(chat_server, launch_browser, alice, settings):
+    # The server process checks passwords with the default hashers, not the tests' fast MD5.
+    settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.PBKDF2PasswordHasher"]
+    alice.set_password("alice-password-123")
+    alice.save()
+    page = launch_browser().new_page()
+    watch_console(page)
+    page.goto(chat_server.url)
+    assert "/login/" in page.url
+    page.get_by_test_id("login-username").fill("alice")
+    page.get_by_test_id("login-password").fill("alice-password-123")
+    page.get_by_test_id("login-submit").click()
+    page.get_by_test_id("connect").wait_for()
+    assert page.url.rstrip("/") == chat_server.url

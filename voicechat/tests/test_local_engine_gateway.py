@@ -1,0 +1,120 @@
+"""OpenAI's own SDK talks to the local engine through the real gateway (uvicorn, a token)."""
+
+import asyncio
+import base64
+
+import pytest
+from openai import AsyncOpenAI
+
+from voicechat.models import Backend, Conversation
+from voicechat.tests.conftest import db
+from voicechat.tests.realtime_strict import EventLog
+from voicechat.tests.realtime_validation import validate_server_event
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+
+@pytest.fixture
+def local_backend(settings):
+    settings.REALTIME_BACKEND = "local"
+    settings.OPENAI_API_KEY = ""
+    settings.LOCAL_LLM_URL = ""
+
+
+def sdk_for(gateway_server: str, token: str) -> AsyncOpenAI:
+    return AsyncOpenAI(
+        api_key=token,
+        base_url=f"http://{gateway_server}/v1",
+        websocket_base_url=f"ws://{gateway_server}/v1",
+    )
+
+
+async def collect_until(connection, kind: str, log: EventLog, timeout: float = 60) -> list[dict]:
+    events = []
+    async with asyncio.timeout(timeout):
+        async for event in connection:
+            raw = event.to_dict()
+            validate_server_event(raw)
+            events.append(log.add(raw))
+            if raw["type"] == kind:
+                return events
+    raise AssertionError(f"connection ended before {kind}")
+
+
+async def test_sdk_text_turns_with_the_local_engine(
+    local_backend, gateway_server, alice, alice_token
+):
+    log = EventLog()
+    async with sdk_for(gateway_server, alice_token).realtime.connect(
+        model="gpt-realtime"
+    ) as connection:
+        created = await collect_until(connection, "session.created", log)
+        assert created[-1]["session"]["model"] == "gpt-realtime"
+        await connection.session.update(session={"type": "realtime", "output_modalities": ["text"]})
+        for question, expected in [
+            ("My name is Ada.", "Ada"),
+            ("What is twelve times seven?", "84"),
+            ("What is my name?", "Your name is Ada"),
+        ]:
+            await connection.conversation.item.create(
+                item={
+                    "type": "message",
+                    "role": "user",
+                    "content": [{"type": "input_text", "text": question}],
+                }
+            )
+            await connection.response.create()
+            events = await collect_until(connection, "response.done", log)
+            text = "".join(e["delta"] for e in events if e["type"] == "response.output_text.delta")
+            assert expected in text
+            assert events[-1]["response"]["status"] == "completed"
+        # Bad input gets an error and the session stays open.
+        await connection.send({"type": "conversation.item.delete", "item_id": "item_nope"})
+        error = (await collect_until(connection, "error", log))[-1]
+        assert error["error"]["code"] == "item_delete_invalid_item_id"
+
+    conversation = await db(Conversation.objects.get, user=alice)
+    assert conversation.backend == Backend.LOCAL
+    for _ in range(50):  # the recorder writes in batches
+        items = await db(lambda: [(i.role, i.text) for i in conversation.ordered_items()])
+        if len(items) >= 6:
+            break
+        await asyncio.sleep(0.1)
+    assert items[0] == ("user", "My name is Ada.")
+    assert items[-1][0] == "assistant" and "Ada" in items[-1][1]
+
+
+@pytest.mark.slow
+async def test_sdk_voice_turn_with_the_local_engine(
+    local_backend, gateway_server, alice, alice_token
+):
+    from voicechat.local_engine.tts import get_synthesizer, local_voice_for
+
+    speech = await asyncio.to_thread(
+        lambda: get_synthesizer().synthesize("What time is it?", voice=local_voice_for("marin"))
+    )
+    audio = b"\0" * 48 * 400 + speech + b"\0" * 48 * 900
+    log = EventLog()
+    async with sdk_for(gateway_server, alice_token).realtime.connect(
+        model="gpt-realtime"
+    ) as connection:
+        await collect_until(connection, "session.updated", log)  # the gateway's defaults
+        for i in range(0, len(audio), 1920):
+            await connection.input_audio_buffer.append(
+                audio=base64.b64encode(audio[i : i + 1920]).decode()
+            )
+            await asyncio.sleep(0.005)
+        events = await collect_until(connection, "response.done", log)
+        kinds = [e["type"] for e in events]
+        assert "input_audio_buffer.speech_started" in kinds
+        assert "input_audio_buffer.committed" in kinds
+        heard = [
+            e["transcript"]
+            for e in log.events
+            if e["type"] == "conversation.item.input_audio_transcription.completed"
+        ]
+        assert heard and "time" in heard[0]
+        assert events[-1]["response"]["status"] == "completed"
+        reply = events[-1]["response"]["output"][0]["content"][0]["transcript"]
+        assert reply.startswith("It's")
+        assert sum(1 for k in kinds if k == "response.output_audio.delta") > 3
