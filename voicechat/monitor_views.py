@@ -16,7 +16,11 @@ def monitor_page(request: HttpRequest) -> HttpResponse:
     return render(
         request,
         "voicechat/monitor.html",
-        {"conversations": monitor.live_conversations(), "socket_path": "/ws/monitor"},
+        {
+            "conversations": monitor.live_conversations(),
+            "socket_path": "/ws/monitor",
+            "nav": "monitor",
+        },
     )
 
 
