@@ -32,10 +32,10 @@ class Monitor:
     async def send(self, event: dict) -> None:
         await self.communicator.send_to(text_data=json.dumps(event))
 
-    async def receive(self, timeout: float = 5) -> dict:
+    async def receive(self, timeout: float = 10) -> dict:
         return json.loads(await self.communicator.receive_from(timeout))
 
-    async def receive_until(self, kind: str, timeout: float = 5) -> list[dict]:
+    async def receive_until(self, kind: str, timeout: float = 10) -> list[dict]:
         events = []
         while True:
             events.append(await self.receive(timeout))

@@ -7,7 +7,9 @@ import sys
 
 import httpx
 import pytest
+from channels_redis.core import RedisChannelLayer
 
+from voicechat import health
 from voicechat.tests.conftest import PROVIDER_KEY, db, free_port, session_cookie
 from voicechat.tests.servers import ROOT, server_env
 
@@ -22,11 +24,13 @@ async def test_healthz_checks_database_and_channel_layer(async_client):
     assert body["checks"]["database"]["ok"] and body["checks"]["channel_layer"]["ok"]
 
 
-async def test_healthz_is_503_with_details_when_the_channel_layer_is_down(async_client, settings):
-    dead = f"redis://:hunter2-secret@127.0.0.1:{free_port()}/0"
-    settings.CHANNEL_LAYERS = {
-        "default": {"BACKEND": "channels_redis.core.RedisChannelLayer", "CONFIG": {"hosts": [dead]}}
-    }
+async def test_healthz_is_503_with_details_when_the_channel_layer_is_down(
+    async_client, monkeypatch
+):
+    # A real Redis layer aimed at a port where nothing listens, given to the health check
+    # only (not installed globally, so no later test can meet it).
+    dead = RedisChannelLayer(hosts=[f"redis://:hunter2-secret@127.0.0.1:{free_port()}/0"])
+    monkeypatch.setattr(health, "get_channel_layer", lambda: dead)
     response = await async_client.get("/healthz")
     assert response.status_code == 503
     body = response.json()
