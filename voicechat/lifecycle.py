@@ -150,10 +150,19 @@ def _pass_on(signum: int, frame) -> None:
 
 @contextlib.contextmanager
 def fresh_state():
-    """Tests: a clean registry, restored afterwards."""
-    saved = dict(_state)
-    _state.update(draining=False, signalled=False)
+    """Tests: a process with no live conversation that is not shutting down, before and after.
+
+    A test whose consumer was cancelled (a communicator timing out) never unregisters it; it
+    must not be "shut down" by the next test.
+    """
+    saved = {"loop": _state["loop"]}
+    _live.clear()
+    _state.update(draining=False, signalled=False, heartbeat=None)
     try:
         yield
     finally:
-        _state.update(saved)
+        heartbeat = _state["heartbeat"]
+        if heartbeat is not None and not heartbeat.get_loop().is_closed():
+            heartbeat.cancel()
+        _live.clear()
+        _state.update(draining=False, signalled=False, heartbeat=None, **saved)
