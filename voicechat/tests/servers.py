@@ -34,6 +34,14 @@ def database_env() -> dict[str, str]:
     return {"DATABASE_URL": f"postgres://{auth}@{host}/{db['NAME']}"}
 
 
+def scaled_out_env() -> dict[str, str]:
+    """The test database, and the test run's Redis namespace when the run uses Redis."""
+    env = database_env()
+    if settings.REDIS_URL:
+        env.update(REDIS_URL=settings.REDIS_URL, REDIS_PREFIX=REDIS_TEST_PREFIX)
+    return env
+
+
 def server_env(*, upstream_url: str, **extra: str) -> dict[str, str]:
     env = {
         key: value
@@ -51,10 +59,8 @@ def server_env(*, upstream_url: str, **extra: str) -> dict[str, str]:
         REALTIME_BACKEND="openai",
         LOG_LEVEL="INFO",
         PYTHONUNBUFFERED="1",
-        **database_env(),
+        **scaled_out_env(),
     )
-    if settings.REDIS_URL:
-        env.update(REDIS_URL=settings.REDIS_URL, REDIS_PREFIX=REDIS_TEST_PREFIX)
     env.update(extra)
     return env
 
