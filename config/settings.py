@@ -300,7 +300,13 @@ if REDIS_URL:
     CHANNEL_LAYERS = {
         "default": {
             "BACKEND": "channels_redis.core.RedisChannelLayer",
-            "CONFIG": {"hosts": [REDIS_URL], "prefix": REDIS_PREFIX},
+            "CONFIG": {
+                # redis-py 8 reads with a 5 s socket timeout by default, exactly the 5 s a
+                # consumer blocks waiting for its next message: an idle consumer would die
+                # with "Timeout reading from" Redis. Allow the blocking read to finish.
+                "hosts": [{"address": REDIS_URL, "socket_timeout": 30}],
+                "prefix": REDIS_PREFIX,
+            },
         }
     }
     # Rate-limit windows (voicechat/ratelimit.py) must be shared by every process too.

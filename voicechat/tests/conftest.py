@@ -42,7 +42,10 @@ def _fast_test_settings(settings):
         settings.CHANNEL_LAYERS = {
             "default": {
                 "BACKEND": "channels_redis.core.RedisChannelLayer",
-                "CONFIG": {"hosts": [settings.REDIS_URL], "prefix": REDIS_TEST_PREFIX},
+                "CONFIG": {
+                    "hosts": [{"address": settings.REDIS_URL, "socket_timeout": 30}],
+                    "prefix": REDIS_TEST_PREFIX,
+                },
             }
         }
         # Rate-limit windows live in the (shared) cache: a fresh namespace per test, since

@@ -151,3 +151,16 @@ async def test_two_processes_share_conversations_monitor_and_limits(
             await asyncio.sleep(0.05)
     reasons = await db(lambda: sorted(Conversation.objects.values_list("end_reason", flat=True)))
     assert reasons == ["client_closed", "ended_by_staff", "server_shutdown"]
+
+
+async def test_a_conversation_idle_longer_than_the_layers_blocking_read_survives(
+    fake_upstream, alice_token, connect
+):
+    """channels-redis blocks 5 s per read for the consumer's next message; redis-py 8's
+    default socket timeout is also 5 s, which killed every consumer idle that long."""
+    _, client = await connect(token=alice_token)
+    await client.receive_until("session.updated")
+    await asyncio.sleep(12)  # two and more blocking reads with nothing to deliver
+    await client.send(typed("Still there?"))
+    while not is_done_of(await client.receive(), "Still there?"):
+        pass
