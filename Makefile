@@ -9,7 +9,7 @@ ADDR ?= 127.0.0.1:8000
 TEST_DATABASE_URL ?= postgres://postgres@127.0.0.1:5432/voicechat
 TEST_REDIS_URL ?= redis://127.0.0.1:6379/0
 
-.PHONY: run test test-services install lint
+.PHONY: run test test-services install lint bench
 
 $(VENV)/.installed: requirements.txt requirements-dev.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -33,3 +33,7 @@ test-services: install
 
 lint: install
 	$(VENV)/bin/ruff check .
+
+# Relay cost and capacity against the reference relays (docs/benchmarks.md); about 20-25 min.
+bench: install
+	$(PY) bench/run.py

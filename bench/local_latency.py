@@ -40,6 +40,7 @@ from voicechat.local_engine.tts import get_synthesizer, local_voice_for  # noqa:
 
 CHUNK = 1920  # 40 ms of PCM16 24 kHz
 CHUNK_S = 0.040
+TURN_TIMEOUT_S = 120  # a turn this slow means the machine is overloaded: the run stops there
 SILENCE_MS = 500  # the session's silence window (OpenAI's default is 500 ms too)
 SCRIPT = [
     "Hello there.",
@@ -123,7 +124,7 @@ class Conversation:
         speaking = asyncio.create_task(self.speak(pcm, tail_ms=SILENCE_MS + 400))
         stopped = first_audio = None
         while True:
-            at, event = await asyncio.wait_for(self.events.get(), 60)
+            at, event = await asyncio.wait_for(self.events.get(), TURN_TIMEOUT_S)
             if event["type"] == "input_audio_buffer.speech_stopped":
                 stopped = at
             elif event["type"] == "response.output_audio.delta" and first_audio is None:
@@ -150,7 +151,14 @@ async def run_conversation(phrases: list[bytes]) -> tuple[list[dict], object]:
 
 
 async def latency(phrases: list[bytes]) -> dict:
+    cpu_start = time.process_time()
     turns, stats = await run_conversation(phrases)
+    cpu = time.process_time() - cpu_start
+    # CPU per second of conversation (what the user says plus what the engine says) does not
+    # depend on how busy the machine is, unlike the latencies: capacity follows from it.
+    talk_s = sum(len(p) / 48000 + 0.2 + (SILENCE_MS + 400) / 1000 for p in phrases)
+    talk_s += stats.tts_audio_seconds
+    cpu_per_talk_s = cpu / talk_s
     vad = [t["vad_to_audio_ms"] for t in turns]
     end = [t["speech_end_to_audio_ms"] for t in turns]
     return {
@@ -161,6 +169,10 @@ async def latency(phrases: list[bytes]) -> dict:
         "speech_end_to_audio_p95_ms": pct(end, 0.95),
         "stt_rtf": stats.stt_rtf(),
         "tts_rtf": stats.tts_rtf(),
+        "cpu_seconds": cpu,
+        "conversation_seconds": talk_s,
+        "cpu_per_conversation_second": cpu_per_talk_s,
+        "cpu_bound_capacity": (os.cpu_count() or 1) / cpu_per_talk_s,
     }
 
 
@@ -275,8 +287,22 @@ async def main(args) -> dict:
     print("latency, one conversation...", flush=True)
     single = await latency(phrases)
     print("capacity...", flush=True)
-    levels = [1, 2, 3, 4] if args.quick else [1, 2, 3, 4, 6]
-    rows = await capacity(phrases[:3] if args.quick else phrases, levels)
+    levels = [1, 2, 3] if args.quick else list(range(1, args.max_conversations + 1))
+    if args.skip_capacity:
+        levels = []
+    rows = (
+        await capacity(phrases[:3] if args.quick else phrases, levels)
+        if levels
+        else [
+            {
+                "conversations": 1,
+                **{
+                    k: single[k]
+                    for k in ("vad_to_audio_median_ms", "vad_to_audio_p95_ms", "stt_rtf", "tts_rtf")
+                },
+            }
+        ]
+    )
     base = rows[0]["vad_to_audio_median_ms"]
     doubled = next(
         (r["conversations"] for r in rows if r["vad_to_audio_median_ms"] >= 2 * base), None
@@ -313,7 +339,11 @@ def report(result: dict) -> str:
         f"| {s['speech_end_to_audio_p95_ms']:.0f} ms |",
         "",
         f"STT real-time factor {s['stt_rtf']:.2f}, TTS real-time factor {s['tts_rtf']:.2f} "
-        f"({s['turns']} turns)",
+        f"({s['turns']} turns; wall time in the worker / audio time)",
+        "",
+        f"CPU: {s['cpu_seconds']:.1f} s for {s['conversation_seconds']:.1f} s of conversation "
+        f"({s['cpu_per_conversation_second']:.2f} cores per conversation): at most "
+        f"~{s['cpu_bound_capacity']:.1f} conversations before the CPUs are saturated",
         "",
         "| conversations at once | VAD end -> audio median | p95 | STT RTF | TTS RTF |",
         "|---|---|---|---|---|",
@@ -341,6 +371,8 @@ if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="fewer turns and levels (~1 min)")
     parser.add_argument("--turns", type=int, default=len(SCRIPT))
+    parser.add_argument("--max-conversations", type=int, default=4)
+    parser.add_argument("--skip-capacity", action="store_true", help="latency and isolation only")
     parser.add_argument("--json", help="also write the raw results to this file")
     args = parser.parse_args()
     if args.quick:

@@ -265,6 +265,13 @@ LOCAL_LLM_TIMEOUT = envint("LOCAL_LLM_TIMEOUT", 60)
 # (0: one per core).
 LOCAL_ENGINE_WORKERS = envint("LOCAL_ENGINE_WORKERS", 0)
 
+# --- Serving and benchmarks (docs/benchmarks.md) ---
+# Seconds a database connection is reused. The gateway reaches the database from one worker
+# thread per process; reopening SQLite for every write (and checkpointing its WAL on every
+# close) made a burst of new conversations wait seconds on that thread. 0 = close after use.
+DATABASES["default"]["CONN_MAX_AGE"] = envint("DATABASE_CONN_MAX_AGE", 600)
+DATABASES["default"]["CONN_HEALTH_CHECKS"] = True
+
 # --- Scale-out: shared database and channel layer, production serving, limits -----------
 
 # PostgreSQL (psycopg 3) for several server processes, e.g. postgres://user:pass@host/voicechat.

@@ -11,7 +11,8 @@ from decimal import Decimal
 
 from channels.db import database_sync_to_async
 from django.conf import settings
-from django.db.models import Sum
+from django.db.models import DateTimeField, DurationField, ExpressionWrapper, Sum, Value
+from django.db.models.functions import Coalesce, Greatest
 from django.utils.timezone import localtime, now
 
 from voicechat.models import Conversation, UserLimits
@@ -52,11 +53,18 @@ def budget_problem(
     today, moment = _start_of_today(), now()
     conversations = Conversation.objects.for_user(user).since(today)
     if limits.minutes:
-        seconds = sum(
-            ((ended or moment) - max(started, today)).total_seconds()
-            for started, ended in conversations.values_list("started", "ended")
-        )
-        if seconds >= limits.minutes * 60:
+        # Time talked today: each conversation from the later of its start and midnight, to its
+        # end (or now, while it is still going), summed by the database.
+        talked = conversations.aggregate(
+            total=Sum(
+                ExpressionWrapper(
+                    Coalesce("ended", Value(moment, output_field=DateTimeField()))
+                    - Greatest("started", Value(today, output_field=DateTimeField())),
+                    output_field=DurationField(),
+                )
+            )
+        )["total"]
+        if talked is not None and talked.total_seconds() >= limits.minutes * 60:
             return (
                 f"You have used today's {limits.minutes} conversation minutes. "
                 "The budget renews at midnight."

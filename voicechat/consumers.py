@@ -7,8 +7,12 @@ import logging
 from urllib.parse import parse_qs
 
 import orjson
+from channels.consumer import get_handler_name
 from channels.db import database_sync_to_async
+from channels.exceptions import StopConsumer
 from channels.generic.websocket import AsyncWebsocketConsumer
+from channels.layers import get_channel_layer
+from channels.sessions import InstanceSessionWrapper
 from django.conf import settings
 from websockets.exceptions import ConnectionClosed
 
@@ -16,7 +20,7 @@ from voicechat import lifecycle, ratelimit, services
 from voicechat.auth import authenticate, header
 from voicechat.budgets import budget_problem, watch_budget
 from voicechat.limits import TOO_MANY_CODE, DurationLimit
-from voicechat.models import Conversation, EndReason
+from voicechat.models import Backend, Conversation, EndReason
 from voicechat.monitor import ConversationPublisher
 from voicechat.policy import ClientEventPolicy, session_defaults
 from voicechat.protocol import (
@@ -37,6 +41,17 @@ audit = logging.getLogger("voicechat.audit")
 SHUTDOWN_MESSAGE = "The server is restarting. Please reconnect in a moment."
 
 
+def _frame_send(send):
+    """The ASGI server's own send, for relayed frames.
+
+    Channels' SessionMiddleware wraps `send` to save the session on HTTP responses; for every
+    WebSocket frame the wrapper only inspects the (lazy) session and passes the frame on, which
+    cost more than the policy check on the relay path. Accept and close still go through it.
+    """
+    wrapper = getattr(send, "__self__", None)
+    return wrapper.real_send if isinstance(wrapper, InstanceSessionWrapper) else send
+
+
 class RealtimeGatewayConsumer(AsyncWebsocketConsumer):
     conversation: Conversation | None = None
     upstream: Upstream | None = None
@@ -44,6 +59,55 @@ class RealtimeGatewayConsumer(AsyncWebsocketConsumer):
     budget_task: asyncio.Task | None = None
     end_reason: EndReason | None = None
     _finished: asyncio.Future | None = None
+
+    async def __call__(self, scope: dict, receive, send) -> None:
+        """Serve one socket with a plain receive loop (the hot path: one call per client frame).
+
+        Channels' own loop would, for every frame, race the socket against a channel layer (a new
+        task plus asyncio.wait) and hop to the database thread to close stale connections, where
+        frames queue behind transcript writes. The gateway is never addressed through a channel
+        layer, and it reaches the database only through database_sync_to_async, which does that
+        clean-up itself around each call; so both are pure cost here.
+        """
+        self.scope = scope
+        self.base_send = send
+        self.relay_send = _frame_send(send)
+        # Staff on any process end a conversation through the channel layer (voicechat/
+        # monitor.py): its messages are read by a task of their own, off the per-frame path.
+        self.channel_layer = get_channel_layer()
+        self.channel_name = await self.channel_layer.new_channel() if self.channel_layer else ""
+        listener = asyncio.create_task(self._listen()) if self.channel_layer else None
+        try:
+            with contextlib.suppress(StopConsumer):
+                while True:
+                    message = await receive()
+                    if message["type"] == "websocket.receive":
+                        await self.receive(message.get("text"), message.get("bytes"))
+                    else:
+                        await self.dispatch(message)
+        finally:
+            if listener is not None:
+                listener.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await listener
+
+    async def _listen(self) -> None:
+        """Dispatch channel-layer messages addressed to this socket (gateway.end)."""
+        while True:
+            try:
+                message = await self.channel_layer.receive(self.channel_name)
+            except Exception:
+                logger.warning("channel layer receive failed; retrying", exc_info=True)
+                await asyncio.sleep(1)
+                continue
+            await self.dispatch(message)
+
+    async def dispatch(self, message: dict) -> None:
+        """Call the handler for an ASGI message type (websocket_connect, _receive, _disconnect)."""
+        handler = getattr(self, get_handler_name(message), None)
+        if handler is None:
+            raise ValueError(f"No handler for message type {message['type']}")
+        await handler(message)
 
     async def connect(self) -> None:
         self.client_ip = (self.scope.get("client") or ["unknown"])[0]
@@ -109,7 +173,11 @@ class RealtimeGatewayConsumer(AsyncWebsocketConsumer):
             identity.method,
             self.client_ip,
         )
-        self.recorder = TranscriptRecorder(conversation_id=self.conversation.pk, model=self.model)
+        # The local engine's token counts are estimates of work done for free: never billed.
+        price_model = self.model if self.conversation.backend == Backend.OPENAI else ""
+        self.recorder = TranscriptRecorder(
+            conversation_id=self.conversation.pk, price_model=price_model
+        )
         self.recorder.start()
         self.monitor = ConversationPublisher(self.conversation)
         self.monitor.start()
@@ -250,7 +318,7 @@ class RealtimeGatewayConsumer(AsyncWebsocketConsumer):
                     self.budget_wake.set()
                 self.recorder.observe(etype, frame)
                 self.monitor.observe(etype, frame)
-                await self.send(text_data=frame)
+                await self.relay_send({"type": "websocket.send", "text": frame})
         except EndConversation as end:
             await self._end(end.reason, end.message, code=end.code)
             return

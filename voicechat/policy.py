@@ -117,13 +117,19 @@ def _refuse(message: str, *, code: str, event_id=None, param: str | None = None)
     )
 
 
-def _plainly_one_type(text: str) -> bool:
-    """True when a frame has a single "type" key and no escapes (base64 audio has none).
+# What an audio append from the browser page or the load generator starts with (compact JSON).
+_APPEND_PREFIXES = ('{"type":"input_audio_buffer.append"', '{"type": "input_audio_buffer.append"')
 
-    Parsers disagree on duplicate keys ({"type": A, ..., "type": B}); a frame with one literal
-    "type" and no backslash (so no "\\u0074ype") means the same to every parser.
+
+def _unambiguous_append(text: str) -> bool:
+    """True when every JSON parser reads this frame's `type` as input_audio_buffer.append.
+
+    Parsers disagree on duplicate keys: some keep the first, some the last. The caller has
+    already parsed the frame with orjson, which keeps the last `type`, and found an append; a
+    frame that also starts with a literal append `type` reads the same under either rule, so it
+    can be forwarded as received. This costs a prefix test instead of a scan of the audio.
     """
-    return text.count('"type"') == 1 and "\\" not in text
+    return text.startswith(_APPEND_PREFIXES)
 
 
 def _disallowed_path(value: dict, allowed: dict, prefix: str) -> str | None:
@@ -222,7 +228,7 @@ class ClientEventPolicy:
                     event_id=event_id,
                     param="audio",
                 )
-        if etype == "input_audio_buffer.append" and _plainly_one_type(text):
+        if etype == "input_audio_buffer.append" and _unambiguous_append(text):
             # Audio appends are most of the traffic: forward them as received.
             return Verdict(frame=text)
         # Everything else is re-encoded from what we checked, so the upstream parses exactly that.

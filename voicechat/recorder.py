@@ -43,9 +43,10 @@ def _content_text(item: dict) -> str | None:
 
 
 class TranscriptRecorder:
-    def __init__(self, *, conversation_id: int, model: str) -> None:
+    def __init__(self, *, conversation_id: int, price_model: str) -> None:
+        """`price_model` names the REALTIME_PRICES entry usage is billed at ("" = free)."""
         self.conversation_id = conversation_id
-        self.model = model
+        self.price_model = price_model
         self._batch = RecorderBatch()
         # Estimated cost of the responses seen so far, for the live budget check.
         self.cost_usd = Decimal(0)
@@ -164,7 +165,7 @@ class TranscriptRecorder:
             if isinstance(item, dict) and item.get("status") == "incomplete":
                 self._change(item.get("id"), status=ItemStatus.INTERRUPTED)
         if response.get("usage"):
-            self.cost_usd += TokenCounts.from_usage(response["usage"]).cost(self.model)
+            self.cost_usd += TokenCounts.from_usage(response["usage"]).cost(self.price_model)
             self._batch.usage.append(
                 {
                     "response_id": response.get("id") or "",
@@ -189,7 +190,7 @@ class TranscriptRecorder:
         for attempt in range(3):
             try:
                 await database_sync_to_async(services.recorder_batch_write)(
-                    conversation_id=self.conversation_id, model=self.model, batch=batch
+                    conversation_id=self.conversation_id, model=self.price_model, batch=batch
                 )
                 return
             except Exception:

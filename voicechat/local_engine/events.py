@@ -63,7 +63,7 @@ class ClientEventError(Exception):
         )
 
 
-def _models_by_type(union: Any) -> dict[str, type[BaseModel]]:
+def models_by_type(union: Any) -> dict[str, type[BaseModel]]:
     """Map each event type string to its SDK model, from a Union of event models."""
     while typing.get_origin(union) is typing.Annotated:
         union = typing.get_args(union)[0]
@@ -74,7 +74,7 @@ def _models_by_type(union: Any) -> dict[str, type[BaseModel]]:
     return models
 
 
-CLIENT_EVENT_MODELS = _models_by_type(RealtimeClientEvent)
+CLIENT_EVENT_MODELS = models_by_type(RealtimeClientEvent)
 # WebRTC/SIP only: over a WebSocket OpenAI rejects it too.
 _WEBSOCKET_UNSUPPORTED = {"output_audio_buffer.clear"}
 

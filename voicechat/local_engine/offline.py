@@ -20,6 +20,11 @@ CAPABILITIES = (
     "I can tell you the time or the date, do arithmetic like twelve times seven, "
     "and remember what you tell me, like your name."
 )
+JOKES = (
+    "Why did the computer go to the doctor? It had a virus.",
+    "I would tell you a joke about UDP, but you might not get it.",
+    "Why do programmers prefer dark mode? Because light attracts bugs.",
+)
 _STOPWORDS = set(
     """a an the and or but so to of in on at for from with by about is are was were be been am
     i me my you your it its this that these those what whats what's which who how when where why
@@ -375,6 +380,16 @@ class OfflineResponder:
             r"\b(who|what) are you\b|\bwhat can you do\b|\bhelp\b|\bare you (an? )?ai\b", low
         ):
             return self._introduction()
+        if re.search(r"\bwhat(?:'s| is) your name\b|\bwho am i (talking|speaking) to\b", low):
+            return "I don't have a name. I'm the offline assistant that runs on this server."
+        if re.search(r"\b(joke|make me laugh|something funny)\b", low):
+            told = sum(1 for h in turn.history if h.get("role") == "assistant")
+            return JOKES[told % len(JOKES)]
+        if re.search(r"\b(weather|news|score|stock|price)\b", low):
+            return (
+                "I can't look that up: I'm running offline, with no internet access and no AI "
+                "model. If this app gives me a tool for it, I'll use it."
+            )
         if re.match(r"(hi|hello|hey|good (morning|afternoon|evening))\b", low):
             if sum(1 for h in turn.history if h.get("role") == "assistant") == 0:
                 return f"Hello{name}! " + self._introduction()

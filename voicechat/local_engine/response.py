@@ -1,6 +1,7 @@
 """One response: runs the responder and emits the GA response.* event sequence."""
 
 import asyncio
+import contextlib
 import logging
 import math
 import re
@@ -135,8 +136,11 @@ class ResponseRun:
 
     # --- lifecycle ------------------------------------------------------------------------
 
-    async def run(self) -> None:
+    def announce(self) -> None:
+        """Emit response.created; called before the task starts, so it always comes first."""
         self.emit("response.created", response=self._response_body("in_progress", None))
+
+    async def run(self) -> None:
         try:
             status, details = await self._produce()
             await self._close_message(status="completed" if status == "completed" else "incomplete")
@@ -176,14 +180,16 @@ class ResponseRun:
         turn, (self._input_text_tokens, self._input_audio_tokens) = await self._turn_factory(
             self.params
         )
-        async for out in self._responder.respond(turn):
-            if isinstance(out, TextDelta):
-                await self._text(out.text)
-            elif isinstance(out, FunctionCall):
-                await self._close_message(status="completed")
-                self._function_call(out)
-            if self.max_output_tokens and self._out_text > self.max_output_tokens:
-                return "incomplete", {"type": "incomplete", "reason": "max_output_tokens"}
+        # aclosing: a cancelled response closes the LLM stream now, not at garbage collection.
+        async with contextlib.aclosing(self._responder.respond(turn)) as stream:
+            async for out in stream:
+                if isinstance(out, TextDelta):
+                    await self._text(out.text)
+                elif isinstance(out, FunctionCall):
+                    await self._close_message(status="completed")
+                    self._function_call(out)
+                if self.max_output_tokens and self._out_text > self.max_output_tokens:
+                    return "incomplete", {"type": "incomplete", "reason": "max_output_tokens"}
         return "completed", None
 
     # --- assistant message ----------------------------------------------------------------

@@ -436,6 +436,7 @@ class RealtimeSession:
             stats=self.stats,
         )
         self.response = run
+        run.announce()
         self._response_task = self._spawn(run.run())
 
     def _cancel_response(self, reason: str) -> None:

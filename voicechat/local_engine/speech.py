@@ -91,10 +91,13 @@ class Transcriber:
             self._language = language
         return self._recognizer
 
-    async def transcribe(self, pcm16_24k: bytes, language: str) -> str:
-        """A whole utterance at once (push-to-talk, created audio items)."""
+    def transcribe(self, pcm16_24k: bytes, language: str) -> asyncio.Future:
+        """A whole utterance at once (push-to-talk, created audio items); await the result.
+
+        Queued at once (not when awaited), so it stays in order with the streaming calls.
+        """
         self.stats.stt_audio_seconds += len(pcm16_24k) / 48000
-        return await self._submit(lambda: self._recognizer_for(language).transcribe(pcm16_24k))
+        return self._submit(lambda: self._recognizer_for(language).transcribe(pcm16_24k))
 
     def stream_start(self, language: str) -> None:
         future = self._submit(lambda: self._recognizer_for(language).start())
@@ -106,8 +109,9 @@ class Transcriber:
             future = self._submit(lambda: self._recognizer.feed(pcm16_24k))
             future.add_done_callback(_ignore_result)
 
-    async def stream_finish(self) -> str:
-        return await self._submit(lambda: self._recognizer.finish().strip())
+    def stream_finish(self) -> asyncio.Future:
+        """End the streamed utterance; await the future for its text (queued at once)."""
+        return self._submit(lambda: self._recognizer.finish().strip() if self._recognizer else "")
 
     async def close(self) -> None:
         if self._worker is not None:
@@ -123,6 +127,7 @@ def _ignore_result(future: asyncio.Future) -> None:
 
 
 _warm = False
+_background: set[asyncio.Future] = set()
 
 
 def warm_up() -> None:
@@ -140,6 +145,8 @@ def warm_up() -> None:
 
     task = asyncio.ensure_future(run_heavy("tts", load))
     task.add_done_callback(_ignore_result)
+    _background.add(task)  # the loop keeps only weak references to tasks
+    task.add_done_callback(_background.discard)
 
 
 def _synthesize_sync(text: str, voice: str) -> bytes:

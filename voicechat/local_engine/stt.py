@@ -239,9 +239,7 @@ class FasterWhisperRecognizer:
         self._audio = b""
 
     def transcribe(self, pcm16_24k: bytes) -> str:
-        samples = np.frombuffer(
-            _to_16k(pcm16_24k), dtype="<i2"
-        ).astype(np.float32) / 32768.0
+        samples = np.frombuffer(_to_16k(pcm16_24k), dtype="<i2").astype(np.float32) / 32768.0
         segments, _info = self._model.transcribe(samples, language=self._language, beam_size=1)
         return " ".join(segment.text.strip() for segment in segments).strip()
 

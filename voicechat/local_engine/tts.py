@@ -15,7 +15,16 @@ from django.core.exceptions import ImproperlyConfigured
 from .audio import PCM_RATE, resample_pcm16
 
 GA_VOICES = (
-    "alloy", "ash", "ballad", "coral", "echo", "sage", "shimmer", "verse", "marin", "cedar"
+    "alloy",
+    "ash",
+    "ballad",
+    "coral",
+    "echo",
+    "sage",
+    "shimmer",
+    "verse",
+    "marin",
+    "cedar",
 )
 DEFAULT_GA_VOICE = "marin"
 
@@ -54,6 +63,7 @@ class PiperSynthesizer:
     """Piper (VITS, onnxruntime) with the joe voice from its wheel, or LOCAL_PIPER_VOICE."""
 
     def __init__(self, model_path: Path, config_path: Path) -> None:
+        # Imported here: onnxruntime is slow to import, and split_sentences needs none of it.
         from piper import PiperVoice, SynthesisConfig
 
         self._voice = PiperVoice.load(model_path, config_path)
@@ -65,9 +75,7 @@ class PiperSynthesizer:
         if not _speakable(sentence):
             return b""
         pitch = PIPER_STYLES[_resolve(voice, PIPER_STYLES, PIPER_VOICES)]
-        config = self._config_class(
-            length_scale=self._length_scale * pitch, volume=_PIPER_VOLUME
-        )
+        config = self._config_class(length_scale=self._length_scale * pitch, volume=_PIPER_VOLUME)
         # onnxruntime sessions are thread-safe and piper locks its phonemizer, so
         # conversations may synthesize at the same time; onnxruntime releases the GIL.
         chunks = [chunk.audio_float_array for chunk in self._voice.synthesize(sentence, config)]
@@ -84,8 +92,9 @@ def float_to_pcm24k(samples: np.ndarray, rate: float) -> bytes:
 
 # --- espeak-ng ------------------------------------------------------------------------------
 
-ESPEAK_STYLES = tuple(f"en-us+{variant}" for variant in ("f1", "f2", "f3", "f4", "f5", "m1",
-                                                          "m2", "m3", "m4", "m7"))
+ESPEAK_STYLES = tuple(
+    f"en-us+{variant}" for variant in ("f1", "f2", "f3", "f4", "f5", "m1", "m2", "m3", "m4", "m7")
+)
 ESPEAK_VOICES = {
     "alloy": "en-us+f2",
     "ash": "en-us+m3",
@@ -121,8 +130,14 @@ def _espeak_library() -> tuple[ctypes.CDLL, int]:
     lib.espeak_SetVoiceByName.argtypes = [ctypes.c_char_p]
     lib.espeak_SetSynthCallback.argtypes = [_ESPEAK_CALLBACK]
     lib.espeak_Synth.argtypes = [
-        ctypes.c_char_p, ctypes.c_size_t, ctypes.c_uint, ctypes.c_int,
-        ctypes.c_uint, ctypes.c_uint, ctypes.c_void_p, ctypes.c_void_p,
+        ctypes.c_char_p,
+        ctypes.c_size_t,
+        ctypes.c_uint,
+        ctypes.c_int,
+        ctypes.c_uint,
+        ctypes.c_uint,
+        ctypes.c_void_p,
+        ctypes.c_void_p,
     ]
     rate = lib.espeak_Initialize(
         _AUDIO_OUTPUT_SYNCHRONOUS, 0, espeakng_loader.get_data_path().encode(), 0
@@ -235,9 +250,7 @@ def _build(name: str) -> SpeechSynthesizer:
 # A boundary is sentence punctuation (plus closing quotes/brackets) followed by whitespace,
 # or a line break. "3.5" and "e.g." inside words never match.
 _BOUNDARY = re.compile(r"(?<=[.!?…])[\"'”’)\]]*\s+|\s*\n\s*")
-_ABBREVIATIONS = frozenset(
-    "mr mrs ms dr prof sr jr st vs etc approx no fig mt ave".split()
-)
+_ABBREVIATIONS = frozenset("mr mrs ms dr prof sr jr st vs etc approx no fig mt ave".split())
 # Markdown and other symbols a voice would read aloud or stumble over.
 _UNSPOKEN = re.compile(r"[*_#`~>|]+|^\s*(?:[-•]|\d+[.)])\s+", re.MULTILINE)
 _SPACE_BEFORE_PUNCTUATION = re.compile(r"\s+([.,!?;:…])")

@@ -163,6 +163,15 @@ def chat_server(transactional_db, voice_upstream, tmp_path, monkeypatch) -> Iter
         yield server
 
 
+@pytest.fixture
+def local_chat_server(transactional_db, tmp_path, monkeypatch) -> Iterator[ChatServer]:
+    """The whole site on daphne with the offline local engine as its AI (no provider at all)."""
+    monkeypatch.setenv("DJANGO_ALLOW_ASYNC_UNSAFE", "true")
+    env = server_env(OPENAI_API_KEY="", REALTIME_BACKEND="local")
+    with ChatServer(env, tmp_path / "runserver.log") as server:
+        yield server
+
+
 # ---- the browser ----------------------------------------------------------------------------
 
 

@@ -241,3 +241,19 @@ async def start_server(transactional_db):
         # Shown by pytest only when the test failed.
         print(f"--- {server.kind} on {server.address} ---\n{server.log()}")
         server.stop()
+async def finished_conversation(user, timeout: float = 15):
+    """The user's latest conversation once the server has stored its end (and so every line).
+
+    A client that closes its socket has not waited for the server to finish storing; the end
+    reason is written last, after the recorder's final flush.
+    """
+    from voicechat.models import Conversation
+
+    async with asyncio.timeout(timeout):
+        while True:
+            conversation = await db(
+                lambda: Conversation.objects.filter(user=user).order_by("-started").first()
+            )
+            if conversation is not None and conversation.ended is not None:
+                return conversation
+            await asyncio.sleep(0.05)

@@ -37,7 +37,8 @@ def load_fixture(name: str) -> list[dict]:
     return json.loads((FIXTURES / f"{name}.json").read_text())
 
 
-def _session() -> dict:
+def new_session() -> dict:
+    """A GA session as session.created describes it (the gateway then applies its defaults)."""
     return {
         # Shaped like the SDK's RealtimeSessionCreateRequest, which is what session.created
         # declares (the live API adds id/object/expires_at, which the GA types do not list).
@@ -68,10 +69,11 @@ def _session() -> dict:
     }
 
 
-def _merge(target: dict, update: dict) -> None:
+def merge(target: dict, update: dict) -> None:
+    """session.update semantics: only the fields present change."""
     for key, value in update.items():
         if isinstance(value, dict) and isinstance(target.get(key), dict):
-            _merge(target[key], value)
+            merge(target[key], value)
         else:
             target[key] = value
 
@@ -160,7 +162,7 @@ class FakeRealtimeServer:
 
     async def _handler(self, ws: ServerConnection) -> None:
         self.connections.append(ws)
-        session = _session()
+        session = new_session()
         state = {"last_item": None, "last_user_text": "", "audio_bytes": 0}
         await self._send(ws, {"type": "session.created", "session": session})
         try:
@@ -201,7 +203,7 @@ class FakeRealtimeServer:
     def _reply(self, event: dict, session: dict, state: dict) -> list[dict]:
         etype = event.get("type")
         if etype == "session.update":
-            _merge(session, event.get("session") or {})
+            merge(session, event.get("session") or {})
             return [{"type": "session.updated", "session": session}]
         if etype == "input_audio_buffer.append":
             state["audio_bytes"] += len(base64.b64decode(event["audio"]))

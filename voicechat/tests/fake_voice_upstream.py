@@ -17,7 +17,7 @@ import threading
 import numpy as np
 from websockets.asyncio.server import ServerConnection
 
-from voicechat.tests.fake_upstream import USAGE, FakeRealtimeServer
+from voicechat.tests.fake_upstream import USAGE, FakeRealtimeServer, merge, new_session
 
 RATE = 24000
 FRAME = RATE // 50  # 20 ms VAD frames
@@ -25,44 +25,6 @@ SPEECH_RMS = 0.01  # about -40 dBFS: well above the fake microphone's digital si
 START_FRAMES = 3  # 60 ms of sound starts a turn
 STOP_FRAMES = 25  # 500 ms of quiet ends it (silence_duration_ms)
 DELTA_MS = 100
-
-
-def new_session() -> dict:
-    """A GA session as session.created describes it (the gateway then applies its defaults)."""
-    return {
-        "type": "realtime",
-        "model": "gpt-realtime",
-        "output_modalities": ["audio"],
-        "instructions": "",
-        "tools": [],
-        "tool_choice": "auto",
-        "max_output_tokens": "inf",
-        "tracing": None,
-        "prompt": None,
-        "audio": {
-            "input": {
-                "format": {"type": "audio/pcm", "rate": RATE},
-                "transcription": None,
-                "noise_reduction": None,
-                "turn_detection": None,
-            },
-            "output": {
-                "format": {"type": "audio/pcm", "rate": RATE},
-                "voice": "alloy",
-                "speed": 1.0,
-            },
-        },
-        "truncation": "auto",
-    }
-
-
-def merge(target: dict, update: dict) -> None:
-    """session.update semantics: only the fields present change."""
-    for key, value in update.items():
-        if isinstance(value, dict) and isinstance(target.get(key), dict):
-            merge(target[key], value)
-        else:
-            target[key] = value
 
 
 def speechlike(ms: int, *, f0: float = 170.0, seed: int = 0) -> bytes:

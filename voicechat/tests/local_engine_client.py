@@ -5,7 +5,7 @@ import base64
 import json
 
 from voicechat.local_engine import LocalUpstream
-from voicechat.tests.realtime_strict import EventLog
+from voicechat.tests.realtime_validation import EventLog
 
 CHUNK_BYTES = 1920  # 40 ms of PCM16 24 kHz
 

@@ -1,36 +1,67 @@
-"""Strict validation of server events against the official SDK's GA types."""
+"""Strict validation of GA Realtime server events against the openai SDK's pydantic types.
 
-from typing import Any
+The SDK's models accept unknown fields silently (extra="allow") and the server-event union is
+not discriminated, so validating with TypeAdapter alone would let typos and beta-shaped events
+through. Here every event must validate, strictly, as its own type, carry no field the type
+lacks, and have an event_id.
+"""
 
 from openai.types.realtime import RealtimeServerEvent
 from pydantic import BaseModel, TypeAdapter
 
-_server_event = TypeAdapter(RealtimeServerEvent)
+from voicechat.local_engine.events import models_by_type
+
+SERVER_EVENT_ADAPTER = TypeAdapter(RealtimeServerEvent)
 
 
-def _unknown_fields(raw: Any, model: Any, path: str) -> list[str]:
-    """Dotted paths of fields in `raw` that the parsed pydantic `model` does not declare."""
-    if isinstance(model, BaseModel) and isinstance(raw, dict):
-        fields = type(model).model_fields
-        aliases = {f.alias or name: name for name, f in fields.items()}
-        found = []
-        for key, value in raw.items():
-            if key not in aliases:
-                found.append(f"{path}.{key}")
-            else:
-                found += _unknown_fields(value, getattr(model, aliases[key]), f"{path}.{key}")
-        return found
-    if isinstance(model, list) and isinstance(raw, list):
-        return [
-            p for r, m in zip(raw, model, strict=False) for p in _unknown_fields(r, m, path + "[]")
-        ]
-    return []
+SERVER_EVENT_MODELS = models_by_type(RealtimeServerEvent)
 
 
-def validate_server_event(raw: dict) -> BaseModel:
-    """Parse one server event as a GA type; unknown types or undeclared fields fail."""
-    event = _server_event.validate_python(raw)
-    unknown = _unknown_fields(raw, event, raw.get("type", "?"))
-    if unknown:
-        raise AssertionError(f"fields unknown to the GA types: {unknown}")
-    return event
+def _extra_fields(value: object, path: str) -> list[str]:
+    """Paths of fields that no model declares, anywhere inside a validated model."""
+    found = []
+    if isinstance(value, BaseModel):
+        for name in value.model_extra or {}:
+            found.append(f"{path}.{name}")
+        for name in type(value).model_fields:
+            found += _extra_fields(getattr(value, name), f"{path}.{name}")
+    elif isinstance(value, list | tuple):
+        for i, v in enumerate(value):
+            found += _extra_fields(v, f"{path}[{i}]")
+    elif isinstance(value, dict):
+        for k, v in value.items():
+            found += _extra_fields(v, f"{path}.{k}")
+    return found
+
+
+def validate_server_event(event: dict) -> BaseModel:
+    """Validate one server event strictly; raises AssertionError with the reason."""
+    kind = event.get("type")
+    assert kind in SERVER_EVENT_MODELS, f"unknown server event type {kind!r}"
+    assert isinstance(event.get("event_id"), str) and event["event_id"], "missing event_id"
+    SERVER_EVENT_ADAPTER.validate_python(event)  # the union as the SDK declares it
+    model = SERVER_EVENT_MODELS[kind].model_validate(event, strict=True)
+    extra = _extra_fields(model, kind)
+    assert not extra, f"fields unknown to the SDK types: {extra}"
+    return model
+
+
+class EventLog:
+    """Every server event of a connection, validated, with unique event ids."""
+
+    def __init__(self) -> None:
+        self.events: list[dict] = []
+        self._ids: set[str] = set()
+
+    def add(self, event: dict) -> dict:
+        validate_server_event(event)
+        assert event["event_id"] not in self._ids, f"duplicate event_id {event['event_id']}"
+        self._ids.add(event["event_id"])
+        self.events.append(event)
+        return event
+
+    def types(self) -> list[str]:
+        return [e["type"] for e in self.events]
+
+    def of(self, kind: str) -> list[dict]:
+        return [e for e in self.events if e["type"] == kind]

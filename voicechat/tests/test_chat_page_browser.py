@@ -315,3 +315,72 @@ def test_the_login_form_leads_to_the_chat(chat_server, launch_browser, alice, se
     page.get_by_test_id("login-submit").click()
     page.get_by_test_id("connect").wait_for()
     assert page.url.rstrip("/") == chat_server.url
+
+
+def test_the_page_works_from_the_keyboard_alone(chat_server, voice_upstream, launch_browser, alice):
+    voice_upstream.reply_text = REPLY
+    page = signed_in_page(launch_browser(), chat_server, alice)
+    page.goto(chat_server.url)
+
+    def focused() -> str | None:
+        return page.evaluate("() => document.activeElement?.dataset?.testid ?? null")
+
+    def tab_to(testid: str) -> None:
+        for _ in range(20):
+            page.keyboard.press("Tab")
+            if focused() == testid:
+                return
+        raise AssertionError(f"Tab never reached {testid}")
+
+    tab_to("connect")
+    page.keyboard.press("Enter")
+    wait_for_status(page, "listening")
+    tab_to("text-input")
+    page.keyboard.type("Hello from the keyboard")
+    page.keyboard.press("Enter")
+    wait_for_entry(page, "assistant", "done", REPLY)
+    tab_to("disconnect")
+    page.keyboard.press("Enter")
+    wait_for_status(page, "ended")
+
+
+@pytest.mark.parametrize(("rate_in", "rate_out"), [(48000, 24000), (44100, 24000), (24000, 44100)])
+def test_the_worklets_resampler_keeps_tones_and_rejects_aliases(
+    chat_server, launch_browser, rate_in, rate_out
+):
+    """The sinc resampler the worklets share, run in Chromium on the served module."""
+    page = launch_browser().new_page()
+    page.goto(f"{chat_server.url}/login/")
+    result = page.evaluate(
+        """async ([rateIn, rateOut]) => {
+            const { SincResampler } = await import('/static/voicechat/worklets/sinc-resampler.js');
+            const run = (freq) => {
+                const r = new SincResampler(rateIn, rateOut, 128);
+                const out = new Float32Array(r.maxOutput(128));
+                const input = new Float32Array(128);
+                const got = [];
+                for (let t = 0; t < rateIn; t += 128) {
+                    for (let i = 0; i < 128; i++) input[i] = 0.5 * Math.sin(2 * Math.PI * freq * (t + i) / rateIn);
+                    const n = r.push(input, 128, out);
+                    for (let i = 0; i < n; i++) got.push(out[i]);
+                }
+                return got;
+            };
+            const tone = run(440);
+            let error = 0;
+            for (let i = 500; i < tone.length - 500; i++) {
+                error = Math.max(error, Math.abs(tone[i] - 0.5 * Math.sin(2 * Math.PI * 440 * i / rateOut)));
+            }
+            // Going down, a tone above the output's Nyquist must not fold back (alias).
+            let peak = 0;
+            if (rateIn > rateOut) {
+                const high = run(rateOut * 0.5 * 1.5);
+                peak = Math.max(...high.slice(500).map(Math.abs));
+            }
+            return { frames: tone.length, error, peak };
+        }""",
+        [rate_in, rate_out],
+    )
+    assert abs(result["frames"] - rate_out) < rate_out * 0.01
+    assert result["error"] < 0.005
+    assert result["peak"] < 0.01

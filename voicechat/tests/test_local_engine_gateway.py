@@ -6,10 +6,9 @@ import base64
 import pytest
 from openai import AsyncOpenAI
 
-from voicechat.models import Backend, Conversation
-from voicechat.tests.conftest import db
-from voicechat.tests.realtime_strict import EventLog
-from voicechat.tests.realtime_validation import validate_server_event
+from voicechat.models import Backend
+from voicechat.tests.conftest import db, finished_conversation
+from voicechat.tests.realtime_validation import EventLog, validate_server_event
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -73,13 +72,9 @@ async def test_sdk_text_turns_with_the_local_engine(
         error = (await collect_until(connection, "error", log))[-1]
         assert error["error"]["code"] == "item_delete_invalid_item_id"
 
-    conversation = await db(Conversation.objects.get, user=alice)
+    conversation = await finished_conversation(alice)
     assert conversation.backend == Backend.LOCAL
-    for _ in range(50):  # the recorder writes in batches
-        items = await db(lambda: [(i.role, i.text) for i in conversation.ordered_items()])
-        if len(items) >= 6:
-            break
-        await asyncio.sleep(0.1)
+    items = await db(lambda: [(i.role, i.text) for i in conversation.ordered_items()])
     assert items[0] == ("user", "My name is Ada.")
     assert items[-1][0] == "assistant" and "Ada" in items[-1][1]
 

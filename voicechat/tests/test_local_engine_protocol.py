@@ -469,3 +469,20 @@ async def test_send_after_close_raises_connection_closed():
         pass
     with pytest.raises(ConnectionClosed):
         await client.upstream.send(json.dumps({"type": "response.create"}))
+
+
+async def test_cancel_right_after_create_still_announces_the_response_first():
+    async with EngineClient() as client:
+        await client.send(TEXT_ONLY)
+        await client.send(user_text("hello"))
+        await client.send({"type": "response.create"})
+        await client.send({"type": "response.cancel"})
+        created = await client.wait("response.created")
+        done = await client.wait("response.done")
+        assert done["response"]["id"] == created["response"]["id"]
+        assert done["response"]["status"] == "cancelled"
+        assert done["response"]["status_details"]["reason"] == "client_cancelled"
+        await client.settle(0.2)
+        assert not [e for e in client.since(done) if e["type"].startswith("response.")]
+        # The next response is a normal one.
+        assert "7" in reply_text(await text_turn(client, "what is 3 plus 4"))

@@ -64,6 +64,9 @@ def test_honest_about_being_offline():
     unknown = ask("Write me a poem about autumn.")
     assert "I heard: Write me a poem about autumn" in unknown and "without an AI model" in unknown
     assert "didn't catch that" in ask("")
+    assert "offline" in ask("What's the weather like?")  # no tool for it: says why
+    assert "?" in ask("Tell me a joke")
+    assert "don't have a name" in ask("What's your name?")
 
 
 TOOLS = [

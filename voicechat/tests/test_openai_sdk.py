@@ -5,8 +5,7 @@ import logging
 import pytest
 from openai import AsyncOpenAI
 
-from voicechat.models import Conversation
-from voicechat.tests.conftest import PROVIDER_KEY, db
+from voicechat.tests.conftest import PROVIDER_KEY, db, finished_conversation
 from voicechat.tests.realtime_validation import validate_server_event
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -43,7 +42,7 @@ async def test_sdk_text_turn_through_the_gateway(
     for frame in frames:
         validate_server_event(frame)
 
-    conversation = await db(Conversation.objects.get, user=alice)
+    conversation = await finished_conversation(alice)
     items = await db(conversation.ordered_items)
     assert [(i.role, i.text) for i in items] == [("user", "Say hello"), ("assistant", text)]
     assert conversation.output_tokens == 200

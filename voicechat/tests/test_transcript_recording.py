@@ -205,3 +205,31 @@ async def test_deleted_and_failed_items(fake_upstream, alice, alice_token, conne
     await client.communicator.disconnect()
     statuses = await db(lambda: dict(TranscriptItem.objects.values_list("item_id", "status")))
     assert statuses == {"item_x": ItemStatus.TRANSCRIPTION_FAILED, "item_y": ItemStatus.DELETED}
+
+
+async def test_local_engine_usage_is_recorded_but_never_billed(
+    settings, alice, alice_token, connect
+):
+    settings.REALTIME_BACKEND = "local"
+    connected, client = await connect(token=alice_token)
+    await client.receive_until("session.created")
+    await client.send(
+        {"type": "session.update", "session": {"type": "realtime", "output_modalities": ["text"]}}
+    )
+    await client.send(
+        {
+            "type": "conversation.item.create",
+            "item": {
+                "type": "message",
+                "role": "user",
+                "content": [{"type": "input_text", "text": "What is two plus two?"}],
+            },
+        }
+    )
+    await client.send({"type": "response.create"})
+    await client.receive_until("response.done", timeout=30)
+    await client.communicator.disconnect()
+    conversation = await _conversation(alice)
+    assert conversation.backend == "local"
+    assert conversation.output_tokens > 0
+    assert conversation.cost_usd == 0

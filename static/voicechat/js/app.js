@@ -189,7 +189,8 @@ export class VoiceChatApp {
   setStatus(state, detail = "") {
     this.status = state;
     let text = STATUS_TEXT[state];
-    if (state === "listening" && this.mode === "push-to-talk") text = "Ready — hold to talk";
+    if (state === "listening" && !this.recorder?.active) text = "Connected — type a message";
+    else if (state === "listening" && this.mode === "push-to-talk") text = "Ready — hold to talk";
     if (detail) text = state === "reconnecting" ? detail : `${text} · ${detail}`;
     this.el.status.dataset.state = state;
     this.el.statusText.textContent = text;

@@ -15,16 +15,20 @@ export class EventLog {
   constructor(details) {
     this.details = details;
     this.list = details.querySelector("ol");
-    this.last = null;
+    this.recent = []; // the newest few lines, where repeats of a folded type are counted
   }
 
   /** @param {"in"|"out"} direction @param {object} event */
   add(direction, event) {
     if (!this.details.open) return; // logging costs DOM work; only while someone is looking
     const type = event.type ?? "?";
-    if (this.last && this.last.type === type && this.last.direction === direction && FOLDED.has(type)) {
-      this.last.count += 1;
-      this.last.countNode.textContent = `×${this.last.count}`;
+    // Audio flows both ways at once, so a folded line absorbs its type while it is recent.
+    const same = FOLDED.has(type)
+      ? this.recent.find((line) => line.type === type && line.direction === direction)
+      : null;
+    if (same) {
+      same.count += 1;
+      same.countNode.textContent = `×${same.count}`;
       return;
     }
     const li = document.createElement("li");
@@ -50,6 +54,7 @@ export class EventLog {
     this.list.append(li);
     while (this.list.children.length > MAX_LINES) this.list.firstElementChild.remove();
     if (follow) this.list.scrollTop = this.list.scrollHeight;
-    this.last = { type, direction, count: 1, countNode: count };
+    this.recent.push({ type, direction, count: 1, countNode: count });
+    if (this.recent.length > 4) this.recent.shift();
   }
 }

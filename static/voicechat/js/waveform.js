@@ -15,6 +15,9 @@ export class Waveform {
     this.active = false; // dimmed when not listening / not speaking
     this.frame = 0;
     this.color = "";
+    this.quietFrames = 0;
+    this.painted = null; // the `active` look last painted
+    this.resized = true;
     this.width = 0;
     this.height = 0;
     this.ratio = 1;
@@ -37,6 +40,7 @@ export class Waveform {
     this.height = Math.max(1, rect.height);
     this.canvas.width = Math.round(this.width * this.ratio);
     this.canvas.height = Math.round(this.height * this.ratio);
+    this.resized = true;
     const bars = Math.max(8, Math.floor(this.width / (BAR_WIDTH + BAR_GAP)));
     if (bars !== this.levels.length) this.levels = new Float32Array(bars);
   }
@@ -59,6 +63,13 @@ export class Waveform {
     const level = this.sample();
     this.levels.copyWithin(0, 1);
     this.levels[this.levels.length - 1] = level;
+    // Nothing to animate (no sound for a whole width, same look as last frame): skip the paint.
+    if (level === 0) this.quietFrames += 1;
+    else this.quietFrames = 0;
+    const still = this.quietFrames > this.levels.length && this.painted === this.active;
+    if (still && !this.resized) return;
+    this.painted = this.active;
+    this.resized = false;
 
     const { context: g, ratio, width, height, levels } = this;
     // Reading computed style every frame forces style work; twice a second follows theme changes.
