@@ -1,10 +1,15 @@
 # Two commands: `make run` (install, migrate, serve) and `make test` (install, run every test).
+# `make test-services` runs the same suite on PostgreSQL and Redis (scale-out; they must be up).
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 ADDR ?= 127.0.0.1:8000
 
-.PHONY: run test install lint bench
+# Where test-services finds the services (tests make their own database and Redis prefix).
+TEST_DATABASE_URL ?= postgres://postgres@127.0.0.1:5432/voicechat
+TEST_REDIS_URL ?= redis://127.0.0.1:6379/0
+
+.PHONY: run test test-services install lint bench
 
 $(VENV)/.installed: requirements.txt requirements-dev.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -21,6 +26,10 @@ run: install
 
 test: install
 	$(PY) -m pytest -q
+
+test-services: install
+	DATABASE_URL=$(TEST_DATABASE_URL) REDIS_URL=$(TEST_REDIS_URL) \
+		SECRET_KEY=test-services-only $(PY) -m pytest -q
 
 lint: install
 	$(VENV)/bin/ruff check .

@@ -39,12 +39,16 @@ def envlist(name: str, default: str) -> list[str]:
     return [part.strip() for part in os.environ.get(name, default).split(",") if part.strip()]
 
 
-DEBUG = envbool("DEBUG", "True")
+# A deployment on a shared database (DATABASE_URL) is production unless it asks for DEBUG;
+# the embedded defaults stay convenient for one developer's machine.
+DEBUG = envbool("DEBUG", "False" if os.environ.get("DATABASE_URL") else "True")
 # A fixed development key keeps sessions valid across restarts; production must set its own.
 SECRET_KEY = os.environ.get("SECRET_KEY", "")
 if not SECRET_KEY:
     if not DEBUG:
-        raise ImproperlyConfigured("SECRET_KEY must be set when DEBUG is off.")
+        raise ImproperlyConfigured(
+            "SECRET_KEY must be set when DEBUG is off (DEBUG is off by default with DATABASE_URL)."
+        )
     SECRET_KEY = "django-insecure-voicechat-development-only"
 
 ALLOWED_HOSTS = envlist("ALLOWED_HOSTS", "127.0.0.1,localhost,[::1]")
@@ -267,3 +271,117 @@ LOCAL_ENGINE_WORKERS = envint("LOCAL_ENGINE_WORKERS", 0)
 # close) made a burst of new conversations wait seconds on that thread. 0 = close after use.
 DATABASES["default"]["CONN_MAX_AGE"] = envint("DATABASE_CONN_MAX_AGE", 600)
 DATABASES["default"]["CONN_HEALTH_CHECKS"] = True
+
+# --- Scale-out: shared database and channel layer, production serving, limits -----------
+
+# PostgreSQL (psycopg 3) for several server processes, e.g. postgres://user:pass@host/voicechat.
+DATABASE_URL = os.environ.get("DATABASE_URL", "")
+if DATABASE_URL:
+    import dj_database_url
+
+    DATABASES = {
+        "default": dj_database_url.parse(
+            DATABASE_URL,
+            # Under ASGI, connections kept per thread leak (Django's docs), so either psycopg's
+            # pool (DATABASE_POOL, the default for PostgreSQL) or a new connection per use.
+            conn_max_age=0,
+            conn_health_checks=False,
+        )
+    }
+    if DATABASES["default"]["ENGINE"].endswith("postgresql") and envbool("DATABASE_POOL", "True"):
+        DATABASES["default"].setdefault("OPTIONS", {})["pool"] = {
+            "min_size": 1,
+            "max_size": envint("DATABASE_POOL_MAX_SIZE", 10),
+        }
+    # One test database per test process, so parallel runs on one server never collide.
+    DATABASES["default"]["TEST"] = {
+        "NAME": f"test_{DATABASES['default'].get('NAME') or 'voicechat'}_{os.getpid()}"
+    }
+
+# Redis for the channel layer, so processes reach each other (live monitor, staff "end"),
+# and for the cache, so rate limits count every process.
+REDIS_URL = os.environ.get("REDIS_URL", "")
+# Keys and groups are namespaced, so several deployments (or test runs) can share one Redis.
+REDIS_PREFIX = os.environ.get("REDIS_PREFIX", "voicechat")
+if REDIS_URL:
+    CHANNEL_LAYERS = {
+        "default": {
+            "BACKEND": "channels_redis.core.RedisChannelLayer",
+            "CONFIG": {
+                # redis-py 8 reads with a 5 s socket timeout by default, exactly the 5 s a
+                # consumer blocks waiting for its next message: an idle consumer would die
+                # with "Timeout reading from" Redis. Allow the blocking read to finish.
+                "hosts": [{"address": REDIS_URL, "socket_timeout": 30}],
+                "prefix": REDIS_PREFIX,
+            },
+        }
+    }
+    # Rate-limit windows (voicechat/ratelimit.py) must be shared by every process too.
+    CACHES = {
+        "default": {
+            "BACKEND": "django.core.cache.backends.redis.RedisCache",
+            "LOCATION": REDIS_URL,
+            "KEY_PREFIX": REDIS_PREFIX,
+        }
+    }
+
+# Static files are served by WhiteNoise from any ASGI server, with or without DEBUG. With
+# STATIC_ROOT set (production: run collectstatic into it) files are served compressed with
+# hashed, forever-cacheable names; without it they are served straight from the sources.
+if os.environ.get("STATIC_ROOT"):
+    STATIC_ROOT = Path(os.environ["STATIC_ROOT"])
+    STORAGES = {
+        "default": {"BACKEND": "django.core.files.storage.FileSystemStorage"},
+        "staticfiles": {"BACKEND": "whitenoise.storage.CompressedManifestStaticFilesStorage"},
+    }
+    WHITENOISE_USE_FINDERS = False
+else:
+    # Nothing collected: serve the sources (collectstatic then asks for STATIC_ROOT).
+    STATIC_ROOT = None
+    WHITENOISE_USE_FINDERS = True
+MIDDLEWARE.insert(
+    MIDDLEWARE.index("django.middleware.security.SecurityMiddleware") + 1,
+    "voicechat.staticfiles.AsgiWhiteNoiseMiddleware",
+)
+
+# Behind a TLS-terminating proxy: trust its X-Forwarded-Proto (only if it always sets it).
+if envbool("SECURE_PROXY_SSL_HEADER", "False"):
+    SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
+# Served over HTTPS: cookies only over TLS, and browsers told to stay on HTTPS (HSTS).
+HTTPS = envbool("HTTPS", "False")
+SESSION_COOKIE_SECURE = CSRF_COOKIE_SECURE = HTTPS
+SECURE_HSTS_SECONDS = envint("SECURE_HSTS_SECONDS", 31536000) if HTTPS else 0
+SECURE_HSTS_INCLUDE_SUBDOMAINS = envbool("SECURE_HSTS_INCLUDE_SUBDOMAINS", "False")
+SECURE_SSL_REDIRECT = envbool("SECURE_SSL_REDIRECT", "False")
+# Load balancers probe plain HTTP on the inside.
+SECURE_REDIRECT_EXEMPT = [r"^healthz$"]
+
+# LOG_FORMAT=json writes one JSON object per line (for log shippers); secrets stay redacted.
+LOG_FORMAT = os.environ.get("LOG_FORMAT", "text").strip().lower()
+LOGGING["formatters"] = {
+    "text": {"format": "%(asctime)s %(levelname)s %(name)s [%(process)d] %(message)s"},
+    "json": {"()": "voicechat.logformat.JsonFormatter"},
+}
+# Servers' own loggers go through our handler too (one format, and redacted): uvicorn gives
+# them handlers of their own, which this replaces.
+LOGGING.setdefault("loggers", {}).update(
+    {name: {"handlers": [], "propagate": True} for name in ("uvicorn", "uvicorn.access")}
+)
+for _handler in LOGGING["handlers"].values():
+    _handler["formatter"] = "json" if LOG_FORMAT == "json" else "text"
+    _handler.setdefault("filters", [])
+    if "redact_secrets" not in _handler["filters"]:
+        _handler["filters"].append("redact_secrets")
+
+# Limits that hold across processes (counted in the shared database).
+# Conversations one user may hold at once (0 = no limit).
+REALTIME_MAX_CONCURRENT_PER_USER = envint("REALTIME_MAX_CONCURRENT_PER_USER", 3)
+# Longest conversation in seconds (0 = no limit; OpenAI's own cap is 60 minutes).
+REALTIME_MAX_DURATION = envint("REALTIME_MAX_DURATION", 3600)
+# Each process marks its live conversations this often (seconds); rows not marked for
+# REALTIME_STALE_AFTER seconds belong to a crashed process and are ended as process_lost.
+REALTIME_HEARTBEAT_INTERVAL = envint("REALTIME_HEARTBEAT_INTERVAL", 30)
+REALTIME_STALE_AFTER = envint("REALTIME_STALE_AFTER", 120)
+# On SIGTERM/SIGINT, seconds to tell clients, close upstreams and store transcripts
+# before the server's own shutdown goes on.
+REALTIME_SHUTDOWN_TIMEOUT = envint("REALTIME_SHUTDOWN_TIMEOUT", 10)

@@ -1,5 +1,6 @@
 import json
 
+from asgiref.sync import async_to_sync
 from django.contrib import admin
 from django.contrib.auth import get_user_model
 from django.contrib.auth.admin import UserAdmin
@@ -7,7 +8,7 @@ from django.db.models import Case, Count, IntegerField, Q, Value, When
 from django.http import HttpResponse
 from django.utils.timezone import now
 
-from voicechat import services
+from voicechat import monitor, services
 from voicechat.exports import conversation_as_dict, conversation_as_markdown
 from voicechat.models import (
     ApiToken,
@@ -90,7 +91,7 @@ class ConversationAdmin(admin.ModelAdmin):
     search_fields = ["items__text", "user__username"]
     date_hierarchy = "started"
     inlines = [TranscriptInline, UsageInline]
-    actions = ["export_json", "export_markdown"]
+    actions = ["export_json", "export_markdown", "end_conversations"]
     readonly_fields = [
         "user",
         "auth_method",
@@ -108,6 +109,8 @@ class ConversationAdmin(admin.ModelAdmin):
         "output_tokens",
         "cached_tokens",
         "cost_usd",
+        "process",
+        "heartbeat",
     ]
 
     def get_queryset(self, request):
@@ -156,6 +159,16 @@ class ConversationAdmin(admin.ModelAdmin):
         return _download(
             text, f"conversations-{now():%Y%m%d-%H%M%S}.md", "text/markdown; charset=utf-8"
         )
+
+    @admin.action(description="End selected open conversations (on any server process)")
+    def end_conversations(self, request, queryset):
+        by = request.user.get_username()
+        asked = [
+            pk
+            for pk in queryset.filter(ended__isnull=True).values_list("pk", flat=True)
+            if async_to_sync(monitor.request_end)(pk, by=by)
+        ]
+        self.message_user(request, f"Asked {len(asked)} open conversation(s) to end.")
 
 
 @admin.register(ApiToken)

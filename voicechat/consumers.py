@@ -11,18 +11,22 @@ from channels.consumer import get_handler_name
 from channels.db import database_sync_to_async
 from channels.exceptions import StopConsumer
 from channels.generic.websocket import AsyncWebsocketConsumer
+from channels.layers import get_channel_layer
 from channels.sessions import InstanceSessionWrapper
 from django.conf import settings
 from websockets.exceptions import ConnectionClosed
 
-from voicechat import ratelimit, services
+from voicechat import lifecycle, ratelimit, services
 from voicechat.auth import authenticate, header
 from voicechat.budgets import budget_problem, watch_budget
+from voicechat.limits import TOO_MANY_CODE, DurationLimit
 from voicechat.models import Backend, Conversation, EndReason
+from voicechat.monitor import ConversationPublisher
 from voicechat.policy import ClientEventPolicy, session_defaults
 from voicechat.protocol import (
     CLOSE_CODE_FOR,
     FATAL_ERROR_CODES,
+    CloseCode,
     EndConversation,
     error_event,
     peek_type,
@@ -33,6 +37,8 @@ from voicechat.upstream import Upstream, open_upstream, resolve_backend
 
 logger = logging.getLogger(__name__)
 audit = logging.getLogger("voicechat.audit")
+
+SHUTDOWN_MESSAGE = "The server is restarting. Please reconnect in a moment."
 
 
 def _frame_send(send):
@@ -52,6 +58,7 @@ class RealtimeGatewayConsumer(AsyncWebsocketConsumer):
     relay_task: asyncio.Task | None = None
     budget_task: asyncio.Task | None = None
     end_reason: EndReason | None = None
+    _finished: asyncio.Future | None = None
 
     async def __call__(self, scope: dict, receive, send) -> None:
         """Serve one socket with a plain receive loop (the hot path: one call per client frame).
@@ -63,16 +70,37 @@ class RealtimeGatewayConsumer(AsyncWebsocketConsumer):
         clean-up itself around each call; so both are pure cost here.
         """
         self.scope = scope
-        self.channel_layer = None
         self.base_send = send
         self.relay_send = _frame_send(send)
-        with contextlib.suppress(StopConsumer):
-            while True:
-                message = await receive()
-                if message["type"] == "websocket.receive":
-                    await self.receive(message.get("text"), message.get("bytes"))
-                else:
-                    await self.dispatch(message)
+        # Staff on any process end a conversation through the channel layer (voicechat/
+        # monitor.py): its messages are read by a task of their own, off the per-frame path.
+        self.channel_layer = get_channel_layer()
+        self.channel_name = await self.channel_layer.new_channel() if self.channel_layer else ""
+        listener = asyncio.create_task(self._listen()) if self.channel_layer else None
+        try:
+            with contextlib.suppress(StopConsumer):
+                while True:
+                    message = await receive()
+                    if message["type"] == "websocket.receive":
+                        await self.receive(message.get("text"), message.get("bytes"))
+                    else:
+                        await self.dispatch(message)
+        finally:
+            if listener is not None:
+                listener.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await listener
+
+    async def _listen(self) -> None:
+        """Dispatch channel-layer messages addressed to this socket (gateway.end)."""
+        while True:
+            try:
+                message = await self.channel_layer.receive(self.channel_name)
+            except Exception:
+                logger.warning("channel layer receive failed; retrying", exc_info=True)
+                await asyncio.sleep(1)
+                continue
+            await self.dispatch(message)
 
     async def dispatch(self, message: dict) -> None:
         """Call the handler for an ASGI message type (websocket_connect, _receive, _disconnect)."""
@@ -116,15 +144,28 @@ class RealtimeGatewayConsumer(AsyncWebsocketConsumer):
         self.end_detail = ""
         self.last_error_code = ""
         self.budget_wake = asyncio.Event()
-        self.conversation = await database_sync_to_async(services.conversation_start)(
-            user=self.user,
-            backend=resolve_backend(),
-            model=self.model,
-            voice=settings.REALTIME_VOICE,
-            auth_method=identity.method,
-            client_ip=self.client_ip if self.client_ip != "unknown" else None,
-            user_agent=header(self.scope, b"user-agent") or "",
-        )
+        if lifecycle.draining():
+            await self._refuse(SHUTDOWN_MESSAGE, "server_shutdown", CloseCode.SERVER_SHUTDOWN)
+            return
+        try:
+            self.conversation = await database_sync_to_async(services.conversation_start)(
+                user=self.user,
+                backend=resolve_backend(),
+                model=self.model,
+                voice=settings.REALTIME_VOICE,
+                # Where staff on any process reach this socket (monitor, "end conversation").
+                process=lifecycle.process_id(),
+                channel_name=getattr(self, "channel_name", ""),
+                max_open=settings.REALTIME_MAX_CONCURRENT_PER_USER,
+                auth_method=identity.method,
+                client_ip=self.client_ip if self.client_ip != "unknown" else None,
+                user_agent=header(self.scope, b"user-agent") or "",
+            )
+        except services.TooManyConversations as exc:
+            audit.warning("socket closed: %s holds too many conversations", self.user)
+            await self._refuse(str(exc), TOO_MANY_CODE, CloseCode.TOO_MANY_CONVERSATIONS)
+            return
+        self.conversation_id = self.conversation.pk
         audit.info(
             "conversation %s opened by %s (%s) from %s",
             self.conversation.pk,
@@ -138,6 +179,11 @@ class RealtimeGatewayConsumer(AsyncWebsocketConsumer):
             conversation_id=self.conversation.pk, price_model=price_model
         )
         self.recorder.start()
+        self.monitor = ConversationPublisher(self.conversation)
+        self.monitor.start()
+        self.duration_limit = DurationLimit(self._end_for_duration)
+        self.duration_limit.start()
+        lifecycle.register(self)
         self.relay_task = asyncio.create_task(self._relay_upstream())
 
     async def receive(self, text_data: str | None = None, bytes_data: bytes | None = None) -> None:
@@ -175,21 +221,83 @@ class RealtimeGatewayConsumer(AsyncWebsocketConsumer):
             )
 
     async def disconnect(self, code: int) -> None:
-        for task in (self.relay_task, self.budget_task):
-            if task is not None:
-                task.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await task
-        if self.upstream is not None:
-            await self.upstream.close()
         if self.conversation is None:
-            return  # refused before a conversation began: nothing to store
-        await self.recorder.close()
-        reason = self.end_reason or EndReason.CLIENT_CLOSED
-        await database_sync_to_async(services.conversation_end)(
-            conversation_id=self.conversation.pk, reason=reason, detail=self.end_detail
+            return  # refused before a conversation began: nothing was opened
+        await self._finish()
+
+    async def _finish(self) -> None:
+        """Close the upstream, store the transcript and the end reason; runs once, completely."""
+        if self._finished is None:
+            self._finished = asyncio.ensure_future(self._close_everything())
+        # Shielded: a server that cancels the consumer (daphne at shutdown) must not cut the
+        # transcript flush short.
+        await asyncio.shield(self._finished)
+
+    async def _close_everything(self) -> None:
+        self.duration_limit.cancel()
+        # Closed by the server while it shuts down (not our own graceful path): say so.
+        reason = self.end_reason or (
+            EndReason.SERVER_SHUTDOWN if lifecycle.draining() else EndReason.CLIENT_CLOSED
         )
-        audit.info("conversation %s ended: %s", self.conversation.pk, reason)
+        try:
+            await self._stop_relay()
+            if self.budget_task is not None:
+                self.budget_task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await self.budget_task
+            if self.upstream is not None:
+                await self.upstream.close()
+            await self.recorder.close()
+            await database_sync_to_async(services.conversation_end)(
+                conversation_id=self.conversation.pk, reason=reason, detail=self.end_detail
+            )
+            audit.info("conversation %s ended: %s", self.conversation.pk, reason)
+        finally:
+            await self.monitor.close(reason=reason)
+            lifecycle.unregister(self)
+
+    async def _stop_relay(self) -> None:
+        if self.relay_task is not None and asyncio.current_task() is not self.relay_task:
+            self.relay_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self.relay_task
+
+    # --- ends decided outside the relay: staff, shutdown, length limit -------------------
+
+    async def gateway_end(self, message: dict) -> None:
+        """Channel-layer message from a staff member's monitor, on any process."""
+        by = str(message.get("by") or "staff")[:150]
+        await self._end_from_outside(
+            EndReason.ENDED_BY_STAFF,
+            "A staff member ended this conversation.",
+            code="ended_by_staff",
+            detail=f"ended by {by}",
+        )
+
+    async def end_for_shutdown(self) -> None:
+        """Called by lifecycle on SIGTERM: tell the client, then store everything before exit."""
+        await self._end_from_outside(
+            EndReason.SERVER_SHUTDOWN, SHUTDOWN_MESSAGE, code="server_shutdown"
+        )
+        await self._finish()
+
+    async def _end_for_duration(self) -> None:
+        limit = self.duration_limit
+        await self._end_from_outside(limit.reason, limit.message, code=limit.code)
+
+    async def _end_from_outside(
+        self, reason: EndReason, message: str, *, code: str, detail: str = ""
+    ) -> None:
+        if self.end_reason is not None:
+            return
+        # Stop relaying first, so nothing is sent to the client after the close.
+        await self._stop_relay()
+        await self._end(reason, message, code=code, detail=detail)
+
+    async def _refuse(self, message: str, code: str, close_code: int) -> None:
+        """Explain why no conversation was started, then close (nothing was opened)."""
+        await self.send(text_data=error_event(message, code=code, type="server_error"))
+        await self.close(code=int(close_code))
 
     async def _relay_upstream(self) -> None:
         """Admit the conversation, open the upstream, replay what the client sent meanwhile,
@@ -209,6 +317,7 @@ class RealtimeGatewayConsumer(AsyncWebsocketConsumer):
                 elif etype == "response.done":
                     self.budget_wake.set()
                 self.recorder.observe(etype, frame)
+                self.monitor.observe(etype, frame)
                 await self.relay_send({"type": "websocket.send", "text": frame})
         except EndConversation as end:
             await self._end(end.reason, end.message, code=end.code)
@@ -244,7 +353,7 @@ class RealtimeGatewayConsumer(AsyncWebsocketConsumer):
             live_cost=lambda: self.recorder.cost_usd,
             wake=self.budget_wake,
         )
-        await self._end(EndReason.BUDGET_EXCEEDED, problem, code="budget_exceeded")
+        await self._end_from_outside(EndReason.BUDGET_EXCEEDED, problem, code="budget_exceeded")
 
     def _note_error(self, frame: str) -> str:
         """Remember a fatal error's code, and mask the provider key in what the client sees."""

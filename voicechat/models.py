@@ -1,9 +1,11 @@
 import hashlib
+from datetime import datetime, timedelta
 from decimal import Decimal
 
 from django.conf import settings
 from django.db import models
 from django.db.models import Q
+from django.db.models.functions import Coalesce
 from django.utils.timezone import now
 
 
@@ -25,6 +27,16 @@ class EndReason(models.TextChoices):
     RATE_LIMITED = "rate_limited", "Too many connections"
     ABUSE = "abuse", "Too many refused events"
     SERVER_ERROR = "server_error", "Server error"
+    ENDED_BY_STAFF = "ended_by_staff", "Ended by staff"
+    SERVER_SHUTDOWN = "server_shutdown", "Server shut down"
+    DURATION_LIMIT = "duration_limit", "Conversation length limit reached"
+    # The process holding it stopped without ending it (found by its missing heartbeat).
+    PROCESS_LOST = "process_lost", "Server process lost"
+
+
+def stale_cutoff() -> datetime:
+    """Open conversations not marked alive since this moment belong to a lost process."""
+    return now() - timedelta(seconds=settings.REALTIME_STALE_AFTER)
 
 
 class ConversationQuerySet(models.QuerySet):
@@ -37,6 +49,17 @@ class ConversationQuerySet(models.QuerySet):
     def recent(self) -> "ConversationQuerySet":
         return self.order_by("-started")
 
+    def _seen(self) -> "ConversationQuerySet":
+        # Rows from before heartbeats existed count from their start.
+        return self.alias(seen=Coalesce("heartbeat", "started"))
+
+    def live(self) -> "ConversationQuerySet":
+        """Open conversations whose server process is still alive (recent heartbeat)."""
+        return self.active()._seen().filter(seen__gte=stale_cutoff())
+
+    def stale(self) -> "ConversationQuerySet":
+        """Open conversations whose process stopped without ending them."""
+        return self.active()._seen().filter(seen__lt=stale_cutoff())
     def since(self, moment) -> "ConversationQuerySet":
         """Conversations that were still going at `moment` or started after it."""
         return self.filter(Q(ended__isnull=True) | Q(ended__gte=moment))
@@ -61,6 +84,11 @@ class Conversation(models.Model):
     output_tokens = models.PositiveIntegerField(default=0)
     cached_tokens = models.PositiveIntegerField(default=0)
     cost_usd = models.DecimalField(max_digits=12, decimal_places=6, default=Decimal(0))
+    # Which server process holds the live socket, and its channel-layer address, so staff on
+    # any process can reach it; the process refreshes `heartbeat` while the socket is open.
+    process = models.CharField(max_length=100, blank=True)
+    channel_name = models.CharField(max_length=200, blank=True)
+    heartbeat = models.DateTimeField(null=True, blank=True)
 
     objects = ConversationQuerySet.as_manager()
 
@@ -68,6 +96,10 @@ class Conversation(models.Model):
         indexes = [
             # The history page and budgets read a user's conversations newest first.
             models.Index(fields=["user", "-started"]),
+            # The concurrency limit counts a user's open conversations on every connect.
+            models.Index(
+                fields=["user"], condition=Q(ended__isnull=True), name="conversation_open_by_user"
+            ),
         ]
 
     def __str__(self) -> str:

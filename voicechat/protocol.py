@@ -27,6 +27,11 @@ class CloseCode(enum.IntEnum):
     UPSTREAM_CLOSED = 4003
     UPSTREAM_ERROR = 4004
     TIME_LIMIT = 4005
+    ENDED_BY_STAFF = 4006
+    SERVER_SHUTDOWN = 4007
+    DURATION_LIMIT = 4008
+    # Refused before the conversation began: the user already holds their maximum.
+    TOO_MANY_CONVERSATIONS = 4012
     BUDGET_EXCEEDED = 4020
     RATE_LIMITED = 4029
     ABUSE = 4030
@@ -48,6 +53,9 @@ CLOSE_CODE_FOR = {
     EndReason.NOT_CONFIGURED: CloseCode.NOT_CONFIGURED,
     EndReason.MODEL_NOT_ALLOWED: CloseCode.MODEL_NOT_ALLOWED,
     EndReason.SERVER_ERROR: CloseCode.SERVER_ERROR,
+    EndReason.ENDED_BY_STAFF: CloseCode.ENDED_BY_STAFF,
+    EndReason.SERVER_SHUTDOWN: CloseCode.SERVER_SHUTDOWN,
+    EndReason.DURATION_LIMIT: CloseCode.DURATION_LIMIT,
 }
 
 

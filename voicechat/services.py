@@ -5,11 +5,20 @@ from dataclasses import dataclass, field
 from decimal import Decimal
 
 from django.conf import settings
+from django.contrib.auth import get_user_model
 from django.db import transaction
 from django.db.models import F
+from django.db.models.functions import Coalesce
 from django.utils.timezone import now
 
-from voicechat.models import ApiToken, Conversation, ItemStatus, TranscriptItem, UsageRecord
+from voicechat.models import (
+    ApiToken,
+    Conversation,
+    EndReason,
+    ItemStatus,
+    TranscriptItem,
+    UsageRecord,
+)
 
 
 def api_token_create(*, user, name: str = "") -> tuple[ApiToken, str]:
@@ -27,25 +36,51 @@ def api_token_revoke(*, api_token: ApiToken) -> None:
         api_token.save(update_fields=["revoked"])
 
 
+class TooManyConversations(Exception):
+    """The user already holds as many open conversations as they may."""
+
+
 def conversation_start(
     *,
     user,
     backend: str,
     model: str,
     voice: str,
+    process: str = "",
+    channel_name: str = "",
+    max_open: int = 0,
     auth_method: str = "",
     client_ip: str | None = None,
     user_agent: str = "",
 ) -> Conversation:
-    return Conversation.objects.create(
-        user=user,
-        backend=backend,
-        model=model,
-        voice=voice,
-        auth_method=auth_method,
-        client_ip=client_ip,
-        user_agent=user_agent[:300],
-    )
+    """A new conversation; with `max_open`, refused (TooManyConversations) at the user's limit.
+
+    The count and the insert happen under a lock on the user's row (PostgreSQL) or the
+    database's write lock (SQLite's IMMEDIATE transactions), so two server processes cannot
+    both let a user past the limit.
+    """
+    with transaction.atomic():
+        if max_open:
+            # Evaluated for the lock it takes; the row itself is not needed.
+            list(get_user_model().objects.select_for_update().filter(pk=user.pk).values("pk"))
+            conversations_end_stale(user=user)
+            if Conversation.objects.for_user(user).live().count() >= max_open:
+                raise TooManyConversations(
+                    f"You already have {max_open} conversation(s) open; "
+                    "close one before starting another."
+                )
+        return Conversation.objects.create(
+            user=user,
+            backend=backend,
+            model=model,
+            voice=voice,
+            process=process,
+            channel_name=channel_name,
+            heartbeat=now(),
+            auth_method=auth_method,
+            client_ip=client_ip,
+            user_agent=user_agent[:300],
+        )
 
 
 def conversation_end(*, conversation_id: int, reason: str, detail: str = "") -> None:
@@ -209,4 +244,22 @@ def _usage_add(
         output_tokens=F("output_tokens") + counts.output_tokens,
         cached_tokens=F("cached_tokens") + counts.cached_text_in + counts.cached_audio_in,
         cost_usd=F("cost_usd") + cost,
+    )
+
+
+def conversations_heartbeat(*, conversation_ids: list[int]) -> None:
+    """Mark open conversations as still held by a live server process."""
+    Conversation.objects.filter(pk__in=conversation_ids, ended__isnull=True).update(heartbeat=now())
+
+
+def conversations_end_stale(*, user=None) -> int:
+    """End open conversations whose process died without ending them (of `user`, or all)."""
+    stale = Conversation.objects.stale()
+    if user is not None:
+        stale = stale.for_user(user)
+    # The last heartbeat is the last moment the conversation was known to be alive.
+    return stale.update(
+        ended=Coalesce("heartbeat", "started"),
+        end_reason=EndReason.PROCESS_LOST,
+        end_detail="its server process stopped without ending it",
     )

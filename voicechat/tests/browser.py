@@ -121,10 +121,13 @@ def server_env(**overrides: str) -> dict[str, str]:
     """The child's environment: the test database file, DEBUG (static files), and `overrides`."""
     name = connection.settings_dict["NAME"]
     assert "memory" not in str(name), "browser tests need a file database"
+    # The test database, on SQLite or (make test-services) PostgreSQL and Redis.
+    from voicechat.tests.servers import scaled_out_env
+
     env = {
-        **os.environ,
+        **{key: value for key, value in os.environ.items() if key != "DATABASE_URL"},
         "DJANGO_SETTINGS_MODULE": "config.settings",
-        "SQLITE_PATH": str(name),
+        **scaled_out_env(),
         "DEBUG": "True",
         "PYTHONUNBUFFERED": "1",
         "OPENAI_API_KEY": "",

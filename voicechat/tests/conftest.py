@@ -1,6 +1,7 @@
 import asyncio
 import contextlib
 import json
+import os
 import secrets
 import socket
 
@@ -16,12 +17,59 @@ from voicechat.tests.fake_upstream import FakeRealtimeServer
 PROVIDER_KEY = "sk-proj-test" + secrets.token_hex(20)
 
 
+# With REDIS_URL set (make test-services), tests use that Redis under a prefix of their own.
+REDIS_TEST_PREFIX = f"vctest{os.getpid()}"
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _services_reachable():
+    """When the run asked for Redis (REDIS_URL), it must be there: fail, never skip."""
+    from django.conf import settings
+
+    if settings.REDIS_URL:
+        import redis
+
+        try:
+            redis.Redis.from_url(settings.REDIS_URL, socket_connect_timeout=3).ping()
+        except redis.RedisError as exc:
+            pytest.fail(f"REDIS_URL is set but Redis does not answer: {exc}", pytrace=False)
+
+
 @pytest.fixture(autouse=True)
 def _fast_test_settings(settings):
     settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
-    settings.CHANNEL_LAYERS = {"default": {"BACKEND": "channels.layers.InMemoryChannelLayer"}}
-    # Rate-limit windows live in the cache: every test starts with none used.
-    cache.clear()
+    if settings.REDIS_URL:
+        settings.CHANNEL_LAYERS = {
+            "default": {
+                "BACKEND": "channels_redis.core.RedisChannelLayer",
+                "CONFIG": {
+                    "hosts": [{"address": settings.REDIS_URL, "socket_timeout": 30}],
+                    "prefix": REDIS_TEST_PREFIX,
+                },
+            }
+        }
+        # Rate-limit windows live in the (shared) cache: a fresh namespace per test, since
+        # clearing a Redis cache would flush the whole database.
+        settings.CACHES = {
+            "default": {
+                "BACKEND": "django.core.cache.backends.redis.RedisCache",
+                "LOCATION": settings.REDIS_URL,
+                "KEY_PREFIX": f"{REDIS_TEST_PREFIX}:{secrets.token_hex(4)}",
+            }
+        }
+    else:
+        settings.CHANNEL_LAYERS = {"default": {"BACKEND": "channels.layers.InMemoryChannelLayer"}}
+        # Rate-limit windows live in the cache: every test starts with none used.
+        cache.clear()
+
+
+@pytest.fixture(autouse=True)
+def _fresh_process_state():
+    """Each test starts with a process that is not shutting down."""
+    from voicechat import lifecycle
+
+    with lifecycle.fresh_state():
+        yield
 
 
 @pytest.fixture
@@ -155,6 +203,44 @@ def db(fn, *args, **kwargs):
     return fn(*args, **kwargs)
 
 
+# --- scale-out: staff, sessions, real server processes ----------------------------------------
+
+
+@pytest.fixture
+def staff_user(django_user_model):
+    """A staff member who watches the live monitor (not a superuser)."""
+    return django_user_model.objects.create_user(
+        "olga", password="olga-password-123", is_staff=True
+    )
+
+
+def session_cookie(user) -> str:
+    """A Cookie header value logging `user` in (the session lives in the shared database)."""
+    from django.conf import settings
+    from django.test import Client as DjangoClient
+
+    client = DjangoClient()
+    client.force_login(user)
+    return f"{settings.SESSION_COOKIE_NAME}={client.cookies[settings.SESSION_COOKIE_NAME].value}"
+
+
+@pytest.fixture
+async def start_server(transactional_db):
+    """Start real server processes (uvicorn or daphne) on the test database; stopped after."""
+    from voicechat.tests.servers import ServerProcess, server_env
+
+    started = []
+
+    async def _start(kind: str = "uvicorn", *, upstream_url: str, **env: str):
+        server = ServerProcess(kind, **server_env(upstream_url=upstream_url, **env))
+        started.append(server)
+        return await server.start()
+
+    yield _start
+    for server in started:
+        # Shown by pytest only when the test failed.
+        print(f"--- {server.kind} on {server.address} ---\n{server.log()}")
+        server.stop()
 async def finished_conversation(user, timeout: float = 15):
     """The user's latest conversation once the server has stored its end (and so every line).
 

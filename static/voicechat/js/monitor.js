@@ -1,0 +1,111 @@
+// The staff live monitor: follows /ws/monitor, keeps the list of open conversations current,
+// and shows the transcript of the watched one as its lines arrive (from any server process).
+
+const STATUS_TEXT = {
+  speech_started: "user is speaking…",
+  speech_stopped: "user stopped speaking",
+  response_started: "assistant is answering…",
+  response_done: "assistant finished",
+};
+
+class MonitorPage {
+  constructor(root) {
+    this.root = root;
+    this.list = document.getElementById("conversations");
+    this.transcript = document.getElementById("transcript");
+    this.activity = document.getElementById("activity");
+    this.watchingLabel = document.getElementById("watching");
+    this.status = document.getElementById("monitor-status");
+    this.csrf = document.getElementById("end-form").content.querySelector("input");
+    this.endUrl = (id) => root.dataset.endUrlTemplate.replace("/0/", `/${id}/`);
+    this.watching = null;
+    this.list.addEventListener("click", (event) => {
+      const id = event.target.dataset?.watch;
+      if (id) this.watch(Number(id));
+    });
+  }
+
+  connect() {
+    const scheme = location.protocol === "https:" ? "wss" : "ws";
+    this.socket = new WebSocket(`${scheme}://${location.host}${this.root.dataset.socketPath}`);
+    this.socket.onopen = () => { this.status.textContent = "live"; if (this.watching) this.watch(this.watching); };
+    this.socket.onmessage = (message) => this.handle(JSON.parse(message.data));
+    this.socket.onclose = () => {
+      this.status.textContent = "disconnected, retrying…";
+      setTimeout(() => this.connect(), 2000);
+    };
+  }
+
+  watch(id) {
+    this.watching = id;
+    this.transcript.replaceChildren();
+    this.activity.textContent = "";
+    this.watchingLabel.textContent = `(conversation ${id})`;
+    for (const row of this.list.querySelectorAll("tr")) {
+      row.classList.toggle("watched", row.dataset.conversation === String(id));
+    }
+    this.socket.send(JSON.stringify({ type: "watch", conversation: id }));
+  }
+
+  handle(event) {
+    switch (event.kind) {
+      case "snapshot":
+        this.list.replaceChildren(...event.conversations.map((c) => this.row(c)));
+        break;
+      case "started":
+        this.list.querySelector("tr.empty")?.remove();
+        this.list.prepend(this.row(event));
+        break;
+      case "ended":
+        this.list.querySelector(`tr[data-conversation="${event.conversation}"]`)?.classList.add("ended");
+        if (event.conversation === this.watching) this.activity.textContent = `ended: ${event.end_reason}`;
+        break;
+      case "transcript":
+        for (const line of event.lines) this.line(line);
+        if (event.ended) this.activity.textContent = `ended: ${event.end_reason}`;
+        break;
+      case "line":
+        this.line(event);
+        break;
+      case "status":
+        this.activity.textContent = STATUS_TEXT[event.status] ?? event.status;
+        break;
+      case "error":
+        this.activity.textContent = event.message;
+        break;
+    }
+  }
+
+  // One line per item id: a later event for the same item replaces its text.
+  line({ item_id, role, text }) {
+    let entry = this.transcript.querySelector(`li[data-item="${CSS.escape(item_id)}"]`);
+    if (!entry) {
+      entry = document.createElement("li");
+      entry.dataset.item = item_id;
+      entry.dataset.role = role;
+      entry.dataset.testid = "monitor-line";
+      this.transcript.append(entry);
+    }
+    entry.textContent = text;
+  }
+
+  row(c) {
+    const row = document.createElement("tr");
+    row.dataset.conversation = c.id ?? c.conversation;
+    const id = row.dataset.conversation;
+    const watch = Object.assign(document.createElement("button"), { type: "button", className: "link", textContent: id });
+    watch.dataset.watch = id;
+    const form = Object.assign(document.createElement("form"), { method: "post", action: this.endUrl(id) });
+    form.append(this.csrf.cloneNode(), Object.assign(document.createElement("button"), { type: "submit", textContent: "End" }));
+    const cells = [watch, c.user, c.model, new Date(c.started).toLocaleTimeString(), c.process, form];
+    row.append(...cells.map((content) => {
+      const cell = document.createElement("td");
+      cell.append(content);
+      return cell;
+    }));
+    return row;
+  }
+}
+
+const root = document.getElementById("monitor");
+if (root) new MonitorPage(root).connect();

@@ -1,0 +1,205 @@
+"""Live monitoring across server processes, through the channel layer.
+
+Each conversation publishes a few events: when it starts and ends (to MONITOR_GROUP, which
+every open monitor page joins), and its transcript lines and status changes (to its own watch
+group, joined by the pages watching it). Never one per audio frame: `observe()` returns after one
+dict lookup for everything else, and sending happens in a task of its own, so the relay never
+waits on Redis. Staff end a conversation by sending a message to the channel name the holding
+consumer stored on its Conversation row, whichever process that is.
+"""
+
+import asyncio
+import collections
+import logging
+
+import orjson
+from channels.db import database_sync_to_async
+from channels.layers import get_channel_layer
+
+from voicechat.models import Conversation
+
+logger = logging.getLogger(__name__)
+
+MONITOR_GROUP = "voicechat.monitor"
+# Events held for the layer when it is slow; beyond this the newest are dropped (logged).
+MAX_QUEUED = 1000
+
+# Status changes worth showing, by server event type (no parsing needed).
+_STATUS = {
+    "input_audio_buffer.speech_started": "speech_started",
+    "input_audio_buffer.speech_stopped": "speech_stopped",
+    "response.created": "response_started",
+    "response.done": "response_done",
+}
+
+
+def watch_group(conversation_id: int) -> str:
+    """The group of the pages watching one conversation."""
+    return f"voicechat.watch.{conversation_id}"
+
+
+def conversation_summary(conversation: Conversation) -> dict:
+    """What a monitor page shows about one conversation in its list."""
+    return {
+        "id": conversation.pk,
+        "user": conversation.user.get_username(),
+        "backend": conversation.backend,
+        "model": conversation.model,
+        "started": conversation.started.isoformat(),
+        "process": conversation.process,
+        "ended": conversation.ended.isoformat() if conversation.ended else None,
+        "end_reason": conversation.end_reason or None,
+    }
+
+
+def _line(item_id, role: str, text) -> dict | None:
+    if not isinstance(item_id, str) or not isinstance(text, str):
+        return None
+    return {"item_id": item_id, "role": role, "text": text}
+
+
+def _user_transcript(event: dict) -> dict | None:
+    return _line(event.get("item_id"), "user", event.get("transcript"))
+
+
+def _assistant_transcript(event: dict) -> dict | None:
+    return _line(event.get("item_id"), "assistant", event.get("transcript"))
+
+
+def _assistant_text(event: dict) -> dict | None:
+    return _line(event.get("item_id"), "assistant", event.get("text"))
+
+
+def _typed_message(event: dict) -> dict | None:
+    """A message a client typed (user or system); assistant items come from their .done events."""
+    item = event.get("item") or {}
+    if item.get("type") != "message" or item.get("role") not in ("user", "system"):
+        return None
+    texts = [
+        part.get("text")
+        for part in item.get("content") or ()
+        if isinstance(part, dict) and part.get("type") == "input_text"
+    ]
+    texts = [text for text in texts if isinstance(text, str) and text]
+    return _line(item.get("id"), item["role"], " ".join(texts)) if texts else None
+
+
+# Transcript lines, by server event type: the same moments the recorder stores a line.
+_LINES = {
+    "conversation.item.input_audio_transcription.completed": _user_transcript,
+    "response.output_audio_transcript.done": _assistant_transcript,
+    "response.output_text.done": _assistant_text,
+    "conversation.item.done": _typed_message,
+}
+
+
+class ConversationPublisher:
+    """Publishes one conversation's lifecycle, lines and status to the channel layer."""
+
+    def __init__(self, conversation: Conversation) -> None:
+        self.conversation = conversation
+        self.group = watch_group(conversation.pk)
+        self.layer = get_channel_layer()
+        self._queue: collections.deque[tuple[str, dict]] = collections.deque()
+        self._ready = asyncio.Event()
+        self._closing = False
+        self._sender: asyncio.Task | None = None
+
+    def start(self) -> None:
+        if self.layer is None:
+            return
+        self._sender = asyncio.create_task(self._send_forever())
+        self._put(MONITOR_GROUP, {"kind": "started", **conversation_summary(self.conversation)})
+
+    def observe(self, etype: str | None, frame: str) -> None:
+        """Called for every upstream frame: publish only lines and status changes."""
+        status = _STATUS.get(etype)
+        if status is not None:
+            self._put(self.group, {"kind": "status", "status": status})
+            return
+        make_line = _LINES.get(etype)
+        if make_line is None:
+            return
+        try:
+            line = make_line(orjson.loads(frame))
+        except (orjson.JSONDecodeError, AttributeError, TypeError):
+            return
+        if line is not None:
+            self._put(self.group, {"kind": "line", **line})
+
+    async def close(self, *, reason: str) -> None:
+        """Announce the end to list and watchers, then send what is queued and stop."""
+        if self._sender is None:
+            return
+        ended = {"kind": "ended", "end_reason": reason}
+        self._put(self.group, ended)
+        self._put(MONITOR_GROUP, ended)
+        self._closing = True
+        self._ready.set()
+        try:
+            # A dead layer must not hold a closing conversation for long.
+            await asyncio.wait_for(asyncio.shield(self._sender), timeout=5)
+        except (TimeoutError, asyncio.CancelledError):
+            self._sender.cancel()
+
+    def _put(self, group: str, event: dict) -> None:
+        if self._sender is None or self._closing:
+            return
+        if len(self._queue) >= MAX_QUEUED:
+            logger.warning("monitor queue full: dropped a %s event", event["kind"])
+            return
+        event["conversation"] = self.conversation.pk
+        self._queue.append((group, event))
+        self._ready.set()
+
+    async def _send_forever(self) -> None:
+        while True:
+            await self._ready.wait()
+            self._ready.clear()
+            while self._queue:
+                group, event = self._queue.popleft()
+                try:
+                    await self.layer.group_send(group, {"type": "monitor.event", "event": event})
+                except Exception:
+                    # Monitoring is best effort; the conversation goes on without it.
+                    logger.warning("monitor event not published", exc_info=True)
+            if self._closing:
+                return
+
+
+# --- what staff pages read and do ---------------------------------------------------------
+
+
+def live_conversations() -> list[dict]:
+    """Summaries of every open conversation on every process, newest first."""
+    return [
+        conversation_summary(c) for c in Conversation.objects.live().select_related("user").recent()
+    ]
+
+
+def transcript_lines(conversation_id: int) -> dict | None:
+    """A conversation's stored lines so far, in conversation order (None if it does not exist)."""
+    conversation = Conversation.objects.select_related("user").filter(pk=conversation_id).first()
+    if conversation is None:
+        return None
+    return {
+        **conversation_summary(conversation),
+        "lines": [
+            {"item_id": item.item_id, "role": item.role, "text": item.text}
+            for item in conversation.ordered_items()
+            if item.text
+        ],
+    }
+
+
+async def request_end(conversation_id: int, *, by: str) -> bool:
+    """Ask the consumer holding an open conversation, on any process, to end it."""
+    conversation = await database_sync_to_async(
+        Conversation.objects.active().filter(pk=conversation_id).first
+    )()
+    layer = get_channel_layer()
+    if conversation is None or not conversation.channel_name or layer is None:
+        return False
+    await layer.send(conversation.channel_name, {"type": "gateway.end", "by": by})
+    logger.info("staff %s asked to end conversation %s", by, conversation_id)
+    return True

@@ -1,0 +1,35 @@
+"""Staff pages of the live monitor: the list of open conversations, and "end conversation"."""
+
+from asgiref.sync import async_to_sync
+from django.contrib import messages
+from django.contrib.admin.views.decorators import staff_member_required
+from django.http import HttpRequest, HttpResponse
+from django.shortcuts import redirect, render
+from django.views.decorators.http import require_POST
+
+from voicechat import monitor
+
+
+@staff_member_required
+def monitor_page(request: HttpRequest) -> HttpResponse:
+    """Open conversations on every process; the page's script then follows them live."""
+    return render(
+        request,
+        "voicechat/monitor.html",
+        {
+            "conversations": monitor.live_conversations(),
+            "socket_path": "/ws/monitor",
+            "nav": "monitor",
+        },
+    )
+
+
+@staff_member_required
+@require_POST
+def monitor_end(request: HttpRequest, pk: int) -> HttpResponse:
+    """End one conversation, whichever server process holds it."""
+    if async_to_sync(monitor.request_end)(pk, by=request.user.get_username()):
+        messages.success(request, f"Asked conversation {pk} to end.")
+    else:
+        messages.warning(request, f"Conversation {pk} is not open (or its server is gone).")
+    return redirect("monitor")
