@@ -30,6 +30,11 @@ ROOT = Path(__file__).resolve().parent.parent
 BENCH = ROOT / "bench"
 CACHE = BENCH / ".cache"
 PROJECT_PY = Path(os.environ.get("PROJECT_PYTHON", sys.executable))
+def _own_env() -> dict[str, str]:
+    """This environment minus DATABASE_URL/REDIS_URL: the bench has its own SQLite database."""
+    return {k: v for k, v in os.environ.items() if k not in ("DATABASE_URL", "REDIS_URL")}
+
+
 DEFAULT_HARNESS = Path(os.environ.get("BENCH_HARNESS", ROOT.parent / "shared" / "bench"))
 
 # The production command line (docs/benchmarks.md); {py}, {port} and {workers} are filled in.
@@ -223,7 +228,7 @@ class Bench:
 
     def make_token(self, cwd: Path, username: str = "bench", *, migrate: bool = True) -> str:
         """A fresh API token for `username` in the checkout's database (migrated first)."""
-        env = {**os.environ, **self.gateway_env(), "SQLITE_PATH": str(self.db_for(cwd))}
+        env = {**_own_env(), **self.gateway_env(), "SQLITE_PATH": str(self.db_for(cwd))}
         if migrate:
             subprocess.run(
                 [str(PROJECT_PY), "manage.py", "migrate", "--noinput", "-v", "0"],
@@ -300,7 +305,7 @@ class Bench:
             ws=os.environ.get("BENCH_UVICORN_WS", "websockets-sansio"),
         )
         env = {
-            **os.environ, **target.env, "PORT": str(port), "UPSTREAM_URL": self.upstream_url,
+            **_own_env(), **target.env, "PORT": str(port), "UPSTREAM_URL": self.upstream_url,
         }
         if target.kind == "gateway":
             env["SQLITE_PATH"] = str(self.db_for(target.cwd))

@@ -2,16 +2,15 @@
 
 import asyncio
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
-from django.conf import settings as django_settings
 from websockets.asyncio.client import connect
 
 from voicechat.tests.conftest import free_port
+from voicechat.tests.servers import server_env
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -37,13 +36,8 @@ def _children(pid: int) -> list[int]:
 
 async def test_two_workers_share_the_port_and_relay(fake_upstream, alice_token):
     port = free_port()
-    env = {
-        **os.environ,
-        "SQLITE_PATH": str(django_settings.DATABASES["default"]["NAME"]),
-        "OPENAI_REALTIME_URL": fake_upstream.url,
-        "OPENAI_API_KEY": "sk-test-serve",
-        "REALTIME_BACKEND": "openai",
-    }
+    # The test database (SQLite or PostgreSQL, whichever this run uses) and the fake upstream.
+    env = server_env(upstream_url=fake_upstream.url)
     proc = subprocess.Popen(
         [sys.executable, "manage.py", "serve", "--workers", "2", "--port", str(port)],
         cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
