@@ -5,7 +5,7 @@ from voicechat import health
 
 urlpatterns = [
     path("admin/", admin.site.urls),
-    # Scale-out: the real health check (database + channel layer) and the staff live monitor.
+    # The health check (database + channel layer) and the staff live monitor.
     path("healthz", health.healthz, name="healthz"),
     path("monitor/", include("voicechat.monitor_urls")),
     path("", include("voicechat.urls")),

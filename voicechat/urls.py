@@ -9,5 +9,4 @@ urlpatterns = [
     path("history/<int:pk>/", views.conversation_detail, name="conversation_detail"),
     path("login/", auth_views.LoginView.as_view(redirect_authenticated_user=True), name="login"),
     path("logout/", auth_views.LogoutView.as_view(), name="logout"),
-    path("healthz", views.healthz, name="healthz"),
 ]

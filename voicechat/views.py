@@ -1,20 +1,16 @@
-"""Pages: the voice chat, the user's conversation history, and the health check."""
+"""Pages: the voice chat and the user's conversation history."""
 
 from django.conf import settings
 from django.contrib.auth.decorators import login_required
 from django.core.paginator import Paginator
 from django.db.models import Count, OuterRef, Subquery
-from django.http import HttpRequest, HttpResponse, JsonResponse
+from django.http import HttpRequest, HttpResponse
 from django.shortcuts import get_object_or_404, render
 from django.templatetags.static import static
 
 from voicechat.models import Conversation, Role, TranscriptItem
 
 HISTORY_PAGE_SIZE = 20
-
-
-def healthz(request: HttpRequest) -> JsonResponse:
-    return JsonResponse({"status": "ok"})
 
 
 def chat_config() -> dict:
