@@ -132,6 +132,27 @@ def _unambiguous_append(text: str) -> bool:
     return text.startswith(_APPEND_PREFIXES)
 
 
+def _refuse_fields(event: dict, key: str, allowed: dict) -> Verdict | None:
+    """A refusal unless event[key] is an object whose fields all lie in the `allowed` tree."""
+    value = event.get(key)
+    if not isinstance(value, dict):
+        return _refuse(
+            f"{event['type']} needs '{key}' to be an object.",
+            code="invalid_event",
+            event_id=event.get("event_id"),
+            param=key,
+        )
+    path = _disallowed_path(value, allowed, key)
+    if path:
+        return _refuse(
+            f"This server does not let clients set {path}.",
+            code="field_not_allowed",
+            event_id=event.get("event_id"),
+            param=path,
+        )
+    return None
+
+
 def _disallowed_path(value: dict, allowed: dict, prefix: str) -> str | None:
     """The first field of `value` outside the `allowed` tree, as a dotted path, or None."""
     for key, sub in value.items():
@@ -235,22 +256,10 @@ class ClientEventPolicy:
         return Verdict(frame=orjson.dumps(event).decode())
 
     def _check_session_update(self, event: dict) -> Verdict:
-        session = event.get("session")
-        if not isinstance(session, dict):
-            return _refuse(
-                "session.update needs a 'session' object.",
-                code="invalid_event",
-                event_id=event.get("event_id"),
-                param="session",
-            )
-        path = _disallowed_path(session, self._session_fields, "session")
-        if path:
-            return _refuse(
-                f"This server does not let clients change {path}.",
-                code="field_not_allowed",
-                event_id=event.get("event_id"),
-                param=path,
-            )
+        refused = _refuse_fields(event, "session", self._session_fields)
+        if refused:
+            return refused
+        session = event["session"]
         voice = ((session.get("audio") or {}).get("output") or {}).get("voice")
         if voice is not None and voice not in self._voices:
             return _refuse(
@@ -266,24 +275,10 @@ class ClientEventPolicy:
         return Verdict(frame=orjson.dumps(event).decode())
 
     def _check_response_create(self, event: dict) -> Verdict:
-        response = event.get("response")
-        if response is None:
-            return Verdict(frame=orjson.dumps(event).decode())
-        if not isinstance(response, dict):
-            return _refuse(
-                "'response' must be an object.",
-                code="invalid_event",
-                event_id=event.get("event_id"),
-                param="response",
-            )
-        path = _disallowed_path(response, self._response_fields, "response")
-        if path:
-            return _refuse(
-                f"This server does not let clients set {path}.",
-                code="field_not_allowed",
-                event_id=event.get("event_id"),
-                param=path,
-            )
+        if event.get("response") is not None:
+            refused = _refuse_fields(event, "response", self._response_fields)
+            if refused:
+                return refused
         return Verdict(frame=orjson.dumps(event).decode())
 
     def _check_item_create(self, event: dict) -> Verdict:
