@@ -215,7 +215,9 @@ class Bench:
             "SQLITE_PATH": str(self.db),
             "PYTHONUNBUFFERED": "1",
             # One user on one address opens every conversation here: lift the per-minute
-            # connection limits and daily budgets out of reach, but leave their checks running.
+            # connection limits, the concurrency limit and the daily budgets out of reach, but
+            # leave their checks running.
+            "REALTIME_MAX_CONCURRENT_PER_USER": "1000000",
             "REALTIME_CONNECTS_PER_MINUTE_PER_USER": "1000000",
             "REALTIME_CONNECTS_PER_MINUTE_PER_IP": "1000000",
             "REALTIME_DAILY_MINUTES": "100000000",
