@@ -55,6 +55,15 @@ def entries(page) -> list[dict]:
     )
 
 
+QUESTION_WORDS = ("what", "is", "two", "plus")
+
+
+def heard_most(text: str, words: tuple[str, ...]) -> bool:
+    """True when at least three quarters of `words` are in the transcript `text`."""
+    heard = set(text.lower().replace("?", " ").split())
+    return sum(word in heard for word in words) >= 0.75 * len(words)
+
+
 def test_talking_to_the_local_engine(local_chat_server, launch_browser, alice, tmp_path):
     wav = spoken_wav(tmp_path / "question.wav", "What is two plus two?")
     page = signed_in_page(launch_browser(wav), local_chat_server, alice)
@@ -66,8 +75,9 @@ def test_talking_to_the_local_engine(local_chat_server, launch_browser, alice, t
     wait_for_entry(page, "assistant", "done")
     lines = entries(page)
     assert [line["role"] for line in lines[:2]] == ["user", "assistant"]
-    # pocketsphinx is modest, but the engine's own clear voice comes through.
-    assert "two" in lines[0]["text"].lower()
+    # pocketsphinx is modest (and the first utterance of a conversation is its worst: "what is
+    # to plus tipped" was seen), but most of the engine's own clear words come through.
+    assert heard_most(lines[0]["text"], QUESTION_WORDS)
     assert lines[1]["text"].strip()
 
     # The reply is played out to the end, and once playing it never ran dry.
@@ -83,7 +93,7 @@ def test_talking_to_the_local_engine(local_chat_server, launch_browser, alice, t
     page.wait_for_selector('[data-testid="status"][data-state="ended"]')
     items = [i for i in conversation.ordered_items() if i.role in (Role.USER, Role.ASSISTANT)]
     assert [i.role for i in items[:2]] == [Role.USER, Role.ASSISTANT]
-    assert "two" in items[0].text.lower()
+    assert heard_most(items[0].text, QUESTION_WORDS)
     assert items[1].status == ItemStatus.COMPLETED and items[1].text
 
 
