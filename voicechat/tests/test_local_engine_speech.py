@@ -13,7 +13,7 @@ import pytest
 
 from voicechat.local_engine.audio import pcm16_to_ulaw, ulaw_to_pcm16
 from voicechat.local_engine.tts import get_synthesizer, local_voice_for
-from voicechat.tests.local_engine_client import EngineClient, reply_text
+from voicechat.tests.local_engine_client import EngineClient, reply_text, user_text
 
 pytestmark = pytest.mark.slow
 
@@ -126,16 +126,7 @@ async def test_spoken_turns_are_transcribed_remembered_and_answered_with_audio()
 async def test_barge_in_cancels_the_response_and_the_new_turn_is_answered():
     async with EngineClient() as client:
         await client.send(VOICE_SESSION)
-        await client.send(
-            {
-                "type": "conversation.item.create",
-                "item": {
-                    "type": "message",
-                    "role": "user",
-                    "content": [{"type": "input_text", "text": "Hello!"}],
-                },
-            }
-        )
+        await client.send(user_text("Hello!"))
         await client.send({"type": "response.create"})  # a long introduction
         first_audio = await client.wait("response.output_audio.delta")
         interrupted_item = first_audio["item_id"]
@@ -182,16 +173,7 @@ async def test_without_interrupt_response_the_reply_finishes_then_the_user_is_an
             }
         }
         await client.send({"type": "session.update", "session": session})
-        await client.send(
-            {
-                "type": "conversation.item.create",
-                "item": {
-                    "type": "message",
-                    "role": "user",
-                    "content": [{"type": "input_text", "text": "Hello!"}],
-                },
-            }
-        )
+        await client.send(user_text("Hello!"))
         await client.send({"type": "response.create"})
         await client.wait("response.output_audio.delta")
         await client.append_audio(silence(200) + await speak("Thank you very much.") + silence(900))
@@ -241,16 +223,7 @@ async def test_push_to_talk_commit_and_response_create():
 
 async def test_response_cancel_and_truncate_keep_what_was_heard():
     async with EngineClient() as client:
-        await client.send(
-            {
-                "type": "conversation.item.create",
-                "item": {
-                    "type": "message",
-                    "role": "user",
-                    "content": [{"type": "input_text", "text": "Hello!"}],
-                },
-            }
-        )
+        await client.send(user_text("Hello!"))
         await client.send({"type": "response.create"})
         done = await client.wait("response.done")
         item = done["response"]["output"][0]
@@ -290,16 +263,7 @@ async def test_response_cancel_and_truncate_keep_what_was_heard():
         )
 
         # response.cancel mid-response.
-        await client.send(
-            {
-                "type": "conversation.item.create",
-                "item": {
-                    "type": "message",
-                    "role": "user",
-                    "content": [{"type": "input_text", "text": "What can you do?"}],
-                },
-            }
-        )
+        await client.send(user_text("What can you do?"))
         await client.send({"type": "response.create"})
         await client.wait("response.output_audio.delta")
         await client.send({"type": "response.cancel"})
@@ -336,16 +300,7 @@ async def test_g711_mu_law_in_and_out():
         await client.send({"type": "input_audio_buffer.commit"})
         committed = await client.wait("input_audio_buffer.committed")
         # A typed question keeps the reply short (8 kHz speech is recognised poorly, below).
-        await client.send(
-            {
-                "type": "conversation.item.create",
-                "item": {
-                    "type": "message",
-                    "role": "user",
-                    "content": [{"type": "input_text", "text": "what is 3 plus 4"}],
-                },
-            }
-        )
+        await client.send(user_text("what is 3 plus 4"))
         await client.send({"type": "response.create"})
         done = await client.wait("response.done")
         assert "7" in reply_text(done)
