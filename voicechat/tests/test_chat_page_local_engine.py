@@ -29,12 +29,11 @@ local_chat_server = browser.local_chat_server
 
 def spoken_wav(path, *sentences: str, lead_ms: int = 1200):
     """A WAV of the engine's own voice saying each sentence, with pauses for turn-taking."""
-    from voicechat.local_engine.tts import get_synthesizer
+    from voicechat.tests.speech import spoken
 
-    synthesizer = get_synthesizer()
     pcm = silence(lead_ms)
     for sentence in sentences:
-        pcm += synthesizer.synthesize(sentence, voice="marin") + silence(6000)
+        pcm += spoken(sentence) + silence(6000)
     return write_wav(path, pcm, RATE)
 
 

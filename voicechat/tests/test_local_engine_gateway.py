@@ -83,11 +83,9 @@ async def test_sdk_text_turns_with_the_local_engine(
 async def test_sdk_voice_turn_with_the_local_engine(
     local_backend, gateway_server, alice, alice_token
 ):
-    from voicechat.local_engine.tts import get_synthesizer, local_voice_for
+    from voicechat.tests.speech import spoken
 
-    speech = await asyncio.to_thread(
-        lambda: get_synthesizer().synthesize("What time is it?", voice=local_voice_for("marin"))
-    )
+    speech = await asyncio.to_thread(spoken, "What time is it?")
     audio = b"\0" * 48 * 400 + speech + b"\0" * 48 * 900
     log = EventLog()
     async with sdk_for(gateway_server, alice_token).realtime.connect(

@@ -12,8 +12,8 @@ import re
 import pytest
 
 from voicechat.local_engine.audio import pcm16_to_ulaw, ulaw_to_pcm16
-from voicechat.local_engine.tts import get_synthesizer, local_voice_for
 from voicechat.tests.local_engine_client import EngineClient, reply_text, user_text
+from voicechat.tests.speech import spoken
 
 pytestmark = pytest.mark.slow
 
@@ -30,10 +30,8 @@ def silence(ms: int) -> bytes:
 
 
 async def speak(text: str) -> bytes:
-    """The engine's own voice saying `text` (PCM16 24 kHz)."""
-    return await asyncio.to_thread(
-        lambda: get_synthesizer().synthesize(text, voice=local_voice_for("marin"))
-    )
+    """The engine's own voice saying `text` (PCM16 24 kHz), the same audio on every run."""
+    return await asyncio.to_thread(spoken, text)
 
 
 def words(text: str) -> set[str]:

@@ -8,10 +8,10 @@ import time
 import numpy as np
 import pytest
 from django.core.exceptions import ImproperlyConfigured
-from django.test import override_settings
 
 from voicechat.local_engine import audio, stt, tts, vad
 from voicechat.local_engine.audio import PCM_RATE, Resampler, pcm16_duration_ms
+from voicechat.tests.speech import spoken
 
 SENTENCES = [
     "What time does the store open tomorrow morning?",
@@ -63,10 +63,8 @@ def word_accuracy(references: list[str], hypotheses: list[str]) -> float:
 
 @pytest.fixture(scope="module")
 def piper_speech() -> dict[str, bytes]:
-    """Each test sentence spoken once by the bundled piper voice (24 kHz PCM16)."""
-    with override_settings(LOCAL_TTS="piper"):
-        synthesizer = tts.get_synthesizer()  # the process-wide one: the model loads once
-    return {text: synthesizer.synthesize(text, voice="piper") for text in SENTENCES}
+    """Each test sentence read by the bundled piper voice (24 kHz PCM16), the same every run."""
+    return {text: spoken(text) for text in SENTENCES}
 
 
 # --- audio ----------------------------------------------------------------------------------
@@ -369,6 +367,16 @@ def test_piper_serves_threads_at_once(settings):
 
 
 @pytest.mark.slow
+def test_piper_reads_expressively_unless_asked_to_be_steady():
+    text = "Please turn on the kitchen lights."
+    expressive, steady = tts.make_piper(), tts.make_piper(expressive=False)
+    # Piper's noise makes each reading differ a little, as a person's would ...
+    assert expressive.synthesize(text, voice="piper") != expressive.synthesize(text, voice="piper")
+    # ... and without it a sentence always sounds the same (what the speech tests rely on).
+    assert steady.synthesize(text, voice="piper") == steady.synthesize(text, voice="piper")
+
+
+@pytest.mark.slow
 def test_piper_output_is_converted_from_its_model_rate(settings):
     settings.LOCAL_TTS = "piper"
     synthesizer = tts.get_synthesizer()
@@ -399,7 +407,7 @@ def test_unknown_tts_backend_is_explained(settings):
 
 
 def test_missing_custom_piper_voice_is_explained(settings, tmp_path):
-    settings.LOCAL_TTS = "voicechat.local_engine.tts._make_piper"  # bypass the cache
+    settings.LOCAL_TTS = "voicechat.local_engine.tts.make_piper"  # bypass the cache
     settings.LOCAL_PIPER_VOICE = str(tmp_path / "en_US-nobody-medium.onnx")
     with pytest.raises(ImproperlyConfigured, match=r"\.onnx\.json"):
         tts.get_synthesizer()
