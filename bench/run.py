@@ -43,6 +43,7 @@ UVICORN_CMD = (
     "--loop uvloop --http httptools --ws {ws} --lifespan off --no-access-log "
     "--log-level warning"
 )
+GATEWAY_WS = "voicechat.websocket_server:GatewayWebSocketProtocol"
 RUNSERVER_CMD = "{py} manage.py runserver --noreload --nothreading 127.0.0.1:{port}"
 # The gateway's own production launcher: one uvicorn per core, each on its own SO_REUSEPORT socket.
 SERVE_CMD = "{py} manage.py serve --host 127.0.0.1 --port {port} --workers {workers}"
@@ -302,10 +303,10 @@ class Bench:
         if target.kind == "direct":
             return None, self.upstream_url
         port = free_port()
-        cmd = target.command.format(
-            py=PROJECT_PY, port=port, upstream=self.upstream_url,
-            ws=os.environ.get("BENCH_UVICORN_WS", "websockets-sansio"),
-        )
+        ws = os.environ.get("BENCH_UVICORN_WS", GATEWAY_WS)
+        if not (target.cwd / "voicechat" / "websocket_server.py").exists():
+            ws = "websockets-sansio"  # a commit from before the gateway had its own
+        cmd = target.command.format(py=PROJECT_PY, port=port, upstream=self.upstream_url, ws=ws)
         env = {
             **_own_env(), **target.env, "PORT": str(port), "UPSTREAM_URL": self.upstream_url,
         }

@@ -394,7 +394,10 @@ class RealtimeGatewayConsumer(AsyncWebsocketConsumer):
         if self.end_reason is not None:
             return
         self.end_reason, self.end_detail = reason, detail or message
-        await self.send(text_data=error_event(message, code=code, type="server_error"))
-        # A plain int: daphne hands the code to autobahn, which refuses anything whose type is
-        # not exactly int (an IntEnum included), and the socket then never closes.
-        await self.close(code=int(CLOSE_CODE_FOR[reason]))
+        # The client may have gone in the meantime (uvicorn then raises ClientDisconnected, an
+        # OSError): the reason is recorded all the same, and there is no one left to tell.
+        with contextlib.suppress(OSError):
+            await self.send(text_data=error_event(message, code=code, type="server_error"))
+            # A plain int: daphne hands the code to autobahn, which refuses anything whose type
+            # is not exactly int (an IntEnum included), and the socket then never closes.
+            await self.close(code=int(CLOSE_CODE_FOR[reason]))

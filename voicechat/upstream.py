@@ -12,9 +12,8 @@ from collections.abc import AsyncIterator
 from urllib.parse import urlencode
 
 from django.conf import settings
-from websockets.asyncio.client import ClientConnection, connect
-from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus, InvalidURI
 
+from voicechat import upstream_client
 from voicechat.models import Backend, EndReason
 from voicechat.protocol import EndConversation
 from voicechat.redaction import redact
@@ -58,24 +57,22 @@ class OpenAIUpstream(Upstream):
         self._url = f"{url}?{urlencode({'model': model})}"
         self._api_key = api_key
         self._connect_timeout = connect_timeout
-        self._ws: ClientConnection | None = None
+        self._ws: upstream_client.UpstreamConnection | None = None
 
     async def connect(self) -> None:
         try:
-            self._ws = await connect(
+            self._ws = await upstream_client.connect(
                 self._url,
                 # GA protocol: no OpenAI-Beta header, ever (it selects the retired beta shape).
-                additional_headers={"Authorization": f"Bearer {self._api_key}"},
+                headers={"Authorization": f"Bearer {self._api_key}"},
                 open_timeout=self._connect_timeout,
-                # Audio is base64: compression costs CPU on every frame and saves little.
-                compression=None,
                 max_size=16 * 1024 * 1024,
                 max_queue=64,
                 # A dead provider must not hold a closing conversation for long.
                 close_timeout=2,
             )
-        except InvalidStatus as exc:
-            status = exc.response.status_code
+        except upstream_client.HandshakeRefused as exc:
+            status = exc.status
             logger.warning("upstream refused the handshake: HTTP %s", status)
             hint = {
                 401: "the server's API key was rejected",
@@ -87,7 +84,7 @@ class OpenAIUpstream(Upstream):
                 f"The AI service refused the connection (HTTP {status}: {hint}).",
                 code="upstream_refused",
             ) from None
-        except (OSError, TimeoutError, InvalidHandshake, InvalidURI) as exc:
+        except (OSError, TimeoutError, ValueError, upstream_client.HandshakeError) as exc:
             logger.warning("upstream unreachable: %s", redact(repr(exc)))
             raise UpstreamError(
                 EndReason.UPSTREAM_UNREACHABLE,
@@ -100,13 +97,10 @@ class OpenAIUpstream(Upstream):
 
     async def __aiter__(self) -> AsyncIterator[str]:
         ws = self._ws
-        try:
-            async for frame in ws:
-                yield frame if isinstance(frame, str) else frame.decode()
-        except ConnectionClosed:
-            pass
+        async for frame in ws:
+            yield frame
         self.close_code = ws.close_code
-        self.close_reason = ws.close_reason or ""
+        self.close_reason = ws.close_reason
 
     async def close(self) -> None:
         if self._ws is not None:

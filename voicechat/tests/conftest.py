@@ -111,11 +111,17 @@ async def gateway_server(transactional_db):
     import uvicorn
 
     from config.asgi import application
+    from voicechat.websocket_server import GatewayWebSocketProtocol
 
     port = free_port()
     server = uvicorn.Server(
         uvicorn.Config(
-            application, host="127.0.0.1", port=port, log_level="warning", lifespan="off"
+            application,
+            host="127.0.0.1",
+            port=port,
+            log_level="warning",
+            lifespan="off",
+            ws=GatewayWebSocketProtocol,  # as in production (README, "Running in production")
         )
     )
     task = asyncio.create_task(server.serve())

@@ -25,17 +25,19 @@ def _listen(host: str, port: int) -> socket.socket:
 
 
 def serve_one(host: str, port: int, log_level: str) -> None:
-    """One worker: its own listening socket, uvloop, httptools, sans-I/O websockets."""
+    """One worker: its own listening socket, uvloop, httptools, the gateway's WebSocket path."""
     import uvicorn
+
+    from voicechat.websocket_server import GatewayWebSocketProtocol
 
     sock = _listen(host, port)
     config = uvicorn.Config(
         "config.asgi:application",
         loop="uvloop",
         http="httptools",
-        ws="websockets-sansio",
+        ws=GatewayWebSocketProtocol,
         # Base64 audio barely compresses; deflating every frame would cost more CPU than the
-        # relay itself (browsers offer it on every socket).
+        # relay itself (browsers offer it on every socket). The gateway's protocol never does.
         ws_per_message_deflate=False,
         lifespan="off",
         access_log=False,
