@@ -1,5 +1,6 @@
 """ASGI entry point: HTTP through Django, WebSockets through the gateway's routes."""
 
+import gc
 import os
 
 from django.core.asgi import get_asgi_application
@@ -22,3 +23,9 @@ application = ProtocolTypeRouter(
         "websocket": AuthMiddlewareStack(URLRouter(websocket_urlpatterns)),
     }
 )
+
+# Everything alive now (Django, the apps, the URL conf) lives as long as the process. Moved out
+# of the collector's sight, it is not walked again by every full collection, which otherwise
+# stall every conversation on the process for tens of milliseconds (docs/benchmarks.md).
+gc.collect()
+gc.freeze()

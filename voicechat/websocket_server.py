@@ -106,7 +106,8 @@ class GatewayWebSocketProtocol(WebSocketsSansIOProtocol):
         self.transport.close()
 
     async def send(self, message) -> None:
-        await self.writable.wait()
+        if not self.writable.is_set():  # the client reads slower than we write: wait for it
+            await self.writable.wait()
         if (
             message["type"] == "websocket.send"
             and self.handshake_complete
