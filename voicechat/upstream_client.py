@@ -317,9 +317,11 @@ def _upgrade_request(host: str, target: str, key: str, headers: dict[str, str]) 
 
 async def connect(url: str, *, headers: dict[str, str], open_timeout: float, max_size: int,
                   max_queue: int, close_timeout: float, ping_interval: float = 20.0,
-                  ping_timeout: float = 20.0) -> UpstreamConnection:
-    """Open a WebSocket to `url` (ws:// or wss://). Raises OSError or TimeoutError when the
-    server cannot be reached, HandshakeRefused or HandshakeError when it will not upgrade."""
+                  ping_timeout: float = 20.0, tls: ssl.SSLContext | None = None,
+                  ) -> UpstreamConnection:
+    """Open a WebSocket to `url` (ws:// or wss://, verified against `tls` or else the system's
+    trust store). Raises OSError or TimeoutError when the server cannot be reached,
+    HandshakeRefused or HandshakeError when it will not upgrade."""
     parts = urlsplit(url)
     if parts.scheme not in ("ws", "wss") or not parts.hostname:
         raise ValueError(f"not a WebSocket URL: {url!r}")
@@ -342,7 +344,7 @@ async def connect(url: str, *, headers: dict[str, str], open_timeout: float, max
     async def open_and_upgrade() -> UpstreamConnection:
         _transport, connection = await loop.create_connection(
             protocol, parts.hostname, port,
-            ssl=_tls_context() if secure else None,
+            ssl=(tls or _tls_context()) if secure else None,
         )
         try:
             await connection._handshake

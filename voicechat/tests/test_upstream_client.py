@@ -1,0 +1,246 @@
+"""The gateway's WebSocket client to the provider, against real servers on loopback.
+
+`websockets`' own server plays a well-behaved provider; small asyncio servers play the broken
+ones (wrong handshake, silence, a dropped line) that a `websockets` server cannot imitate.
+"""
+
+import asyncio
+import base64
+import hashlib
+import ssl
+import subprocess
+from http import HTTPStatus
+
+import pytest
+from websockets.asyncio.server import serve
+from websockets.exceptions import ConnectionClosedError, ConnectionClosedOK
+
+from voicechat import upstream_client
+from voicechat.upstream_client import HandshakeError, HandshakeRefused
+
+OPTIONS = {"open_timeout": 5, "max_size": 1 << 24, "max_queue": 64, "close_timeout": 2}
+
+
+async def connect(url: str, **options):
+    return await upstream_client.connect(url, headers={"Authorization": "Bearer sk-test"},
+                                         **{**OPTIONS, **options})  # fmt: skip
+
+
+async def provider(handler, **options):
+    """A `websockets` server on a free port; returns (server, ws:// base URL)."""
+    server = await serve(handler, "127.0.0.1", 0, **options)
+    return server, f"ws://127.0.0.1:{server.sockets[0].getsockname()[1]}"
+
+
+async def raw_server(script):
+    """A bare TCP server running `script(reader, writer)` per connection; returns (server, URL)."""
+    server = await asyncio.start_server(script, "127.0.0.1", 0)
+    return server, f"ws://127.0.0.1:{server.sockets[0].getsockname()[1]}"
+
+
+async def accept_upgrade(reader, writer) -> None:
+    """Answer a WebSocket upgrade correctly, as far as the handshake goes."""
+    head = await reader.readuntil(b"\r\n\r\n")
+    key = next(
+        line.split(b":", 1)[1].strip()
+        for line in head.split(b"\r\n")
+        if line.lower().startswith(b"sec-websocket-key:")
+    )
+    accept = base64.b64encode(hashlib.sha1(key + b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11").digest())
+    writer.write(
+        b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+        b"Sec-WebSocket-Accept: " + accept + b"\r\n\r\n"
+    )
+
+
+async def ignore_everything(reader, writer) -> None:
+    await accept_upgrade(reader, writer)
+    while await reader.read(65536):
+        pass
+    writer.close()
+
+
+async def test_messages_flow_both_ways_with_fragments_pings_and_a_clean_close():
+    seen = {}
+
+    async def handler(ws):
+        seen["path"] = ws.request.path
+        seen["authorization"] = ws.request.headers["Authorization"]
+        seen["beta"] = ws.request.headers.get("OpenAI-Beta")
+        await ws.send('{"type":"session.created"}')
+        await ws.send(["frag", "mented \u00e9v\u00e9nement"])  # one message in three frames
+        await asyncio.wait_for(await ws.ping(b"still there?"), 5)  # the client answers
+        async for message in ws:
+            await ws.send(f"echo: {message}")
+
+    server, url = await provider(handler)
+    async with server:
+        connection = await connect(f"{url}/v1/realtime?model=gpt-realtime")
+        assert await anext(connection) == '{"type":"session.created"}'
+        assert await anext(connection) == "fragmented \u00e9v\u00e9nement"
+        await connection.send("x" * 100_000)  # a 64-bit length
+        assert await anext(connection) == "echo: " + "x" * 100_000
+        await connection.close()
+    assert connection.close_code == 1000
+    assert seen == {
+        "path": "/v1/realtime?model=gpt-realtime",
+        "authorization": "Bearer sk-test",
+        "beta": None,  # GA protocol: never the retired beta header
+    }
+    with pytest.raises(ConnectionClosedOK):
+        await connection.send("too late")
+
+
+async def test_the_providers_close_code_and_reason_end_the_stream():
+    async def handler(ws):
+        await ws.send("last words")
+        await ws.close(1000, "Your session hit the maximum duration of 60 minutes.")
+
+    server, url = await provider(handler)
+    async with server:
+        connection = await connect(url)
+        assert [message async for message in connection] == ["last words"]
+    assert connection.close_code == 1000
+    assert connection.close_reason == "Your session hit the maximum duration of 60 minutes."
+
+
+async def test_a_dropped_line_ends_the_stream_as_abnormal():
+    async def handler(ws):
+        await ws.send("hello")
+        ws.transport.abort()  # no close frame: the line just drops
+
+    server, url = await provider(handler)
+    async with server:
+        connection = await connect(url)
+        assert [message async for message in connection] == ["hello"]
+        assert connection.close_code == 1006
+        with pytest.raises(ConnectionClosedError):
+            await connection.send("anyone?")
+
+
+async def test_a_refused_upgrade_reports_its_http_status():
+    def refuse(connection, request):
+        return connection.respond(HTTPStatus.UNAUTHORIZED, "Incorrect API key provided\n")
+
+    server, url = await provider(lambda ws: ws.close(), process_request=refuse)
+    async with server:
+        with pytest.raises(HandshakeRefused) as refused:
+            await connect(url)
+    assert refused.value.status == 401
+
+
+@pytest.mark.parametrize(
+    "answer",
+    [
+        b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+        b"Sec-WebSocket-Accept: d3Jvbmc=\r\n\r\n",
+        b"SSH-2.0-OpenSSH_9.2\r\n\r\n",
+        b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nhi",
+    ],
+    ids=["wrong-accept-key", "not-http", "no-upgrade"],
+)
+async def test_a_server_that_does_not_upgrade_properly_is_refused(answer):
+    async def answer_badly(reader, writer):
+        await reader.readuntil(b"\r\n\r\n")
+        writer.write(answer)
+        await writer.drain()
+
+    server, url = await raw_server(answer_badly)
+    async with server:
+        with pytest.raises(HandshakeError):
+            await connect(url)
+
+
+async def test_unreachable_and_silent_servers_fail_in_time():
+    server, url = await raw_server(lambda reader, writer: reader.read())  # never answers
+    async with server:
+        with pytest.raises(TimeoutError):
+            await connect(url, open_timeout=0.3)
+    with pytest.raises(OSError):
+        await connect(url)  # the port is closed now
+
+
+async def test_a_provider_that_stops_answering_pings_is_given_up():
+    server, url = await raw_server(ignore_everything)
+    async with server:
+        connection = await connect(url, ping_interval=0.1, ping_timeout=0.2)
+        assert [message async for message in connection] == []
+    assert (connection.close_code, connection.close_reason) == (1011, "keepalive ping timeout")
+
+
+async def test_closing_does_not_wait_forever_for_a_silent_provider():
+    server, url = await raw_server(ignore_everything)
+    async with server:
+        connection = await connect(url, close_timeout=0.2)
+        await asyncio.wait_for(connection.close(), 5)
+    assert connection.close_code == 1006  # it never answered our close
+
+
+async def test_a_protocol_error_from_the_provider_closes_with_its_code():
+    async def send_masked(reader, writer):
+        await accept_upgrade(reader, writer)
+        writer.write(b"\x81\x81abcd\x00")  # a masked frame: servers must not mask
+        await reader.read()
+
+    server, url = await raw_server(send_masked)
+    async with server:
+        connection = await connect(url)
+        assert [message async for message in connection] == []
+    assert connection.close_code == 1002
+
+
+async def test_a_slow_reader_pauses_the_provider_and_loses_nothing():
+    count, size = 400, 16_000  # 6.4 MB: more than the socket buffers hold
+
+    async def flood(ws):
+        for index in range(count):
+            await ws.send(f"{index:06d}" + "a" * size)
+        await ws.wait_closed()
+
+    server, url = await provider(flood)
+    async with server:
+        connection = await connect(url, max_queue=16)
+        await asyncio.sleep(0.5)  # the relay is busy; the provider keeps sending
+        assert len(connection._messages) < count  # reading paused well before the end
+        received = [int((await anext(connection))[:6]) for _ in range(count)]
+        await connection.close()
+    assert received == list(range(count))
+
+
+@pytest.fixture(scope="module")
+def tls_files(tmp_path_factory):
+    """A self-signed certificate for 127.0.0.1, made with openssl."""
+    folder = tmp_path_factory.mktemp("tls")
+    cert, key = folder / "cert.pem", folder / "key.pem"
+    subprocess.run(
+        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
+         "-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1",
+         "-keyout", str(key), "-out", str(cert)],
+        check=True, capture_output=True,
+    )  # fmt: skip
+    return cert, key
+
+
+async def test_wss_verifies_the_providers_certificate(tls_files):
+    cert, key = tls_files
+    server_tls = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    server_tls.load_cert_chain(cert, key)
+
+    async def greet(ws):
+        await ws.send("over TLS")
+        await ws.wait_closed()
+
+    server = await serve(greet, "127.0.0.1", 0, ssl=server_tls)
+    url = f"wss://127.0.0.1:{server.sockets[0].getsockname()[1]}/v1/realtime"
+    async with server:
+        trusted = ssl.create_default_context(cafile=str(cert))
+        connection = await connect(url, tls=trusted)
+        assert await anext(connection) == "over TLS"
+        await connection.close()
+        with pytest.raises(ssl.SSLCertVerificationError):
+            await connect(url)  # the system's trust store has never heard of it
+
+
+async def test_only_websocket_urls_are_accepted():
+    with pytest.raises(ValueError, match="not a WebSocket URL"):
+        await connect("https://api.openai.com/v1/realtime")

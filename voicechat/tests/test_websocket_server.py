@@ -1,0 +1,155 @@
+"""The gateway's uvicorn WebSocket protocol, on a real uvicorn with a small echo application.
+
+Every gateway test also runs through it (the gateway_server fixture and the server processes
+use it); these tests cover what the gateway's own clients never do on purpose.
+"""
+
+import asyncio
+import contextlib
+import socket
+import struct
+
+import pytest
+import uvicorn
+from websockets.asyncio.client import connect
+from websockets.exceptions import ConnectionClosed
+
+from voicechat.websocket_frames import OP_TEXT, FrameReader, build_frame
+from voicechat.websocket_server import READ_HIGH_WATER, GatewayWebSocketProtocol
+
+
+class EchoApp:
+    """Echoes each message; "close" makes it close with 4007; records how the socket ended."""
+
+    def __init__(self) -> None:
+        self.disconnects: list[dict] = []
+        self.reading = asyncio.Event()
+        self.reading.set()
+
+    async def __call__(self, scope, receive, send) -> None:
+        assert (await receive())["type"] == "websocket.connect"
+        await send({"type": "websocket.accept"})
+        while True:
+            await self.reading.wait()
+            message = await receive()
+            if message["type"] == "websocket.disconnect":
+                self.disconnects.append(message)
+                return
+            if message.get("text") == "close":
+                await send({"type": "websocket.close", "code": 4007, "reason": "bye"})
+                continue
+            await send({**message, "type": "websocket.send"})
+
+
+@contextlib.asynccontextmanager
+async def served(app, **config):
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    server = uvicorn.Server(
+        uvicorn.Config(app, host="127.0.0.1", port=port, lifespan="off", log_level="warning",
+                       ws=GatewayWebSocketProtocol, **config)
+    )  # fmt: skip
+    task = asyncio.create_task(server.serve())
+    async with asyncio.timeout(10):
+        while not server.started:
+            await asyncio.sleep(0.01)
+    try:
+        yield server, f"ws://127.0.0.1:{port}/"
+    except BaseException:
+        server.force_exit = True  # a failed test may leave the app stuck: do not wait for it
+        raise
+    finally:
+        server.should_exit = True
+        await task
+
+
+async def test_text_binary_fragments_and_pings_round_trip():
+    app = EchoApp()
+    async with served(app) as (_, url), connect(url, compression=None) as ws:
+        await ws.send("h\u00e9llo")
+        assert await ws.recv() == "h\u00e9llo"
+        await ws.send(b"\x00\x01\xff")
+        assert await ws.recv() == b"\x00\x01\xff"
+        await ws.send(["frag", "mented"])  # one message in two frames
+        assert await ws.recv() == "fragmented"
+        await ws.send("z" * 200_000)
+        assert await ws.recv() == "z" * 200_000
+        await asyncio.wait_for(await ws.ping(b"hi"), 5)  # answered with a pong
+        await ws.close(1000, "done")
+        await asyncio.sleep(0.1)
+    assert app.disconnects == [{"type": "websocket.disconnect", "code": 1000, "reason": "done"}]
+
+
+async def test_the_app_closes_with_its_code_and_reason():
+    async with served(EchoApp()) as (_, url), connect(url) as ws:
+        await ws.send("close")
+        with pytest.raises(ConnectionClosed) as closed:
+            await ws.recv()
+    assert (closed.value.rcvd.code, closed.value.rcvd.reason) == (4007, "bye")
+
+
+async def test_server_keepalive_pings_are_answered_and_keep_the_socket_open():
+    async with served(EchoApp(), ws_ping_interval=0.05, ws_ping_timeout=1) as (server, url):
+        async with connect(url) as ws:
+            await asyncio.sleep(0.3)  # several pings and pongs
+            (protocol,) = server.server_state.connections
+            assert protocol.last_ping_rtt > 0
+            await ws.send("still here")
+            assert await ws.recv() == "still here"
+
+
+async def raw_upgrade(url: str):
+    host, port = url.removeprefix("ws://").strip("/").split(":")
+    reader, writer = await asyncio.open_connection(host, int(port))
+    writer.write(
+        b"GET / HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+        b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
+    )
+    await reader.readuntil(b"\r\n\r\n")
+    return reader, writer
+
+
+@pytest.mark.parametrize(
+    ("frame", "code"),
+    [
+        (b"\x81\x02hi", 1002),  # not masked
+        (build_frame(OP_TEXT, b"\xff\xfe", mask=True), 1007),  # not UTF-8
+        (b"\x81\xff" + struct.pack("!Q", 1 << 40) + b"abcd", 1009),  # a terabyte announced
+    ],
+    ids=["unmasked", "bad-utf8", "too-big"],
+)
+async def test_a_broken_client_frame_closes_with_its_code(frame, code):
+    app = EchoApp()
+    async with served(app) as (_, url):
+        reader, writer = await raw_upgrade(url)
+        writer.write(frame)
+        answer = await asyncio.wait_for(reader.read(), 5)  # then the server hangs up
+        writer.close()
+        await asyncio.sleep(0.05)
+    (close_frame,) = FrameReader(masked=False, max_size=1000).feed(answer)
+    assert struct.unpack("!H", close_frame[1][:2])[0] == code
+    assert app.disconnects[0]["code"] == code
+
+
+async def test_a_consumer_that_falls_behind_stops_the_reading_and_loses_nothing():
+    app = EchoApp()
+    app.reading.clear()  # the consumer is busy
+    count = 600
+    async with served(app) as (server, url), connect(url, compression=None) as ws:
+
+        async def send_all() -> None:
+            for index in range(count):
+                await ws.send(f"{index:06d}" + "a" * 10_000)
+
+        sender = asyncio.create_task(send_all())
+        await asyncio.sleep(0.5)
+        (protocol,) = server.server_state.connections
+        paused, waiting = protocol.read_paused, protocol.queue.qsize()
+        app.reading.set()  # before asserting: uvicorn would wait for a stuck app forever
+        echoed = [int((await ws.recv())[:6]) for _ in range(count)]
+        await sender
+    # Reading paused at the high-water mark (plus what one socket read held).
+    assert paused
+    assert READ_HIGH_WATER <= waiting < count // 4
+    assert echoed == list(range(count))
