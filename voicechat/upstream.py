@@ -92,15 +92,22 @@ class OpenAIUpstream(Upstream):
                 code="upstream_unreachable",
             ) from None
 
+    # Every audio frame passes here, so the connection's own methods are handed out rather
+    # than wrapped in another coroutine or async generator.
+
     async def send(self, frame: str) -> None:
         await self._ws.send(frame)
 
-    async def __aiter__(self) -> AsyncIterator[str]:
-        ws = self._ws
-        async for frame in ws:
-            yield frame
-        self.close_code = ws.close_code
-        self.close_reason = ws.close_reason
+    def __aiter__(self) -> AsyncIterator[str]:
+        return self._ws
+
+    @property
+    def close_code(self) -> int | None:
+        return self._ws.close_code if self._ws is not None else None
+
+    @property
+    def close_reason(self) -> str:
+        return self._ws.close_reason if self._ws is not None else ""
 
     async def close(self) -> None:
         if self._ws is not None:

@@ -14,6 +14,9 @@ Measured in docs/benchmarks.md ("Optimisations"). Written against uvicorn 0.54 (
 tests run every gateway test through it.
 """
 
+import asyncio
+from collections import deque
+
 from uvicorn.protocols.utils import ClientDisconnected
 from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
 from websockets.frames import Frame, Opcode
@@ -38,9 +41,38 @@ from voicechat.websocket_frames import (
 READ_HIGH_WATER = 16
 
 
+class Inbox:
+    """The part of asyncio.Queue uvicorn uses, for one reader (the app), with less per message."""
+
+    def __init__(self) -> None:
+        self._messages: deque = deque()
+        self._waiter: asyncio.Future | None = None
+
+    def put_nowait(self, message) -> None:
+        self._messages.append(message)
+        if self._waiter is not None and not self._waiter.done():
+            self._waiter.set_result(None)
+
+    async def get(self):
+        while not self._messages:
+            self._waiter = asyncio.get_running_loop().create_future()
+            try:
+                await self._waiter
+            finally:
+                self._waiter = None
+        return self._messages.popleft()
+
+    def qsize(self) -> int:
+        return len(self._messages)
+
+    def empty(self) -> bool:
+        return not self._messages
+
+
 class GatewayWebSocketProtocol(WebSocketsSansIOProtocol):
     def __init__(self, *args, **kwargs) -> None:
         super().__init__(*args, **kwargs)
+        self.queue = Inbox()
         # No per-message deflate whatever the config says: base64 audio barely compresses, and
         # the flat frame reader does not inflate.
         self.conn = ServerProtocol(max_size=self.config.ws_max_size, logger=self.logger)
