@@ -5,10 +5,11 @@ through voicechat.websocket_frames and wait in a bounded list for the relay loop
 are built there and written at once. `websockets`' asyncio client cost about twice as much CPU
 per frame (docs/benchmarks.md), on the path every audio frame takes.
 
-What it does: ws:// and wss:// (system trust store), the HTTP/1.1 upgrade with a Bearer key,
-refusals reported with their HTTP status, ping/pong both ways with a keepalive that ends a
+What it does: ws:// and wss:// (system trust store), an HTTP proxy from the environment
+(HTTPS_PROXY / HTTP_PROXY with NO_PROXY, through CONNECT), the HTTP/1.1 upgrade with a Bearer
+key, refusals reported with their HTTP status, ping/pong both ways with a keepalive that ends a
 silent upstream, fragmented messages, the close handshake, bounded buffers both ways. What it
-does not: HTTP proxies and redirects (the provider's URL is reached directly), compression.
+does not: SOCKS proxies, redirects, compression.
 """
 
 import asyncio
@@ -17,9 +18,11 @@ import contextlib
 import functools
 import hashlib
 import os
+import socket
 import ssl
+import urllib.request
 from collections import deque
-from urllib.parse import urlsplit
+from urllib.parse import unquote, urlsplit
 
 from websockets.exceptions import ConnectionClosedError, ConnectionClosedOK
 from websockets.frames import Close
@@ -342,10 +345,18 @@ async def connect(url: str, *, headers: dict[str, str], open_timeout: float, max
         )
 
     async def open_and_upgrade() -> UpstreamConnection:
-        _transport, connection = await loop.create_connection(
-            protocol, parts.hostname, port,
-            ssl=(tls or _tls_context()) if secure else None,
-        )
+        tls_context = (tls or _tls_context()) if secure else None
+        proxy = _proxy_for(parts.scheme, parts.hostname)
+        if proxy is None:
+            _transport, connection = await loop.create_connection(
+                protocol, parts.hostname, port, ssl=tls_context
+            )
+        else:
+            tunnel = await _connect_tunnel(proxy, parts.hostname, port)
+            _transport, connection = await loop.create_connection(
+                protocol, sock=tunnel, ssl=tls_context,
+                server_hostname=parts.hostname if secure else None,
+            )
         try:
             await connection._handshake
         except BaseException:
@@ -354,3 +365,45 @@ async def connect(url: str, *, headers: dict[str, str], open_timeout: float, max
         return connection
 
     return await asyncio.wait_for(open_and_upgrade(), open_timeout)
+
+
+def _proxy_for(scheme: str, hostname: str) -> str | None:
+    """The proxy URL the environment asks for, as `websockets` and `requests` read it."""
+    if urllib.request.proxy_bypass(hostname):
+        return None
+    proxies = urllib.request.getproxies()
+    return proxies.get("https" if scheme == "wss" else "http")
+
+
+async def _connect_tunnel(proxy_url: str, host: str, port: int) -> socket.socket:
+    """A TCP socket to host:port through an HTTP proxy's CONNECT; OSError if it will not."""
+    proxy = urlsplit(proxy_url if "://" in proxy_url else f"http://{proxy_url}")
+    if proxy.scheme not in ("http", "https") or not proxy.hostname:
+        raise OSError(f"unsupported proxy {proxy.scheme}:// (only HTTP CONNECT proxies work)")
+    loop = asyncio.get_running_loop()
+    target = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    request = f"CONNECT {target} HTTP/1.1\r\nHost: {target}\r\n"
+    if proxy.username:
+        credentials = f"{unquote(proxy.username)}:{unquote(proxy.password or '')}".encode()
+        request += f"Proxy-Authorization: Basic {base64.b64encode(credentials).decode()}\r\n"
+    family, kind, proto, _name, address = (
+        await loop.getaddrinfo(proxy.hostname, proxy.port or 80, type=socket.SOCK_STREAM)
+    )[0]
+    tunnel = socket.socket(family, kind, proto)
+    tunnel.setblocking(False)
+    try:
+        await loop.sock_connect(tunnel, address)
+        await loop.sock_sendall(tunnel, (request + "\r\n").encode())
+        head = b""
+        while b"\r\n\r\n" not in head:  # the proxy says nothing more until we do
+            chunk = await loop.sock_recv(tunnel, 4096)
+            if not chunk or len(head) > _MAX_RESPONSE_HEAD:
+                raise OSError("the proxy closed the connection during CONNECT")
+            head += chunk
+        status_line = head.split(b"\r\n", 1)[0].decode("latin-1")
+        if status_line.split(" ")[1:2] != ["200"]:
+            raise OSError(f"the proxy refused CONNECT: {status_line}")
+    except BaseException:
+        tunnel.close()
+        raise
+    return tunnel

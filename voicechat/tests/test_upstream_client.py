@@ -6,6 +6,7 @@ ones (wrong handshake, silence, a dropped line) that a `websockets` server canno
 
 import asyncio
 import base64
+import contextlib
 import hashlib
 import ssl
 import subprocess
@@ -244,3 +245,79 @@ async def test_wss_verifies_the_providers_certificate(tls_files):
 async def test_only_websocket_urls_are_accepted():
     with pytest.raises(ValueError, match="not a WebSocket URL"):
         await connect("https://api.openai.com/v1/realtime")
+
+
+@pytest.fixture
+def no_proxy_env(monkeypatch):
+    for name in ("http_proxy", "https_proxy", "no_proxy", "all_proxy"):
+        monkeypatch.delenv(name, raising=False)
+        monkeypatch.delenv(name.upper(), raising=False)
+    return monkeypatch
+
+
+async def connect_proxy(requests: list[bytes], *, answer: bytes = b"200 Connection established"):
+    """An HTTP CONNECT proxy on loopback that records each request head."""
+
+    async def pipe(reader, writer):
+        with contextlib.suppress(OSError):
+            while data := await reader.read(65536):
+                writer.write(data)
+                await writer.drain()
+        writer.close()
+
+    async def handle(reader, writer):
+        head = await reader.readuntil(b"\r\n\r\n")
+        requests.append(head)
+        writer.write(b"HTTP/1.1 " + answer + b"\r\n\r\n")
+        if not answer.startswith(b"200"):
+            writer.close()
+            return
+        host, port = head.split(b" ")[1].decode().rsplit(":", 1)
+        upstream_reader, upstream_writer = await asyncio.open_connection(host, int(port))
+        await asyncio.gather(pipe(reader, upstream_writer), pipe(upstream_reader, writer))
+
+    server = await asyncio.start_server(handle, "127.0.0.1", 0)
+    return server, f"127.0.0.1:{server.sockets[0].getsockname()[1]}"
+
+
+async def echo(ws):
+    async for message in ws:
+        await ws.send(message)
+
+
+async def test_the_environments_http_proxy_is_used_through_connect(no_proxy_env):
+    requests: list[bytes] = []
+    proxy, proxy_address = await connect_proxy(requests)
+    server, url = await provider(echo)
+    no_proxy_env.setenv("http_proxy", f"http://gate%40keeper:s3cret@{proxy_address}")
+    async with proxy, server:
+        connection = await connect(url)
+        await connection.send("through the tunnel")
+        assert await anext(connection) == "through the tunnel"
+        await connection.close()
+    (head,) = requests
+    assert head.startswith(f"CONNECT {url.removeprefix('ws://')} HTTP/1.1\r\n".encode())
+    credentials = base64.b64encode(b"gate@keeper:s3cret")
+    assert b"Proxy-Authorization: Basic " + credentials + b"\r\n" in head
+
+
+async def test_no_proxy_hosts_are_reached_directly(no_proxy_env):
+    requests: list[bytes] = []
+    proxy, proxy_address = await connect_proxy(requests)
+    server, url = await provider(echo)
+    no_proxy_env.setenv("http_proxy", f"http://{proxy_address}")
+    no_proxy_env.setenv("no_proxy", "127.0.0.1")
+    async with proxy, server:
+        connection = await connect(url)
+        await connection.close()
+    assert requests == []
+
+
+async def test_a_proxy_that_refuses_the_tunnel_is_an_unreachable_provider(no_proxy_env):
+    requests: list[bytes] = []
+    proxy, proxy_address = await connect_proxy(requests, answer=b"407 Proxy Authentication Required")
+    no_proxy_env.setenv("http_proxy", f"http://{proxy_address}")
+    async with proxy:
+        with pytest.raises(OSError, match="407"):
+            await connect("ws://provider.invalid/v1/realtime")
+    assert len(requests) == 1
