@@ -92,13 +92,12 @@ class OpenAIUpstream(Upstream):
                 code="upstream_unreachable",
             ) from None
 
-    # Every audio frame passes here, so the connection's own methods are handed out rather
-    # than wrapped in another coroutine or async generator.
-
     async def send(self, frame: str) -> None:
         await self._ws.send(frame)
 
     def __aiter__(self) -> AsyncIterator[str]:
+        # Every server frame passes here: the connection itself is the iterator, with no async
+        # generator around it.
         return self._ws
 
     @property

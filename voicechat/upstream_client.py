@@ -21,12 +21,12 @@ import os
 import socket
 import ssl
 import urllib.request
-from collections import deque
 from urllib.parse import unquote, urlsplit
 
 from websockets.exceptions import ConnectionClosedError, ConnectionClosedOK
 from websockets.frames import Close
 
+from voicechat.inbox import Inbox
 from voicechat.websocket_frames import (
     CLOSE_ABNORMAL,
     CLOSE_INTERNAL_ERROR,
@@ -76,8 +76,8 @@ class UpstreamConnection(asyncio.Protocol):
         self._transport: asyncio.Transport | None = None
         self._head = b""
         self._handshake = self._loop.create_future()
-        self._messages: deque[str] = deque()
-        self._message_waiter: asyncio.Future | None = None
+        # Received messages for the relay loop; None after the last one: the connection ended.
+        self._messages = Inbox()
         self._read_paused = False
         self._writable = asyncio.Event()
         self._writable.set()
@@ -131,7 +131,7 @@ class UpstreamConnection(asyncio.Protocol):
         if not self._closed.done():
             self._closed.set_result(None)
         self._writable.set()  # wake a sender waiting for room: it will find the socket closed
-        self._wake_reader()
+        self._messages.put_nowait(None)
 
     def pause_writing(self) -> None:
         self._writable.clear()
@@ -161,10 +161,9 @@ class UpstreamConnection(asyncio.Protocol):
 
     def _check_response(self, head: bytes) -> None:
         status_line, *header_lines = head.decode("latin-1").split("\r\n")
-        parts = status_line.split(" ", 2)
-        if len(parts) < 2 or not parts[0].startswith("HTTP/1.") or not parts[1].isdigit():
+        status = _http_status(status_line)
+        if status is None:
             raise HandshakeError(f"not an HTTP response: {status_line[:80]!r}")
-        status = int(parts[1])
         if status != 101:
             raise HandshakeRefused(status)
         headers: dict[str, str] = {}
@@ -188,33 +187,22 @@ class UpstreamConnection(asyncio.Protocol):
     # --- receiving -------------------------------------------------------------------------
 
     def _deliver(self, message: str) -> None:
-        self._messages.append(message)
-        if not self._read_paused and len(self._messages) >= self._max_queue:
+        self._messages.put_nowait(message)
+        if not self._read_paused and self._messages.qsize() >= self._max_queue:
             # The relay is behind (a slow client): stop reading, and TCP slows the provider.
             self._read_paused = True
             self._transport.pause_reading()
-        self._wake_reader()
-
-    def _wake_reader(self) -> None:
-        waiter = self._message_waiter
-        if waiter is not None and not waiter.done():
-            waiter.set_result(None)
 
     def __aiter__(self):
         return self
 
     async def __anext__(self) -> str:
         """The next message; StopAsyncIteration once the connection is closed and drained."""
-        while not self._messages:
-            if self._closed.done():
-                raise StopAsyncIteration
-            self._message_waiter = self._loop.create_future()
-            try:
-                await self._message_waiter
-            finally:
-                self._message_waiter = None
-        message = self._messages.popleft()
-        if self._read_paused and not self._messages:
+        message = await self._messages.get()
+        if message is None:
+            self._messages.put_nowait(None)  # the end stays the end for any later call
+            raise StopAsyncIteration
+        if self._read_paused and self._messages.empty():
             self._read_paused = False
             self._transport.resume_reading()
         return message
@@ -296,6 +284,14 @@ class UpstreamConnection(asyncio.Protocol):
         for timer in (self._ping_timer, self._pong_deadline):
             if timer is not None:
                 timer.cancel()
+
+
+def _http_status(status_line: str) -> int | None:
+    """The status code of an HTTP/1.x response's first line; None if it is not one."""
+    parts = status_line.split(" ", 2)
+    if len(parts) < 2 or not parts[0].startswith("HTTP/1.") or not parts[1].isdigit():
+        return None
+    return int(parts[1])
 
 
 @functools.cache
@@ -401,8 +397,8 @@ async def _connect_tunnel(proxy_url: str, host: str, port: int) -> socket.socket
                 raise OSError("the proxy closed the connection during CONNECT")
             head += chunk
         status_line = head.split(b"\r\n", 1)[0].decode("latin-1")
-        if status_line.split(" ")[1:2] != ["200"]:
-            raise OSError(f"the proxy refused CONNECT: {status_line}")
+        if _http_status(status_line) != 200:
+            raise OSError(f"the proxy refused CONNECT: {status_line[:80]}")
     except BaseException:
         tunnel.close()
         raise

@@ -9,19 +9,17 @@ the frames of an open connection:
 - Reading pauses only when the consumer falls READ_HIGH_WATER messages behind. uvicorn pauses
   the socket after every message and resumes it when the app takes it: two event-loop watcher
   changes (system calls) per audio frame.
+- Received messages wait in a one-reader Inbox (voicechat/inbox.py), not an asyncio.Queue.
 
 Measured in docs/benchmarks.md ("Optimisations"). Written against uvicorn 0.54 (pinned); the
 tests run every gateway test through it.
 """
 
-import asyncio
-from collections import deque
-
-from uvicorn.protocols.utils import ClientDisconnected
 from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
 from websockets.frames import Frame, Opcode
 from websockets.server import ServerProtocol
 
+from voicechat.inbox import Inbox
 from voicechat.websocket_frames import (
     OP_BINARY,
     OP_CLOSE,
@@ -39,34 +37,6 @@ from voicechat.websocket_frames import (
 # each frame as it arrives; one this far behind is stalled, and TCP then pushes back on the
 # client, as it would under uvicorn's own pause-per-message.
 READ_HIGH_WATER = 16
-
-
-class Inbox:
-    """The part of asyncio.Queue uvicorn uses, for one reader (the app), with less per message."""
-
-    def __init__(self) -> None:
-        self._messages: deque = deque()
-        self._waiter: asyncio.Future | None = None
-
-    def put_nowait(self, message) -> None:
-        self._messages.append(message)
-        if self._waiter is not None and not self._waiter.done():
-            self._waiter.set_result(None)
-
-    async def get(self):
-        while not self._messages:
-            self._waiter = asyncio.get_running_loop().create_future()
-            try:
-                await self._waiter
-            finally:
-                self._waiter = None
-        return self._messages.popleft()
-
-    def qsize(self) -> int:
-        return len(self._messages)
-
-    def empty(self) -> bool:
-        return not self._messages
 
 
 class GatewayWebSocketProtocol(WebSocketsSansIOProtocol):
@@ -153,6 +123,4 @@ class GatewayWebSocketProtocol(WebSocketsSansIOProtocol):
             else:
                 self.transport.write(build_frame(OP_TEXT, message["text"].encode(), mask=False))
             return
-        if self.disconnected:
-            raise ClientDisconnected()
         await super().send(message)  # handshake, close, HTTP responses: uvicorn's own path

