@@ -11,7 +11,7 @@ the frames of an open connection:
   changes (system calls) per audio frame.
 - Received messages wait in a one-reader Inbox (voicechat/inbox.py), not an asyncio.Queue.
 
-Measured in docs/benchmarks.md ("Optimisations"). Written against uvicorn 0.54 (pinned); the
+Measured in BENCHMARKS.md ("The flat frame path"). Written against uvicorn 0.54 (pinned); the
 tests run every gateway test through it.
 """
 
