@@ -34,6 +34,7 @@ from voicechat.protocol import (
 from voicechat.recorder import TranscriptRecorder
 from voicechat.redaction import redact
 from voicechat.upstream import Upstream, open_upstream, resolve_backend
+from voicechat.websocket_server import TEXT_SHORTCUT
 
 logger = logging.getLogger(__name__)
 audit = logging.getLogger("voicechat.audit")
@@ -310,15 +311,9 @@ class RealtimeGatewayConsumer(AsyncWebsocketConsumer):
             while self.pending:
                 await self.upstream.send(self.pending.popleft())
             self.upstream_ready = True
+            self._take_shortcut()
             async for frame in self.upstream:
-                etype = peek_type(frame)
-                if etype == "error":
-                    frame = self._note_error(frame)
-                elif etype == "response.done":
-                    self.budget_wake.set()
-                self.recorder.observe(etype, frame)
-                self.monitor.observe(etype, frame)
-                await self.relay_send({"type": "websocket.send", "text": frame})
+                await self.relay_send({"type": "websocket.send", "text": self._observe(frame)})
         except EndConversation as end:
             await self._end(end.reason, end.message, code=end.code)
             return
@@ -331,6 +326,48 @@ class RealtimeGatewayConsumer(AsyncWebsocketConsumer):
             )
             return
         await self._end_for_upstream_close()
+
+    def _observe(self, frame: str) -> str:
+        """Note what a server frame means for this conversation; returns the frame to relay."""
+        etype = peek_type(frame)
+        if etype == "error":
+            frame = self._note_error(frame)
+        elif etype == "response.done":
+            self.budget_wake.set()
+        self.recorder.observe(etype, frame)
+        self.monitor.observe(etype, frame)
+        return frame
+
+    # --- the shortcut: the common case relayed without a task switch ----------------------
+
+    def _take_shortcut(self) -> None:
+        """Relay frames synchronously as they are read, where both sockets allow it.
+
+        receive() and the relay loop above each wake a task per frame; under the gateway's own
+        server protocol (voicechat/websocket_server.py) a frame that needs nothing but the
+        policy check and a write skips that. Anything else (a refusal, a full socket, the end)
+        still goes the general way, in order: the handlers below decline it.
+        """
+        self.client_text = self.scope.get("extensions", {}).get(TEXT_SHORTCUT)
+        if self.client_text is None:
+            return  # daphne, runserver, a test communicator: the general path only
+        self.client_text.on_text(self._relay_client_frame_now)
+        self.upstream.on_text(self._relay_server_frame_now)
+
+    def _relay_client_frame_now(self, text: str) -> bool:
+        if self.end_reason is not None or not self.upstream.can_send_now():
+            return False
+        frame = self.policy.admit(text)
+        if frame is None:
+            return False  # refused: receive() tells the client why and counts it
+        self.upstream.send_now(frame)
+        return True
+
+    def _relay_server_frame_now(self, frame: str) -> bool:
+        if self.end_reason is not None or not self.client_text.can_send():
+            return False
+        self.client_text.send(self._observe(frame))
+        return True
 
     async def _admit(self) -> None:
         """Raise EndConversation unless this conversation may start; then guard its budget."""

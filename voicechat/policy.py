@@ -185,6 +185,13 @@ class ClientEventPolicy:
         self._refusals: collections.deque[float] = collections.deque()
         self.pacer = AudioPacer()
 
+    def admit(self, text: str) -> str | None:
+        """The frame to forward if the event is allowed; None, with nothing noted, if not.
+
+        The relay's shortcut: a refusal is then left to check(), which explains and counts it.
+        """
+        return self._check(text).frame
+
     def check(self, text: str) -> Verdict:
         verdict = self._check(text)
         if verdict.error is not None and self._count_refusal():

@@ -8,7 +8,7 @@ passed through untouched, so audio is never decoded here.
 
 import abc
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from urllib.parse import urlencode
 
 from django.conf import settings
@@ -48,6 +48,20 @@ class Upstream(abc.ABC):
     @abc.abstractmethod
     async def close(self) -> None:
         """End the session from our side; safe to call more than once."""
+
+    # The relay's synchronous shortcut (see voicechat.websocket_server.TextShortcut): optional,
+    # an upstream without one is used through send() and iteration only.
+
+    def on_text(self, handler: Callable[[str], bool]) -> None:  # noqa: B027 (optional)
+        """Offer later server frames to handler(frame) as they arrive, ahead of iteration;
+        it returns True when it took the frame. Order is kept."""
+
+    def can_send_now(self) -> bool:
+        """True when send_now() may send a frame at once (nothing waiting before it)."""
+        return False
+
+    def send_now(self, frame: str) -> None:
+        raise NotImplementedError("only after can_send_now() is True")
 
 
 class OpenAIUpstream(Upstream):
@@ -99,6 +113,15 @@ class OpenAIUpstream(Upstream):
         # Every server frame passes here: the connection itself is the iterator, with no async
         # generator around it.
         return self._ws
+
+    def on_text(self, handler: Callable[[str], bool]) -> None:
+        self._ws.on_text(handler)
+
+    def can_send_now(self) -> bool:
+        return self._ws.can_send_now()
+
+    def send_now(self, frame: str) -> None:
+        self._ws.send_now(frame)
 
     @property
     def close_code(self) -> int | None:

@@ -17,10 +17,12 @@ import base64
 import contextlib
 import functools
 import hashlib
+import logging
 import os
 import socket
 import ssl
 import urllib.request
+from collections.abc import Callable
 from urllib.parse import unquote, urlsplit
 
 from websockets.exceptions import ConnectionClosedError, ConnectionClosedOK
@@ -42,6 +44,8 @@ from voicechat.websocket_frames import (
     close_payload,
     parse_close,
 )
+
+logger = logging.getLogger(__name__)
 
 _ACCEPT_GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
 _MAX_RESPONSE_HEAD = 64 * 1024
@@ -79,6 +83,9 @@ class UpstreamConnection(asyncio.Protocol):
         # Received messages for the relay loop; None after the last one: the connection ended.
         self._messages = Inbox()
         self._read_paused = False
+        # Takes each text message as it is read, while none waits in _messages (on_text).
+        self._text_handler: Callable[[str], bool] | None = None
+        self._senders_waiting = 0  # send() calls waiting for the socket to drain
         self._writable = asyncio.Event()
         self._writable.set()
         self._closed = self._loop.create_future()  # set when the TCP connection is gone
@@ -186,12 +193,31 @@ class UpstreamConnection(asyncio.Protocol):
 
     # --- receiving -------------------------------------------------------------------------
 
+    def on_text(self, handler: Callable[[str], bool] | None) -> None:
+        """Offer later text messages to handler(text) as they are read, before iteration.
+
+        It returns True when it took the message, False to leave it to iteration. A message is
+        offered only while none waits for iteration, so order is kept. A handler that raises
+        is logged and dropped; that message and all later ones go to iteration.
+        """
+        self._text_handler = handler
+
     def _deliver(self, message: str) -> None:
+        if self._text_handler and self._messages.empty() and self._offer(message):
+            return
         self._messages.put_nowait(message)
         if not self._read_paused and self._messages.qsize() >= self._max_queue:
             # The relay is behind (a slow client): stop reading, and TCP slows the provider.
             self._read_paused = True
             self._transport.pause_reading()
+
+    def _offer(self, message: str) -> bool:
+        try:
+            return self._text_handler(message)
+        except Exception:
+            logger.exception("upstream text handler failed; messages now go to iteration")
+            self._text_handler = None
+            return False
 
     def __aiter__(self):
         return self
@@ -212,9 +238,26 @@ class UpstreamConnection(asyncio.Protocol):
     async def send(self, message: str) -> None:
         """Send a text message; waits while the socket's write buffer is full."""
         if not self._writable.is_set():
-            await self._writable.wait()
+            self._senders_waiting += 1
+            try:
+                await self._writable.wait()
+            finally:
+                self._senders_waiting -= 1
         if self._close_sent or self._closed.done():
             raise self._closed_error()
+        self._transport.write(build_frame(OP_TEXT, message.encode(), mask=True))
+
+    def can_send_now(self) -> bool:
+        """True when send_now() may write: open, room in the buffer, no send() waiting."""
+        return (
+            self._writable.is_set()
+            and not self._senders_waiting
+            and not self._close_sent
+            and not self._closed.done()
+        )
+
+    def send_now(self, message: str) -> None:
+        """Send a text message at once; only after can_send_now() said yes (nothing between)."""
         self._transport.write(build_frame(OP_TEXT, message.encode(), mask=True))
 
     def _write(self, frame: bytes) -> None:

@@ -10,10 +10,16 @@ the frames of an open connection:
   the socket after every message and resumes it when the app takes it: two event-loop watcher
   changes (system calls) per audio frame.
 - Received messages wait in a one-reader Inbox (voicechat/inbox.py), not an asyncio.Queue.
+- The `voicechat.text_shortcut` scope extension (TextShortcut) lets the app take text frames
+  right in data_received and write text frames at once, with no task switch, whenever nothing
+  waits ahead of them; the ASGI receive()/send() path stays for everything else.
 
 Measured in BENCHMARKS.md ("The flat frame path"). Written against uvicorn 0.54 (pinned); the
 tests run every gateway test through it.
 """
+
+import logging
+from collections.abc import Callable
 
 from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
 from websockets.frames import Frame, Opcode
@@ -33,10 +39,49 @@ from voicechat.websocket_frames import (
     parse_close,
 )
 
+logger = logging.getLogger(__name__)
+
 # Messages a consumer may leave waiting before the socket stops being read. The gateway takes
 # each frame as it arrives; one this far behind is stalled, and TCP then pushes back on the
 # client, as it would under uvicorn's own pause-per-message.
 READ_HIGH_WATER = 16
+
+# The scope extension under which the app finds a TextShortcut (absent under other servers).
+TEXT_SHORTCUT = "voicechat.text_shortcut"
+
+
+class TextShortcut:
+    """Text frames of one socket without a task switch: for the relay's common case.
+
+    ASGI passes every frame through the app's receive() and send() coroutines, which wakes the
+    app's task once per frame. A relay that can forward a frame synchronously needs none of
+    that. `on_text(handler)`: later text frames are offered to handler(text) as they are read;
+    it returns True when it took the frame, False to have it queued for receive() as usual.
+    `can_send()` / `send(text)`: write a text frame at once when nothing waits for the socket.
+
+    Order is kept: a frame is offered only while no message waits for receive(), and
+    can_send() is False while a send() waits for the socket to drain. A handler that raises is
+    logged and dropped; that frame and all later ones take the ordinary path.
+    """
+
+    def __init__(self, protocol: "GatewayWebSocketProtocol") -> None:
+        self._protocol = protocol
+
+    def on_text(self, handler: Callable[[str], bool] | None) -> None:
+        self._protocol.text_handler = handler
+
+    def can_send(self) -> bool:
+        protocol = self._protocol
+        return (
+            protocol.writable.is_set()
+            and not protocol.senders_waiting
+            and not protocol.close_sent
+            and not protocol.disconnected
+        )
+
+    def send(self, text: str) -> None:
+        """Write one text frame; only after can_send() said yes (nothing in between)."""
+        self._protocol.transport.write(build_frame(OP_TEXT, text.encode(), mask=False))
 
 
 class GatewayWebSocketProtocol(WebSocketsSansIOProtocol):
@@ -47,6 +92,13 @@ class GatewayWebSocketProtocol(WebSocketsSansIOProtocol):
         # the flat frame reader does not inflate.
         self.conn = ServerProtocol(max_size=self.config.ws_max_size, logger=self.logger)
         self.frame_reader = FrameReader(masked=True, max_size=self.config.ws_max_size)
+        self.text_handler: Callable[[str], bool] | None = None
+        self.senders_waiting = 0  # send() calls waiting for the socket to drain
+
+    def handle_connect(self, event) -> None:
+        super().handle_connect(event)
+        if self.response.status_code == 101:
+            self.scope["extensions"][TEXT_SHORTCUT] = TextShortcut(self)
 
     def data_received(self, data: bytes) -> None:
         if not self.handshake_complete:
@@ -61,7 +113,8 @@ class GatewayWebSocketProtocol(WebSocketsSansIOProtocol):
             return
         for opcode, payload in messages:
             if opcode == OP_TEXT:
-                self._to_app({"type": "websocket.receive", "text": payload})
+                if not (self.text_handler and self.queue.empty() and self._offer(payload)):
+                    self._to_app({"type": "websocket.receive", "text": payload})
             elif opcode == OP_BINARY:
                 self._to_app({"type": "websocket.receive", "bytes": payload})
             elif opcode == OP_PING:
@@ -72,6 +125,17 @@ class GatewayWebSocketProtocol(WebSocketsSansIOProtocol):
             elif opcode == OP_CLOSE:
                 self._peer_closed(payload)
                 return
+
+    def _offer(self, text: str) -> bool:
+        """Hand a text frame to the app's shortcut handler; True when it took it."""
+        if self.close_sent:
+            return False
+        try:
+            return self.text_handler(text)
+        except Exception:
+            logger.exception("text shortcut handler failed; frames now go through receive()")
+            self.text_handler = None
+            return False
 
     def _to_app(self, message: dict) -> None:
         if self.close_sent:
@@ -109,7 +173,11 @@ class GatewayWebSocketProtocol(WebSocketsSansIOProtocol):
 
     async def send(self, message) -> None:
         if not self.writable.is_set():  # the client reads slower than we write: wait for it
-            await self.writable.wait()
+            self.senders_waiting += 1
+            try:
+                await self.writable.wait()
+            finally:
+                self.senders_waiting -= 1
         if (
             message["type"] == "websocket.send"
             and self.handshake_complete

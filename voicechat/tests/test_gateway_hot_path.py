@@ -2,6 +2,7 @@
 
 import asyncio
 import base64
+import json
 import threading
 
 import pytest
@@ -9,7 +10,7 @@ from asgiref.sync import sync_to_async
 from channels.layers import InMemoryChannelLayer, get_channel_layer
 
 from voicechat.models import Conversation
-from voicechat.tests.conftest import db
+from voicechat.tests.conftest import db, finished_conversation
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -110,3 +111,68 @@ async def test_relayed_frames_skip_the_session_wrapper_and_nothing_else():
     wrapper = InstanceSessionWrapper({"cookies": {}}, server_send)
     assert _frame_send(wrapper.send) is server_send
     assert _frame_send(server_send) is server_send  # not wrapped: used as it is
+
+
+async def test_under_its_own_server_the_gateway_relays_the_common_case_synchronously(
+    fake_upstream, gateway_server, alice, alice_token, monkeypatch
+):
+    """The shortcut (websocket_server.TextShortcut) carries audio both ways; refusals, transcript
+    recording and the provider's errors behave as on the general path, in order."""
+    from websockets.asyncio.client import connect as ws_connect
+
+    from voicechat.consumers import RealtimeGatewayConsumer
+
+    taken = {"client": 0, "server": 0}
+
+    def counting(method, side):
+        def relay_now(self, frame):
+            relayed = method(self, frame)
+            taken[side] += relayed
+            return relayed
+
+        return relay_now
+
+    for name, side in (("_relay_client_frame_now", "client"), ("_relay_server_frame_now", "server")):
+        monkeypatch.setattr(
+            RealtimeGatewayConsumer, name, counting(getattr(RealtimeGatewayConsumer, name), side)
+        )
+    url = f"ws://{gateway_server}/v1/realtime?model=gpt-realtime"
+    headers = {"Authorization": f"Bearer {alice_token}"}
+    async with ws_connect(url, additional_headers=headers) as ws:
+
+        async def receive_until(etype: str) -> list[dict]:
+            events = []
+            async with asyncio.timeout(10):
+                while not events or events[-1]["type"] != etype:
+                    events.append(json.loads(await ws.recv()))
+            return events
+
+        await receive_until("session.updated")
+        for index in range(5):
+            await ws.send(json.dumps(
+                {"type": "input_audio_buffer.append", "event_id": f"evt_{index}", "audio": AUDIO}
+            ))  # fmt: skip
+            if index == 2:
+                await ws.send("{not json")
+        refusal = (await receive_until("error"))[-1]
+        appended = await fake_upstream.wait_for("input_audio_buffer.append", count=5, timeout=10)
+        await fake_upstream.push([
+            {"type": "response.output_audio.delta", "response_id": "resp_1", "item_id": "item_a",
+             "output_index": 0, "content_index": 0, "delta": AUDIO},
+            {"type": "response.output_audio_transcript.done", "response_id": "resp_1",
+             "item_id": "item_a", "output_index": 0, "content_index": 0,
+             "transcript": "Relayed without a task switch."},
+        ])  # fmt: skip
+        relayed = await receive_until("response.output_audio_transcript.done")
+    assert refusal["error"]["code"] == "invalid_json"
+    assert [event["event_id"] for event in appended] == [f"evt_{index}" for index in range(5)]
+    assert [event["type"] for event in relayed] == [
+        "response.output_audio.delta",
+        "response.output_audio_transcript.done",
+    ]
+    assert relayed[0]["delta"] == AUDIO
+    # The frames after the refusal may have queued behind it (that keeps the order).
+    assert taken["client"] >= 3 and taken["server"] >= 2
+    conversation = await finished_conversation(alice)
+    lines = await db(lambda: [item.text for item in conversation.ordered_items()])
+    assert "Relayed without a task switch." in lines

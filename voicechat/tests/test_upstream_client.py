@@ -321,3 +321,66 @@ async def test_a_proxy_that_refuses_the_tunnel_is_an_unreachable_provider(no_pro
         with pytest.raises(OSError, match="407"):
             await connect("ws://provider.invalid/v1/realtime")
     assert len(requests) == 1
+
+
+async def test_a_text_handler_takes_messages_in_order_with_iteration(caplog):
+    async def provider_side(ws):
+        async for message in ws:
+            if message == "go":
+                for text in ("a", "slow", "b"):
+                    await ws.send(text)
+            elif message == "go on":
+                for text in ("boom", "c", "d"):
+                    await ws.send(text)
+            else:
+                await ws.send(message)
+
+    taken: list[str] = []
+
+    def handle(text: str) -> bool:
+        if text == "boom":
+            raise RuntimeError("the handler broke")
+        if text == "slow":
+            return False  # left to iteration
+        taken.append(text)
+        return True
+
+    server, url = await provider(provider_side)
+    async with server:
+        connection = await connect(url)
+        connection.on_text(handle)
+        await connection.send("go")
+        # "slow" waits for iteration, so "b" must wait behind it.
+        assert [await anext(connection) for _ in range(2)] == ["slow", "b"]
+        await connection.send("go on")
+        # The handler raises at "boom": it is dropped, and nothing is lost.
+        assert [await anext(connection) for _ in range(3)] == ["boom", "c", "d"]
+        await connection.close()
+    assert taken == ["a"]
+    assert "upstream text handler failed" in caplog.text
+
+
+async def test_send_now_waits_its_turn_behind_a_waiting_send():
+    received: list[str] = []
+
+    async def provider_side(ws):
+        async for message in ws:
+            received.append(message)
+
+    server, url = await provider(provider_side)
+    async with server:
+        connection = await connect(url)
+        assert connection.can_send_now()
+        connection.send_now("one")
+        connection.pause_writing()  # as the transport does when the provider reads slowly
+        assert not connection.can_send_now()
+        waiting = asyncio.create_task(connection.send("two"))
+        await asyncio.sleep(0.05)
+        connection.resume_writing()
+        assert not connection.can_send_now()  # "two" has not been written yet
+        await waiting
+        assert connection.can_send_now()
+        connection.send_now("three")
+        await connection.close()
+        assert not connection.can_send_now()
+    assert received == ["one", "two", "three"]

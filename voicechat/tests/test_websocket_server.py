@@ -15,7 +15,12 @@ from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed
 
 from voicechat.websocket_frames import OP_TEXT, FrameReader, build_frame
-from voicechat.websocket_server import READ_HIGH_WATER, GatewayWebSocketProtocol
+from voicechat.websocket_server import (
+    READ_HIGH_WATER,
+    TEXT_SHORTCUT,
+    GatewayWebSocketProtocol,
+    TextShortcut,
+)
 
 
 class EchoApp:
@@ -153,3 +158,78 @@ async def test_a_consumer_that_falls_behind_stops_the_reading_and_loses_nothing(
     assert paused
     assert READ_HIGH_WATER <= waiting < count // 4
     assert echoed == list(range(count))
+
+
+class ShortcutApp:
+    """Echoes through the text shortcut ("now <text>"), except frames that start with "slow":
+    it declines those and echoes them from its receive() loop after a pause ("got <text>").
+    "boom" makes the shortcut handler raise."""
+
+    def __init__(self) -> None:
+        self.shortcut: TextShortcut | None = None
+        self.taken: list[str] = []
+
+    async def __call__(self, scope, receive, send) -> None:
+        assert (await receive())["type"] == "websocket.connect"
+        await send({"type": "websocket.accept"})
+        self.shortcut = scope["extensions"][TEXT_SHORTCUT]
+        self.shortcut.on_text(self.relay_now)
+        while True:
+            message = await receive()
+            if message["type"] == "websocket.disconnect":
+                return
+            if message["text"].startswith("slow"):
+                await asyncio.sleep(0.2)
+            await send({"type": "websocket.send", "text": "got " + message["text"]})
+
+    def relay_now(self, text: str) -> bool:
+        if text == "boom":
+            raise RuntimeError("the handler broke")
+        if text.startswith("slow") or not self.shortcut.can_send():
+            return False
+        self.taken.append(text)
+        self.shortcut.send("now " + text)
+        return True
+
+
+async def test_the_shortcut_takes_frames_in_order_with_the_receive_path():
+    app = ShortcutApp()
+    async with served(app) as (_, url), connect(url, compression=None) as ws:
+        await ws.send("a")
+        assert await ws.recv() == "now a"
+        # "slow" is declined and waits for receive(); "b" and "c" must not overtake it.
+        for text in ("slow", "b", "c"):
+            await ws.send(text)
+        assert [await ws.recv() for _ in range(3)] == ["got slow", "got b", "got c"]
+        await ws.send("d")  # nothing waits any more: the shortcut again
+        assert await ws.recv() == "now d"
+    assert app.taken == ["a", "d"]
+
+
+async def test_a_failing_shortcut_handler_hands_every_later_frame_to_receive(caplog):
+    app = ShortcutApp()
+    async with served(app) as (_, url), connect(url, compression=None) as ws:
+        await ws.send("boom")
+        assert await ws.recv() == "got boom"  # nothing lost
+        await ws.send("e")
+        assert await ws.recv() == "got e"
+    assert app.taken == []
+    assert "text shortcut handler failed" in caplog.text
+
+
+async def test_the_shortcut_cannot_send_while_a_send_waits_for_the_socket():
+    app = ShortcutApp()
+    async with served(app) as (server, url), connect(url, compression=None) as ws:
+        await ws.send("a")
+        assert await ws.recv() == "now a"
+        (protocol,) = server.server_state.connections
+        protocol.pause_writing()  # as the transport does when the client reads too slowly
+        assert not app.shortcut.can_send()
+        waiting = asyncio.create_task(protocol.send({"type": "websocket.send", "text": "first"}))
+        await asyncio.sleep(0.05)
+        protocol.resume_writing()
+        # The waiting send() has not run yet: a shortcut write now would overtake it.
+        assert not app.shortcut.can_send()
+        await waiting
+        assert app.shortcut.can_send()
+        assert await ws.recv() == "first"
