@@ -83,7 +83,8 @@ export class VoiceChatApp {
       audioMsReceived: 0,
       audioMsPlayed: 0,
       underruns: 0,
-      lastLatencyMs: null,
+      lastLatencyMs: null, // end of the user's turn -> the reply starts playing
+      lastPrefillWaitMs: null, // the reply's first audio on the socket -> it starts playing
     };
     this.transcript = new Transcript(
       $("transcript"),
@@ -108,6 +109,7 @@ export class VoiceChatApp {
     this.responseActive = false;
     this.audioItemId = null; // assistant item whose audio is still streaming in
     this.turnEndedAt = null; // when the user's turn ended, for lastLatencyMs
+    this.replyAudioAt = null; // when a reply's first audio arrived, for lastPrefillWaitMs
     this.pttHeld = false;
     this.pttFlushing = false;
     this.pttSentMs = 0;
@@ -514,6 +516,7 @@ export class VoiceChatApp {
 
   onAudioDelta(event) {
     if (!this.player || this.player.dropped.has(event.item_id)) return;
+    if (this.replyAudioAt === null && !this.player.busy) this.replyAudioAt = performance.now();
     this.audioItemId = event.item_id;
     this.voiceLocked = true;
     this.stats.audioMsReceived += this.player.enqueue(event.item_id, fromBase64(event.delta));
@@ -567,6 +570,10 @@ export class VoiceChatApp {
     if (this.turnEndedAt !== null) {
       this.stats.lastLatencyMs = Math.round(performance.now() - this.turnEndedAt);
       this.turnEndedAt = null;
+    }
+    if (this.replyAudioAt !== null) {
+      this.stats.lastPrefillWaitMs = Math.round(performance.now() - this.replyAudioAt);
+      this.replyAudioAt = null;
     }
     if (this.status !== "user-speaking") this.setStatus("assistant-speaking");
   }
