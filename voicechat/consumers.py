@@ -34,7 +34,7 @@ from voicechat.protocol import (
 from voicechat.recorder import TranscriptRecorder
 from voicechat.redaction import redact
 from voicechat.upstream import Upstream, open_upstream, resolve_backend
-from voicechat.websocket_server import TEXT_SHORTCUT
+from voicechat.websocket_server import TEXT_SHORTCUT, TextShortcut
 
 logger = logging.getLogger(__name__)
 audit = logging.getLogger("voicechat.audit")
@@ -56,6 +56,8 @@ def _frame_send(send):
 class RealtimeGatewayConsumer(AsyncWebsocketConsumer):
     conversation: Conversation | None = None
     upstream: Upstream | None = None
+    # The server's synchronous text path, when it offers one (see _take_shortcut).
+    client_text: TextShortcut | None = None
     relay_task: asyncio.Task | None = None
     budget_task: asyncio.Task | None = None
     end_reason: EndReason | None = None

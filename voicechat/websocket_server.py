@@ -14,8 +14,8 @@ the frames of an open connection:
   right in data_received and write text frames at once, with no task switch, whenever nothing
   waits ahead of them; the ASGI receive()/send() path stays for everything else.
 
-Measured in BENCHMARKS.md ("The flat frame path"). Written against uvicorn 0.54 (pinned); the
-tests run every gateway test through it.
+Measured in BENCHMARKS.md ("The flat frame path", "The synchronous shortcut"). Written
+against uvicorn 0.54 (pinned); the tests run every gateway test through it.
 """
 
 import logging
