@@ -35,6 +35,26 @@ def _services_reachable():
             pytest.fail(f"REDIS_URL is set but Redis does not answer: {exc}", pytrace=False)
 
 
+@pytest.fixture(autouse=True, scope="session")
+def _drop_the_test_database_cleanly(django_db_setup, django_db_blocker):
+    """PostgreSQL will not drop the test database while a session still uses it.
+
+    The database thread of sync_to_async keeps its connection after the last test, and the test
+    database then stayed behind on the server after every run (test_voicechat_<pid>). Ended
+    here, after the last test and before pytest-django drops the database.
+    """
+    yield
+    from django.db import connection
+
+    if connection.vendor != "postgresql":
+        return
+    with django_db_blocker.unblock(), connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
+            " WHERE datname = current_database() AND pid <> pg_backend_pid()"
+        )
+
+
 @pytest.fixture(autouse=True)
 def _fast_test_settings(settings):
     settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
