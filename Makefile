@@ -34,6 +34,9 @@ test-services: install
 lint: install
 	$(VENV)/bin/ruff check .
 
-# Relay cost and capacity against the reference relays (docs/benchmarks.md); about 20-25 min.
+# Relay cost and capacity against the reference relays (docs/benchmarks.md); about 30 min.
+# The command behind BENCHMARKS.md's summary table.
+BENCH_ARGS ?= --targets direct,node,python,gw-runserver,gw-uvicorn --ns 100,200,300,400 \
+	--duration 10 --repeat 5 --pin
 bench: install
-	$(PY) bench/run.py
+	$(PY) bench/run.py $(BENCH_ARGS)
