@@ -17,7 +17,6 @@ import base64
 import contextlib
 import functools
 import hashlib
-import logging
 import os
 import socket
 import ssl
@@ -44,8 +43,6 @@ from voicechat.websocket_frames import (
     close_payload,
     parse_close,
 )
-
-logger = logging.getLogger(__name__)
 
 _ACCEPT_GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
 _MAX_RESPONSE_HEAD = 64 * 1024
@@ -81,10 +78,8 @@ class UpstreamConnection(asyncio.Protocol):
         self._head = b""
         self._handshake = self._loop.create_future()
         # Received messages for the relay loop; None after the last one: the connection ended.
-        self._messages = Inbox()
+        self._messages = Inbox("upstream text")
         self._read_paused = False
-        # Takes each text message as it is read, while none waits in _messages (on_text).
-        self._text_handler: Callable[[str], bool] | None = None
         self._senders_waiting = 0  # send() calls waiting for the socket to drain
         self._writable = asyncio.Event()
         self._writable.set()
@@ -200,24 +195,16 @@ class UpstreamConnection(asyncio.Protocol):
         offered only while none waits for iteration, so order is kept. A handler that raises
         is logged and dropped; that message and all later ones go to iteration.
         """
-        self._text_handler = handler
+        self._messages.direct_handler = handler
 
     def _deliver(self, message: str) -> None:
-        if self._text_handler and self._messages.empty() and self._offer(message):
+        if self._messages.offer(message):
             return
         self._messages.put_nowait(message)
         if not self._read_paused and self._messages.qsize() >= self._max_queue:
             # The relay is behind (a slow client): stop reading, and TCP slows the provider.
             self._read_paused = True
             self._transport.pause_reading()
-
-    def _offer(self, message: str) -> bool:
-        try:
-            return self._text_handler(message)
-        except Exception:
-            logger.exception("upstream text handler failed; messages now go to iteration")
-            self._text_handler = None
-            return False
 
     def __aiter__(self):
         return self
@@ -245,7 +232,7 @@ class UpstreamConnection(asyncio.Protocol):
                 self._senders_waiting -= 1
         if self._close_sent or self._closed.done():
             raise self._closed_error()
-        self._transport.write(build_frame(OP_TEXT, message.encode(), mask=True))
+        self.send_now(message)
 
     def can_send_now(self) -> bool:
         """True when send_now() may write: open, room in the buffer, no send() waiting."""

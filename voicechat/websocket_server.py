@@ -18,7 +18,6 @@ Measured in BENCHMARKS.md ("The flat frame path", "The synchronous shortcut"). W
 against uvicorn 0.54 (pinned); the tests run every gateway test through it.
 """
 
-import logging
 from collections.abc import Callable
 
 from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
@@ -38,8 +37,6 @@ from voicechat.websocket_frames import (
     close_payload,
     parse_close,
 )
-
-logger = logging.getLogger(__name__)
 
 # Messages a consumer may leave waiting before the socket stops being read. The gateway takes
 # each frame as it arrives; one this far behind is stalled, and TCP then pushes back on the
@@ -68,7 +65,7 @@ class TextShortcut:
         self._protocol = protocol
 
     def on_text(self, handler: Callable[[str], bool] | None) -> None:
-        self._protocol.text_handler = handler
+        self._protocol.queue.direct_handler = handler
 
     def can_send(self) -> bool:
         protocol = self._protocol
@@ -81,18 +78,17 @@ class TextShortcut:
 
     def send(self, text: str) -> None:
         """Write one text frame; only after can_send() said yes (nothing in between)."""
-        self._protocol.transport.write(build_frame(OP_TEXT, text.encode(), mask=False))
+        self._protocol.write_text(text)
 
 
 class GatewayWebSocketProtocol(WebSocketsSansIOProtocol):
     def __init__(self, *args, **kwargs) -> None:
         super().__init__(*args, **kwargs)
-        self.queue = Inbox()
+        self.queue = Inbox("text shortcut")
         # No per-message deflate whatever the config says: base64 audio barely compresses, and
         # the flat frame reader does not inflate.
         self.conn = ServerProtocol(max_size=self.config.ws_max_size, logger=self.logger)
         self.frame_reader = FrameReader(masked=True, max_size=self.config.ws_max_size)
-        self.text_handler: Callable[[str], bool] | None = None
         self.senders_waiting = 0  # send() calls waiting for the socket to drain
 
     def handle_connect(self, event) -> None:
@@ -113,7 +109,7 @@ class GatewayWebSocketProtocol(WebSocketsSansIOProtocol):
             return
         for opcode, payload in messages:
             if opcode == OP_TEXT:
-                if not (self.text_handler and self.queue.empty() and self._offer(payload)):
+                if self.close_sent or not self.queue.offer(payload):
                     self._to_app({"type": "websocket.receive", "text": payload})
             elif opcode == OP_BINARY:
                 self._to_app({"type": "websocket.receive", "bytes": payload})
@@ -125,17 +121,6 @@ class GatewayWebSocketProtocol(WebSocketsSansIOProtocol):
             elif opcode == OP_CLOSE:
                 self._peer_closed(payload)
                 return
-
-    def _offer(self, text: str) -> bool:
-        """Hand a text frame to the app's shortcut handler; True when it took it."""
-        if self.close_sent:
-            return False
-        try:
-            return self.text_handler(text)
-        except Exception:
-            logger.exception("text shortcut handler failed; frames now go through receive()")
-            self.text_handler = None
-            return False
 
     def _to_app(self, message: dict) -> None:
         if self.close_sent:
@@ -189,6 +174,9 @@ class GatewayWebSocketProtocol(WebSocketsSansIOProtocol):
             if data is not None:
                 self.transport.write(build_frame(OP_BINARY, data, mask=False))
             else:
-                self.transport.write(build_frame(OP_TEXT, message["text"].encode(), mask=False))
+                self.write_text(message["text"])
             return
         await super().send(message)  # handshake, close, HTTP responses: uvicorn's own path
+
+    def write_text(self, text: str) -> None:
+        self.transport.write(build_frame(OP_TEXT, text.encode(), mask=False))
