@@ -53,8 +53,18 @@ def _frame_send(send):
     return wrapper.real_send if isinstance(wrapper, InstanceSessionWrapper) else send
 
 
+async def _cancel_and_wait(task: asyncio.Task | None) -> None:
+    """Cancel `task` and wait until it has stopped (not when it is the caller itself)."""
+    if task is None or task is asyncio.current_task():
+        return
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
+
+
 class RealtimeGatewayConsumer(AsyncWebsocketConsumer):
     conversation: Conversation | None = None
+    conversation_id: int | None = None
     upstream: Upstream | None = None
     # The server's synchronous text path, when it offers one (see _take_shortcut).
     client_text: TextShortcut | None = None
@@ -88,11 +98,18 @@ class RealtimeGatewayConsumer(AsyncWebsocketConsumer):
                         await self.receive(message.get("text"), message.get("bytes"))
                     else:
                         await self.dispatch(message)
+        except Exception:
+            # Whatever one message broke, the conversation still ends properly. Uncaught, it
+            # left the socket at 1006 and the row open, still holding one of the user's
+            # REALTIME_MAX_CONCURRENT_PER_USER places (issue 13).
+            logger.exception("gateway failed (conversation %s)", self.conversation_id)
+            await self._end(
+                EndReason.SERVER_ERROR, "The gateway hit an internal error.", code="server_error"
+            )
         finally:
-            if listener is not None:
-                listener.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await listener
+            await _cancel_and_wait(listener)
+            if self.conversation is not None:
+                await self._finish()
 
     async def _listen(self) -> None:
         """Dispatch channel-layer messages addressed to this socket (gateway.end)."""
@@ -223,11 +240,6 @@ class RealtimeGatewayConsumer(AsyncWebsocketConsumer):
                 )
             )
 
-    async def disconnect(self, code: int) -> None:
-        if self.conversation is None:
-            return  # refused before a conversation began: nothing was opened
-        await self._finish()
-
     async def _finish(self) -> None:
         """Close the upstream, store the transcript and the end reason; runs once, completely."""
         if self._finished is None:
@@ -243,11 +255,8 @@ class RealtimeGatewayConsumer(AsyncWebsocketConsumer):
             EndReason.SERVER_SHUTDOWN if lifecycle.draining() else EndReason.CLIENT_CLOSED
         )
         try:
-            await self._stop_relay()
-            if self.budget_task is not None:
-                self.budget_task.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await self.budget_task
+            await _cancel_and_wait(self.relay_task)
+            await _cancel_and_wait(self.budget_task)
             if self.upstream is not None:
                 await self.upstream.close()
             await self.recorder.close()
@@ -259,18 +268,12 @@ class RealtimeGatewayConsumer(AsyncWebsocketConsumer):
             await self.monitor.close(reason=reason)
             lifecycle.unregister(self)
 
-    async def _stop_relay(self) -> None:
-        if self.relay_task is not None and asyncio.current_task() is not self.relay_task:
-            self.relay_task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self.relay_task
-
     # --- ends decided outside the relay: staff, shutdown, length limit -------------------
 
     async def gateway_end(self, message: dict) -> None:
         """Channel-layer message from a staff member's monitor, on any process."""
         by = str(message.get("by") or "staff")[:150]
-        await self._end_from_outside(
+        await self._end(
             EndReason.ENDED_BY_STAFF,
             "A staff member ended this conversation.",
             code="ended_by_staff",
@@ -279,23 +282,12 @@ class RealtimeGatewayConsumer(AsyncWebsocketConsumer):
 
     async def end_for_shutdown(self) -> None:
         """Called by lifecycle on SIGTERM: tell the client, then store everything before exit."""
-        await self._end_from_outside(
-            EndReason.SERVER_SHUTDOWN, SHUTDOWN_MESSAGE, code="server_shutdown"
-        )
+        await self._end(EndReason.SERVER_SHUTDOWN, SHUTDOWN_MESSAGE, code="server_shutdown")
         await self._finish()
 
     async def _end_for_duration(self) -> None:
         limit = self.duration_limit
-        await self._end_from_outside(limit.reason, limit.message, code=limit.code)
-
-    async def _end_from_outside(
-        self, reason: EndReason, message: str, *, code: str, detail: str = ""
-    ) -> None:
-        if self.end_reason is not None:
-            return
-        # Stop relaying first, so nothing is sent to the client after the close.
-        await self._stop_relay()
-        await self._end(reason, message, code=code, detail=detail)
+        await self._end(limit.reason, limit.message, code=limit.code)
 
     async def _refuse(self, message: str, code: str, close_code: int) -> None:
         """Explain why no conversation was started, then close (nothing was opened)."""
@@ -392,7 +384,7 @@ class RealtimeGatewayConsumer(AsyncWebsocketConsumer):
             live_cost=lambda: self.recorder.cost_usd,
             wake=self.budget_wake,
         )
-        await self._end_from_outside(EndReason.BUDGET_EXCEEDED, problem, code="budget_exceeded")
+        await self._end(EndReason.BUDGET_EXCEEDED, problem, code="budget_exceeded")
 
     def _note_error(self, frame: str) -> str:
         """Remember a fatal error's code, and mask the provider key in what the client sees."""
@@ -429,10 +421,13 @@ class RealtimeGatewayConsumer(AsyncWebsocketConsumer):
             )
 
     async def _end(self, reason: EndReason, message: str, *, code: str, detail: str = "") -> None:
-        """Tell the client why in an `error` event, then close with the reason's close code."""
+        """Stop relaying, tell the client why in an `error` event, then close with the reason's
+        close code. The first end decides; the rest of the ending is _finish()'s."""
         if self.end_reason is not None:
             return
         self.end_reason, self.end_detail = reason, detail or message
+        # Stop relaying first, so nothing is sent to the client after the close.
+        await _cancel_and_wait(self.relay_task)
         # The client may have gone in the meantime (uvicorn then raises ClientDisconnected, an
         # OSError): the reason is recorded all the same, and there is no one left to tell.
         with contextlib.suppress(OSError):

@@ -7,6 +7,7 @@ event and not forwarded; the socket stays open.
 
 import collections
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 
 import orjson
@@ -31,32 +32,77 @@ CLIENT_EVENTS = frozenset(
     }
 )
 
-# The session.update fields a client may set, as a tree: True allows the whole subtree.
+
+@dataclass(frozen=True)
+class JsonType:
+    """A leaf of an allow-list tree: the JSON types its field may hold (`a | b` allows either).
+
+    The upstream judges the value; the gateway checks the type first, because it hashes,
+    compares and re-encodes what it lets through (a list for a voice raised TypeError).
+    """
+
+    names: tuple[str, ...]
+    accepts: Callable[[object], bool]
+
+    def __or__(self, other: "JsonType") -> "JsonType":
+        return JsonType(
+            self.names + other.names, lambda value: self.accepts(value) or other.accepts(value)
+        )
+
+
+def _is_number(value: object) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+STRING = JsonType(("a string",), lambda value: isinstance(value, str))
+INTEGER = JsonType(
+    ("an integer",), lambda value: _is_number(value) and not isinstance(value, float)
+)
+NUMBER = JsonType(("a number",), _is_number)
+OBJECT = JsonType(("an object",), lambda value: isinstance(value, dict))
+ARRAY = JsonType(("an array",), lambda value: isinstance(value, list))
+STRINGS = JsonType(
+    ("an array of strings",),
+    lambda value: isinstance(value, list) and all(isinstance(entry, str) for entry in value),
+)
+
+# The session.update fields a client may set, as a tree of objects down to typed leaves
+# (the GA types of openai.types.realtime). Every leaf may also be null, as in those types.
 _SESSION_FIELDS: dict = {
-    "type": True,
-    "output_modalities": True,
-    "max_output_tokens": True,
-    "tool_choice": True,
-    "truncation": True,
+    "type": STRING,
+    "output_modalities": STRINGS,
+    "max_output_tokens": INTEGER | STRING,  # or "inf"
+    "tool_choice": STRING | OBJECT,
+    "truncation": STRING | OBJECT,
     "audio": {
         "input": {
-            "format": True,
-            "turn_detection": True,
-            "noise_reduction": True,
-            "transcription": {"language": True},
+            "format": OBJECT,
+            "turn_detection": OBJECT,
+            "noise_reduction": OBJECT,
+            "transcription": {"language": STRING},
         },
-        "output": {"format": True, "voice": True, "speed": True},
+        # An object is a custom voice ({"id": ...}): refused below, like any unlisted voice.
+        "output": {"format": OBJECT, "voice": STRING | OBJECT, "speed": NUMBER},
     },
 }
 # The fields of an inline response.create `response` a client may set.
 _RESPONSE_FIELDS: dict = {
-    "output_modalities": True,
-    "max_output_tokens": True,
-    "tool_choice": True,
-    "metadata": True,
-    "conversation": True,
-    "input": True,
-    "audio": {"output": {"format": True, "voice": True}},
+    "output_modalities": STRINGS,
+    "max_output_tokens": INTEGER | STRING,
+    "tool_choice": STRING | OBJECT,
+    "metadata": OBJECT,
+    "conversation": STRING,
+    "input": ARRAY,
+    "audio": {"output": {"format": OBJECT, "voice": STRING | OBJECT}},
+}
+# How a refusal names the type a client sent, as OpenAI's own invalid_type errors word it.
+_TYPE_NAMES = {
+    bool: "a boolean",
+    int: "an integer",
+    float: "a number",
+    str: "a string",
+    list: "an array",
+    dict: "an object",
 }
 
 
@@ -133,7 +179,7 @@ def _unambiguous_append(text: str) -> bool:
 
 
 def _refuse_fields(event: dict, key: str, allowed: dict) -> Verdict | None:
-    """A refusal unless event[key] is an object whose fields all lie in the `allowed` tree."""
+    """A refusal unless event[key] is an object of fields in the `allowed` tree, each well typed."""
     value = event.get(key)
     if not isinstance(value, dict):
         return _refuse(
@@ -142,31 +188,51 @@ def _refuse_fields(event: dict, key: str, allowed: dict) -> Verdict | None:
             event_id=event.get("event_id"),
             param=key,
         )
-    path = _disallowed_path(value, allowed, key)
-    if path:
-        return _refuse(
-            f"This server does not let clients set {path}.",
-            code="field_not_allowed",
-            event_id=event.get("event_id"),
-            param=path,
-        )
+    problem = _first_problem(value, allowed, key)
+    if problem:
+        code, path, message = problem
+        return _refuse(message, code=code, event_id=event.get("event_id"), param=path)
     return None
 
 
-def _disallowed_path(value: dict, allowed: dict, prefix: str) -> str | None:
-    """The first field of `value` outside the `allowed` tree, as a dotted path, or None."""
+def _first_problem(value: dict, allowed: dict, prefix: str) -> tuple[str, str, str] | None:
+    """The first field of `value` outside the `allowed` tree or of the wrong type, as
+    (code, dotted path, message); None when every field is allowed."""
     for key, sub in value.items():
         rule = allowed.get(key)
-        path = f"{prefix}.{key}"
+        path = f"{prefix}.{key[:64]}"  # the key is the client's: echoed, so bounded
         if rule is None:
-            return path
+            return "field_not_allowed", path, f"This server does not let clients set {path}."
         if isinstance(rule, dict):
             if not isinstance(sub, dict):
-                return path
-            found = _disallowed_path(sub, rule, path)
+                return "invalid_type", path, _wrong_type(path, ("an object",), sub)
+            found = _first_problem(sub, rule, path)
             if found:
                 return found
+        elif sub is not None and not rule.accepts(sub):
+            return "invalid_type", path, _wrong_type(path, rule.names, sub)
     return None
+
+
+def _wrong_type(path: str, expected: tuple[str, ...], value: object) -> str:
+    got = "null" if value is None else _TYPE_NAMES.get(type(value), "another type")
+    return f"Invalid type for '{path}': expected {' or '.join(expected)}, but got {got} instead."
+
+
+def _reencoded(event: dict) -> Verdict:
+    """Forward `event` as we parsed and checked it, so the upstream parses exactly that.
+
+    orjson reads JSON nested up to 1,024 levels deep but writes only 254: deeper events are
+    refused here rather than raising in the relay.
+    """
+    try:
+        return Verdict(frame=orjson.dumps(event).decode())
+    except orjson.JSONEncodeError:
+        return _refuse(
+            "The event is nested too deeply.",
+            code="invalid_event",
+            event_id=event.get("event_id"),
+        )
 
 
 class ClientEventPolicy:
@@ -176,9 +242,9 @@ class ClientEventPolicy:
         session_fields = dict(_SESSION_FIELDS)
         response_fields = dict(_RESPONSE_FIELDS)
         if settings.REALTIME_CLIENT_MAY_SET_INSTRUCTIONS:
-            session_fields["instructions"] = response_fields["instructions"] = True
+            session_fields["instructions"] = response_fields["instructions"] = STRING
         if settings.REALTIME_CLIENT_MAY_SET_TOOLS:
-            session_fields["tools"] = response_fields["tools"] = True
+            session_fields["tools"] = response_fields["tools"] = ARRAY
         self._session_fields = session_fields
         self._response_fields = response_fields
         self._voices = frozenset(settings.REALTIME_VOICES)
@@ -259,8 +325,7 @@ class ClientEventPolicy:
         if etype == "input_audio_buffer.append" and _unambiguous_append(text):
             # Audio appends are most of the traffic: forward them as received.
             return Verdict(frame=text)
-        # Everything else is re-encoded from what we checked, so the upstream parses exactly that.
-        return Verdict(frame=orjson.dumps(event).decode())
+        return _reencoded(event)
 
     def _check_session_update(self, event: dict) -> Verdict:
         refused = _refuse_fields(event, "session", self._session_fields)
@@ -268,10 +333,10 @@ class ClientEventPolicy:
             return refused
         session = event["session"]
         voice = ((session.get("audio") or {}).get("output") or {}).get("voice")
-        if voice is not None and voice not in self._voices:
+        if voice is not None and not (isinstance(voice, str) and voice in self._voices):
+            named = f"Voice {voice[:32]!r}" if isinstance(voice, str) else "A custom voice"
             return _refuse(
-                f"Voice {str(voice)[:32]!r} is not available here; choose one of: "
-                + ", ".join(sorted(self._voices)),
+                f"{named} is not available here; choose one of: " + ", ".join(sorted(self._voices)),
                 code="voice_not_allowed",
                 event_id=event.get("event_id"),
                 param="session.audio.output.voice",
@@ -279,14 +344,14 @@ class ClientEventPolicy:
         input_format = ((session.get("audio") or {}).get("input") or {}).get("format")
         if isinstance(input_format, dict) and isinstance(input_format.get("type"), str):
             self.pacer.set_format(input_format["type"])
-        return Verdict(frame=orjson.dumps(event).decode())
+        return _reencoded(event)
 
     def _check_response_create(self, event: dict) -> Verdict:
         if event.get("response") is not None:
             refused = _refuse_fields(event, "response", self._response_fields)
             if refused:
                 return refused
-        return Verdict(frame=orjson.dumps(event).decode())
+        return _reencoded(event)
 
     def _check_item_create(self, event: dict) -> Verdict:
         item = event.get("item")
@@ -305,7 +370,7 @@ class ClientEventPolicy:
                 event_id=event.get("event_id"),
                 param="item.role",
             )
-        return Verdict(frame=orjson.dumps(event).decode())
+        return _reencoded(event)
 
 
 def session_defaults() -> str:

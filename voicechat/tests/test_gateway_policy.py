@@ -1,6 +1,16 @@
 """The client-event policy: what a client may change, and clear errors for what it may not."""
 
+import json
+
+import orjson
 import pytest
+from hypothesis import HealthCheck, given
+from hypothesis import settings as hypothesis_settings
+from hypothesis import strategies as st
+from websockets.asyncio.client import connect as ws_connect
+
+from voicechat.policy import ClientEventPolicy
+from voicechat.tests.conftest import finished_conversation
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -31,7 +41,7 @@ async def _refused(client, event: dict) -> dict:
             "session.audio.input.transcription.model",
         ),
         ({"tracing": "auto"}, "session.tracing"),
-        ({"audio": "loud"}, "session.audio"),
+        ({"model": ["gpt-4o"]}, "session.model"),
     ],
 )
 async def test_session_update_outside_the_policy_is_refused(client, fake_upstream, session, param):
@@ -129,3 +139,167 @@ async def test_allowed_response_create_is_forwarded(client, fake_upstream):
     )
     await client.receive_until("response.done")
     assert fake_upstream.received[-1]["response"]["metadata"] == {"k": "v"}
+
+
+# A field of each kind the policy knows, given a value of the wrong JSON type. A list for the
+# voice raised TypeError in the policy: no error event, close 1006, the conversation left open
+# (issue 13).
+WRONG_TYPES = [
+    ({"audio": {"output": {"voice": ["alloy"]}}}, "session.audio.output.voice", "invalid_type"),
+    ({"audio": {"output": {"voice": 7}}}, "session.audio.output.voice", "invalid_type"),
+    (
+        {"audio": {"output": {"voice": {"id": "voice_1234"}}}},
+        "session.audio.output.voice",
+        "voice_not_allowed",
+    ),
+    ({"audio": {"output": {"speed": "fast"}}}, "session.audio.output.speed", "invalid_type"),
+    ({"audio": {"output": {"format": "pcm"}}}, "session.audio.output.format", "invalid_type"),
+    ({"audio": {"input": {"format": ["audio/pcm"]}}}, "session.audio.input.format", "invalid_type"),
+    (
+        {"audio": {"input": {"turn_detection": "server_vad"}}},
+        "session.audio.input.turn_detection",
+        "invalid_type",
+    ),
+    (
+        {"audio": {"input": {"noise_reduction": ["near_field"]}}},
+        "session.audio.input.noise_reduction",
+        "invalid_type",
+    ),
+    (
+        {"audio": {"input": {"transcription": {"language": {"code": "en"}}}}},
+        "session.audio.input.transcription.language",
+        "invalid_type",
+    ),
+    (
+        {"audio": {"input": {"transcription": {"model": {"name": "whisper-1"}}}}},
+        "session.audio.input.transcription.model",
+        "field_not_allowed",
+    ),
+    ({"audio": {"input": "loud"}}, "session.audio.input", "invalid_type"),
+    ({"audio": "loud"}, "session.audio", "invalid_type"),
+    ({"output_modalities": "audio"}, "session.output_modalities", "invalid_type"),
+    ({"output_modalities": ["audio", ["text"]]}, "session.output_modalities", "invalid_type"),
+    ({"tool_choice": ["auto"]}, "session.tool_choice", "invalid_type"),
+    ({"truncation": 0.5}, "session.truncation", "invalid_type"),
+    ({"max_output_tokens": True}, "session.max_output_tokens", "invalid_type"),
+    ({"max_output_tokens": 1.5}, "session.max_output_tokens", "invalid_type"),
+    ({"type": {"realtime": True}}, "session.type", "invalid_type"),
+    ({"model": {"name": "gpt-4o"}}, "session.model", "field_not_allowed"),
+]
+
+
+@pytest.mark.parametrize(("session", "param", "code"), WRONG_TYPES)
+async def test_a_field_of_the_wrong_type_is_refused_and_the_socket_stays_open(
+    client, fake_upstream, session, param, code
+):
+    error = await _refused(
+        client, {"type": "session.update", "event_id": "evt_t", "session": session}
+    )
+    assert error["type"] == "invalid_request_error"
+    assert (error["code"], error["param"], error["event_id"]) == (code, param, "evt_t")
+    assert [e["type"] for e in fake_upstream.received] == ["session.update"]  # the defaults
+    await client.send({"type": "input_audio_buffer.commit"})
+    assert (await client.receive())["type"] == "input_audio_buffer.committed"
+
+
+async def test_an_event_nested_deeper_than_the_encoder_allows_is_refused(client, fake_upstream):
+    nested = "[" * 300 + "]" * 300  # orjson reads it, but writes only 254 levels
+    await client.communicator.send_to(
+        text_data='{"type": "input_audio_buffer.commit", "extra": ' + nested + "}"
+    )
+    error = (await client.receive())["error"]
+    assert error["code"] == "invalid_event"
+    await client.send({"type": "input_audio_buffer.commit"})
+    assert (await client.receive())["type"] == "input_audio_buffer.committed"
+
+
+async def test_wrong_types_through_the_production_server(
+    fake_upstream, gateway_server, alice, alice_token
+):
+    """uvicorn with the gateway's protocol, whose shortcut sees every frame first."""
+    url = f"ws://{gateway_server}/v1/realtime?model=gpt-realtime"
+    async with ws_connect(url, additional_headers={"Authorization": f"Bearer {alice_token}"}) as ws:
+
+        async def receive(etype: str) -> dict:
+            while (event := json.loads(await ws.recv()))["type"] != etype:
+                pass
+            return event
+
+        await receive("session.updated")
+        for n, (session, param, code) in enumerate(WRONG_TYPES):
+            await ws.send(
+                json.dumps({"type": "session.update", "event_id": f"e{n}", "session": session})
+            )
+            error = (await receive("error"))["error"]
+            assert (error["code"], error["param"], error["event_id"]) == (code, param, f"e{n}")
+        await ws.send(json.dumps({"type": "input_audio_buffer.commit"}))
+        await receive("input_audio_buffer.committed")
+    conversation = await finished_conversation(alice)
+    assert conversation.end_reason == "client_closed"
+    assert [e["type"] for e in fake_upstream.received] == [
+        "session.update",
+        "input_audio_buffer.commit",
+    ]
+
+
+# Every field a client may set or is refused, in session.update and in response.create.
+SESSION_PATHS = [
+    ("type",), ("model",), ("instructions",), ("tools",), ("output_modalities",),
+    ("max_output_tokens",), ("tool_choice",), ("truncation",), ("tracing",), ("audio",),
+    ("audio", "input"), ("audio", "input", "format"), ("audio", "input", "format", "type"),
+    ("audio", "input", "turn_detection"), ("audio", "input", "turn_detection", "threshold"),
+    ("audio", "input", "noise_reduction"), ("audio", "input", "transcription"),
+    ("audio", "input", "transcription", "language"), ("audio", "input", "transcription", "model"),
+    ("audio", "output"), ("audio", "output", "format"), ("audio", "output", "voice"),
+    ("audio", "output", "voice", "id"), ("audio", "output", "speed"),
+]  # fmt: skip
+RESPONSE_PATHS = [
+    ("output_modalities",), ("max_output_tokens",), ("tool_choice",), ("metadata",),
+    ("conversation",), ("input",), ("instructions",), ("audio", "output", "voice"),
+    ("audio", "output", "format"),
+]  # fmt: skip
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=20),
+    lambda children: (
+        st.lists(children, max_size=3) | st.dictionaries(st.text(max_size=8), children, max_size=3)
+    ),
+    max_leaves=12,
+) | st.integers(min_value=250, max_value=400).map(
+    lambda depth: json.loads("[" * depth + "]" * depth)
+)
+
+
+def _nest(path: tuple[str, ...], value) -> dict:
+    for key in reversed(path):
+        value = {key: value}
+    return value
+
+
+@hypothesis_settings(
+    max_examples=400,
+    deadline=None,
+    derandomize=True,
+    suppress_health_check=[HealthCheck.function_scoped_fixture],
+)
+@given(
+    field=st.sampled_from(
+        [("session.update", "session", p) for p in SESSION_PATHS]
+        + [("response.create", "response", p) for p in RESPONSE_PATHS]
+    ),
+    value=json_values,
+    event_id=st.none() | st.text(max_size=8) | json_values,
+)
+def test_any_value_in_any_field_is_forwarded_or_answered(field, value, event_id, settings):
+    settings.REALTIME_MAX_REFUSED_PER_MINUTE = 100_000
+    etype, key, path = field
+    event = {"type": etype, key: _nest(path, value)}
+    if event_id is not None:
+        event["event_id"] = event_id
+    verdict = ClientEventPolicy().check(json.dumps(event))
+    assert (verdict.frame is None) != (verdict.error is None)
+    if verdict.error is not None:
+        error = orjson.loads(verdict.error)["error"]
+        assert error["type"] == "invalid_request_error" and error["code"]
+        assert error["event_id"] in (None, event_id)
+    else:
+        assert orjson.loads(verdict.frame) == orjson.loads(json.dumps(event))
