@@ -249,24 +249,40 @@ class RealtimeGatewayConsumer(AsyncWebsocketConsumer):
         await asyncio.shield(self._finished)
 
     async def _close_everything(self) -> None:
-        self.duration_limit.cancel()
         # Closed by the server while it shuts down (not our own graceful path): say so.
         reason = self.end_reason or (
             EndReason.SERVER_SHUTDOWN if lifecycle.draining() else EndReason.CLIENT_CLOSED
         )
-        try:
+        # Each step runs whatever the one before it raised: cleanup that stopped at the first
+        # surprise (uvicorn's RuntimeError for a send after the close) left the upstream open,
+        # the transcript unflushed and the end unstored (issue 13).
+        with self._cleanup_step("cancel the length limit"):
+            self.duration_limit.cancel()
+        with self._cleanup_step("stop the relay"):
             await _cancel_and_wait(self.relay_task)
+        with self._cleanup_step("stop the budget guard"):
             await _cancel_and_wait(self.budget_task)
+        with self._cleanup_step("close the upstream"):
             if self.upstream is not None:
                 await self.upstream.close()
+        with self._cleanup_step("store the transcript"):
             await self.recorder.close()
+        with self._cleanup_step("store the end"):
             await database_sync_to_async(services.conversation_end)(
                 conversation_id=self.conversation.pk, reason=reason, detail=self.end_detail
             )
             audit.info("conversation %s ended: %s", self.conversation.pk, reason)
-        finally:
+        with self._cleanup_step("tell the monitor"):
             await self.monitor.close(reason=reason)
-            lifecycle.unregister(self)
+        lifecycle.unregister(self)
+
+    @contextlib.contextmanager
+    def _cleanup_step(self, what: str):
+        """One step of ending the conversation: a failure is logged, and the next step runs."""
+        try:
+            yield
+        except Exception:
+            logger.exception("could not %s (conversation %s)", what, self.conversation_id)
 
     # --- ends decided outside the relay: staff, shutdown, length limit -------------------
 
@@ -307,7 +323,12 @@ class RealtimeGatewayConsumer(AsyncWebsocketConsumer):
             self.upstream_ready = True
             self._take_shortcut()
             async for frame in self.upstream:
-                await self.relay_send({"type": "websocket.send", "text": self._observe(frame)})
+                try:
+                    await self.relay_send({"type": "websocket.send", "text": self._observe(frame)})
+                except OSError:
+                    # The client has gone (ASGI servers raise an OSError for that): its
+                    # disconnect ends the conversation as client_closed, not as our error.
+                    return
         except EndConversation as end:
             await self._end(end.reason, end.message, code=end.code)
             return
@@ -429,8 +450,9 @@ class RealtimeGatewayConsumer(AsyncWebsocketConsumer):
         # Stop relaying first, so nothing is sent to the client after the close.
         await _cancel_and_wait(self.relay_task)
         # The client may have gone in the meantime (uvicorn then raises ClientDisconnected, an
-        # OSError): the reason is recorded all the same, and there is no one left to tell.
-        with contextlib.suppress(OSError):
+        # OSError; or RuntimeError, for a send after a close or before the accept): the reason
+        # is recorded all the same, and there is no one left to tell.
+        with contextlib.suppress(OSError, RuntimeError):
             await self.send(text_data=error_event(message, code=code, type="server_error"))
             # A plain int: daphne hands the code to autobahn, which refuses anything whose type
             # is not exactly int (an IntEnum included), and the socket then never closes.

@@ -145,6 +145,16 @@ class GatewayWebSocketProtocol(WebSocketsSansIOProtocol):
         self.queue.put_nowait({"type": "websocket.disconnect", "code": code, "reason": reason})
         self.transport.write(build_frame(OP_CLOSE, close_payload(code), mask=False))
         self.close_sent = True
+        self._client_gone()
+
+    def _client_gone(self) -> None:
+        """Close the transport; the app's later sends raise ClientDisconnected, an OSError.
+
+        That is what ASGI asks for a send to a closed socket. Before connection_lost, uvicorn
+        would otherwise answer it with RuntimeError ("after sending 'websocket.close'"), as if
+        the app had closed the socket itself (issue 13).
+        """
+        self.disconnected = True
         self.transport.close()
 
     def _fail(self, code: int, reason: str) -> None:
@@ -154,7 +164,7 @@ class GatewayWebSocketProtocol(WebSocketsSansIOProtocol):
         if not self.close_sent:
             self.transport.write(build_frame(OP_CLOSE, close_payload(code, reason), mask=False))
             self.close_sent = True
-        self.transport.close()
+        self._client_gone()
 
     async def send(self, message) -> None:
         if not self.writable.is_set():  # the client reads slower than we write: wait for it

@@ -233,3 +233,25 @@ async def test_the_shortcut_cannot_send_while_a_send_waits_for_the_socket():
         await waiting
         assert app.shortcut.can_send()
         assert await ws.recv() == "first"
+
+
+async def test_a_send_after_the_client_closed_raises_an_oserror():
+    """As ASGI asks (uvicorn: ClientDisconnected), never RuntimeError, which broke cleanup."""
+    raised = []
+
+    async def app(scope, receive, send) -> None:
+        await receive()
+        await send({"type": "websocket.accept"})
+        assert (await receive())["type"] == "websocket.disconnect"
+        try:
+            await send({"type": "websocket.send", "text": "too late"})
+        except Exception as exc:
+            raised.append(exc)
+
+    async with served(app) as (_, url):
+        async with connect(url):
+            pass  # a clean close from the client
+        async with asyncio.timeout(5):
+            while not raised:
+                await asyncio.sleep(0.01)
+    assert isinstance(raised[0], OSError), raised
