@@ -232,11 +232,6 @@ def main() -> None:
     bench_stt(piper_clips)
     bench_vad(piper_clips)
     bench_quality("piper -> pocketsphinx", piper_clips)
-    with override_settings(LOCAL_TTS="piper"):
-        synthesizer = tts.get_synthesizer()
-        for style in ("piper-bright", "piper-deep"):
-            clips = [synthesizer.synthesize(sentence, voice=style) for sentence in SENTENCES]
-            bench_quality(f"{style} -> psphinx", clips)
     bench_quality("espeak -> pocketsphinx", espeak_clips)
     bench_gil(piper_clips, args.seconds)
     print(f"# load after {os.getloadavg()[0]:.2f}")

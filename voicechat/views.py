@@ -8,7 +8,8 @@ from django.http import HttpRequest, HttpResponse
 from django.shortcuts import get_object_or_404, render
 from django.templatetags.static import static
 
-from voicechat.models import Conversation, Role, TranscriptItem
+from voicechat.models import Backend, Conversation, Role, TranscriptItem
+from voicechat.upstream import resolve_backend
 
 HISTORY_PAGE_SIZE = 20
 
@@ -20,11 +21,23 @@ def chat_config() -> dict:
         "model": settings.REALTIME_MODEL,
         "voices": list(settings.REALTIME_VOICES),
         "voice": settings.REALTIME_VOICE,
+        "voiceDescriptions": voice_descriptions(),
         "worklets": {
             "capture": static("voicechat/worklets/capture-processor.js"),
             "playback": static("voicechat/worklets/playback-processor.js"),
         },
     }
+
+
+def voice_descriptions() -> dict[str, str]:
+    """Which offline voice speaks each name, for the picker; none when OpenAI's voices speak."""
+    if resolve_backend() != Backend.LOCAL:
+        return {}
+    # Imported here: the synthesizers' modules (numpy, soxr) serve only the offline engine.
+    from voicechat.local_engine.tts import voice_descriptions as local_descriptions
+
+    descriptions = local_descriptions()
+    return {name: descriptions[name] for name in settings.REALTIME_VOICES if name in descriptions}
 
 
 @login_required

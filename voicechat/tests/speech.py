@@ -7,7 +7,7 @@ Tests that speak to the engine use this steady reading instead: same text, same 
 
 import functools
 
-from voicechat.local_engine.tts import PiperSynthesizer, make_piper
+from voicechat.local_engine.tts import PIPER, PiperSynthesizer, make_piper
 
 
 @functools.cache
@@ -16,6 +16,6 @@ def _steady_piper() -> PiperSynthesizer:
 
 
 @functools.lru_cache(maxsize=64)
-def spoken(text: str, voice: str = "piper") -> bytes:
+def spoken(text: str) -> bytes:
     """`text` read by the bundled piper voice as PCM16 at 24 kHz, the same audio every time."""
-    return _steady_piper().synthesize(text, voice=voice)
+    return _steady_piper().synthesize(text, voice=PIPER)

@@ -64,6 +64,21 @@ def test_chat_config_reaches_javascript_through_json_script(client, alice, setti
     }
 
 
+def test_chat_page_says_which_local_voice_speaks_each_name(client, alice, settings):
+    settings.REALTIME_BACKEND = "local"
+    settings.LOCAL_TTS = "piper"
+    settings.REALTIME_VOICES = ["marin", "coral"]
+    client.force_login(alice)
+    assert chat_config(client.get("/"))["voiceDescriptions"] == {
+        "marin": "Joe (Piper, US male)",
+        "coral": "espeak-ng, US female (f5)",
+    }
+    # OpenAI's own voices need no description.
+    settings.REALTIME_BACKEND = "openai"
+    settings.OPENAI_API_KEY = "sk-test-voices"
+    assert chat_config(client.get("/"))["voiceDescriptions"] == {}
+
+
 def test_provider_key_never_reaches_the_page(client, alice, settings):
     settings.OPENAI_API_KEY = "sk-proj-never-in-a-page-0123456789"
     client.force_login(alice)

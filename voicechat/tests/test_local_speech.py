@@ -353,7 +353,7 @@ def test_piper_serves_threads_at_once(settings):
     spoken: dict[str, bytes] = {}
 
     def speak(text: str) -> None:
-        spoken[text] = synthesizer.synthesize(text, voice="coral")
+        spoken[text] = synthesizer.synthesize(text, voice=tts.PIPER)
 
     texts = ["Good morning.", "See you later.", "Thank you.", "Yes, of course."]
     threads = [threading.Thread(target=speak, args=(text,)) for text in texts]
@@ -379,7 +379,7 @@ def test_piper_reads_expressively_unless_asked_to_be_steady():
 @pytest.mark.slow
 def test_piper_output_is_converted_from_its_model_rate(settings):
     settings.LOCAL_TTS = "piper"
-    synthesizer = tts.get_synthesizer()
+    synthesizer = tts.get_synthesizer().piper
     assert synthesizer.sample_rate == 22050  # what joe's model card says
     # The conversion piper output goes through: a tone at the model's rate keeps its pitch
     # and length at 24 kHz (played unconverted, it would be 9% sharp and short).
@@ -387,17 +387,6 @@ def test_piper_output_is_converted_from_its_model_rate(settings):
     converted = tts.float_to_pcm24k(model_tone, synthesizer.sample_rate)
     assert len(converted) // 2 == PCM_RATE
     assert dominant_frequency(converted, PCM_RATE) == pytest.approx(440, abs=2)
-
-
-def test_every_ga_voice_has_a_local_voice(settings):
-    for backend, styles in (("piper", tts.PIPER_STYLES), ("espeak", tts.ESPEAK_STYLES)):
-        settings.LOCAL_TTS = backend
-        mapped = {name: tts.local_voice_for(name) for name in tts.GA_VOICES}
-        assert set(mapped) == set(settings.REALTIME_VOICES)
-        assert all(voice in styles for voice in mapped.values())
-        assert len(set(mapped.values())) >= 3  # voices differ, not all one
-        assert tts.local_voice_for("Unknown") == mapped[tts.DEFAULT_GA_VOICE]
-        assert tts.local_voice_for("CEDAR") == mapped["cedar"]
 
 
 def test_unknown_tts_backend_is_explained(settings):

@@ -128,10 +128,13 @@ export class VoiceChatApp {
   // ---- UI wiring -------------------------------------------------------------------------
 
   fillVoices() {
+    // The offline engine says which of its own voices stands in for each name.
+    const descriptions = this.config.voiceDescriptions ?? {};
     for (const voice of this.config.voices) {
       const option = document.createElement("option");
+      const name = voice[0].toUpperCase() + voice.slice(1);
       option.value = voice;
-      option.textContent = voice[0].toUpperCase() + voice.slice(1);
+      option.textContent = descriptions[voice] ? `${name} — ${descriptions[voice]}` : name;
       this.el.voice.append(option);
     }
     if (!this.config.voices.includes(this.voice)) this.voice = this.config.voices[0];
