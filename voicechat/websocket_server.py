@@ -10,6 +10,9 @@ the frames of an open connection:
   the socket after every message and resumes it when the app takes it: two event-loop watcher
   changes (system calls) per audio frame.
 - Received messages wait in a one-reader Inbox (voicechat/inbox.py), not an asyncio.Queue.
+- A message may be at most REALTIME_MAX_FRAME_BYTES (uvicorn's --ws-max-size if smaller),
+  counted as it is reassembled, in at most MAX_FRAGMENTS frames; pongs wait while the client
+  does not read (see _pong).
 - The `voicechat.text_shortcut` scope extension (TextShortcut) lets the app take text frames
   right in data_received and write text frames at once, with no task switch, whenever nothing
   waits ahead of them; the ASGI receive()/send() path stays for everything else.
@@ -20,12 +23,14 @@ against uvicorn 0.54 (pinned); the tests run every gateway test through it.
 
 from collections.abc import Callable
 
+from django.conf import settings
 from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
 from websockets.frames import Frame, Opcode
 from websockets.server import ServerProtocol
 
 from voicechat.inbox import Inbox
 from voicechat.websocket_frames import (
+    CLOSE_POLICY_VIOLATION,
     OP_BINARY,
     OP_CLOSE,
     OP_PING,
@@ -42,6 +47,14 @@ from voicechat.websocket_frames import (
 # each frame as it arrives; one this far behind is stalled, and TCP then pushes back on the
 # client, as it would under uvicorn's own pause-per-message.
 READ_HIGH_WATER = 16
+
+# Frames one message may arrive in. Browsers and the SDKs send each message as one frame; a
+# client that fragments has room, and one that keeps a message open with empty frames is closed.
+MAX_FRAGMENTS = 1024
+
+# Pings a client may send while it does not read what we send (a pong waits for it): keepalives
+# come every few seconds, so this many within one such stall is a flood.
+MAX_PINGS_NOT_READING = 100
 
 # The scope extension under which the app finds a TextShortcut (absent under other servers).
 TEXT_SHORTCUT = "voicechat.text_shortcut"
@@ -85,11 +98,16 @@ class GatewayWebSocketProtocol(WebSocketsSansIOProtocol):
     def __init__(self, *args, **kwargs) -> None:
         super().__init__(*args, **kwargs)
         self.queue = Inbox("text shortcut")
+        # The gateway's frame limit rather than uvicorn's 16 MiB default: it bounds a message as
+        # it is reassembled, and so the READ_HIGH_WATER messages that may wait for the app.
+        max_size = min(self.config.ws_max_size, settings.REALTIME_MAX_FRAME_BYTES)
         # No per-message deflate whatever the config says: base64 audio barely compresses, and
         # the flat frame reader does not inflate.
-        self.conn = ServerProtocol(max_size=self.config.ws_max_size, logger=self.logger)
-        self.frame_reader = FrameReader(masked=True, max_size=self.config.ws_max_size)
+        self.conn = ServerProtocol(max_size=max_size, logger=self.logger)
+        self.frame_reader = FrameReader(masked=True, max_size=max_size, max_fragments=MAX_FRAGMENTS)
         self.senders_waiting = 0  # send() calls waiting for the socket to drain
+        self.unsent_pong: bytes | None = None  # the latest ping's, while the client is not reading
+        self.pings_not_reading = 0
 
     def handle_connect(self, event) -> None:
         super().handle_connect(event)
@@ -97,6 +115,8 @@ class GatewayWebSocketProtocol(WebSocketsSansIOProtocol):
             self.scope["extensions"][TEXT_SHORTCUT] = TextShortcut(self)
 
     def data_received(self, data: bytes) -> None:
+        if self.disconnected:
+            return  # after our close: discarded until the client closes its end (_hang_up)
         if not self.handshake_complete:
             # The HTTP upgrade request: `websockets` parses it. A client sends no frame before
             # it has our 101 answer, so every later byte is a frame.
@@ -114,13 +134,36 @@ class GatewayWebSocketProtocol(WebSocketsSansIOProtocol):
             elif opcode == OP_BINARY:
                 self._to_app({"type": "websocket.receive", "bytes": payload})
             elif opcode == OP_PING:
-                if not self.transport.is_closing():
-                    self.transport.write(build_frame(OP_PONG, payload, mask=False))
+                if not self._pong(payload):
+                    return
             elif opcode == OP_PONG:
                 self.handle_pong(Frame(Opcode.PONG, payload))
             elif opcode == OP_CLOSE:
                 self._peer_closed(payload)
                 return
+
+    def _pong(self, payload: bytes) -> bool:
+        """Answer a ping; False when the client has been closed for flooding them.
+
+        While the client does not read what we send (writing is paused), only its latest ping
+        is answered, once it reads again, as RFC 6455 section 5.5.3 allows: answering each at
+        once let a client that pings without reading grow the write buffer by 110 MB in 10 s.
+        """
+        if self.writable.is_set():
+            self.transport.write(build_frame(OP_PONG, payload, mask=False))
+            return True
+        self.unsent_pong = payload
+        self.pings_not_reading += 1
+        if self.pings_not_reading <= MAX_PINGS_NOT_READING:
+            return True
+        self._fail(CLOSE_POLICY_VIOLATION, "pings sent while not reading")
+        return False
+
+    def resume_writing(self) -> None:
+        super().resume_writing()
+        pong, self.unsent_pong, self.pings_not_reading = self.unsent_pong, None, 0
+        if pong is not None and not self.disconnected:
+            self.transport.write(build_frame(OP_PONG, pong, mask=False))
 
     def _to_app(self, message: dict) -> None:
         if self.close_sent:
@@ -145,17 +188,31 @@ class GatewayWebSocketProtocol(WebSocketsSansIOProtocol):
         self.queue.put_nowait({"type": "websocket.disconnect", "code": code, "reason": reason})
         self.transport.write(build_frame(OP_CLOSE, close_payload(code), mask=False))
         self.close_sent = True
-        self._client_gone()
+        self._hang_up()
 
-    def _client_gone(self) -> None:
-        """Close the transport; the app's later sends raise ClientDisconnected, an OSError.
+    def _hang_up(self) -> None:
+        """End the connection once our close frame is out; nothing more reaches the app.
 
-        That is what ASGI asks for a send to a closed socket. Before connection_lost, uvicorn
-        would otherwise answer it with RuntimeError ("after sending 'websocket.close'"), as if
-        the app had closed the socket itself (issue 13).
+        The app's later sends raise ClientDisconnected, an OSError, as ASGI asks for a closed
+        socket; before connection_lost, uvicorn would answer them with RuntimeError ("after
+        sending 'websocket.close'"), as if the app had closed the socket itself (issue 13).
+
+        A socket closed with unread input is reset, and the reset drops what the client has not
+        read yet, our close frame included: so we half-close after the write buffer and discard
+        what still arrives (data_received) until the client closes its end, or close_timeout
+        has passed (a client that does not read would otherwise hold the socket for good).
         """
         self.disconnected = True
-        self.transport.close()
+        if self.transport.can_write_eof():  # not over TLS
+            self.transport.write_eof()
+            if self.read_paused:
+                self.read_paused = False
+                self.transport.resume_reading()
+        else:
+            self.transport.close()
+        if self.close_timer is not None:
+            self.close_timer.cancel()
+        self.close_timer = self.loop.call_later(self.close_timeout, self.transport.abort)
 
     def _fail(self, code: int, reason: str) -> None:
         """The client broke the protocol: tell the app and the client why, and hang up."""
@@ -164,7 +221,7 @@ class GatewayWebSocketProtocol(WebSocketsSansIOProtocol):
         if not self.close_sent:
             self.transport.write(build_frame(OP_CLOSE, close_payload(code, reason), mask=False))
             self.close_sent = True
-        self._client_gone()
+        self._hang_up()
 
     async def send(self, message) -> None:
         if not self.writable.is_set():  # the client reads slower than we write: wait for it

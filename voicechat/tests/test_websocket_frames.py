@@ -1,6 +1,7 @@
 """The flat frame codec both WebSocket ends of the relay use, checked against `websockets`."""
 
 import struct
+import tracemalloc
 
 import pytest
 from hypothesis import given
@@ -81,7 +82,11 @@ def test_fragments_are_assembled_around_a_control_frame():
         + reference_frame(Opcode.BINARY, b"\x00\xff", mask=True)
     )
     reader = FrameReader(masked=True, max_size=100)
-    assert reader.feed(data) == [(OP_PING, b""), (OP_TEXT, "hello w\u00f6rld"), (OP_BINARY, b"\x00\xff")]
+    assert reader.feed(data) == [
+        (OP_PING, b""),
+        (OP_TEXT, "hello w\u00f6rld"),
+        (OP_BINARY, b"\x00\xff"),
+    ]
 
 
 def test_a_character_split_across_fragments_is_decoded_whole():
@@ -120,6 +125,41 @@ def test_protocol_violations_name_their_close_code(data, code):
     assert raised.value.code == code
 
 
+def fragments(count: int, size: int = 1) -> bytes:
+    """A text message opened and then continued in `count` frames of `size` bytes, unfinished."""
+    opening = reference_frame(Opcode.TEXT, b"x" * size, mask=True, fin=False)
+    return opening + reference_frame(Opcode.CONT, b"x" * size, mask=True, fin=False) * count
+
+
+def test_a_message_in_tiny_fragments_is_refused_as_it_outgrows_the_limit():
+    reader = FrameReader(masked=True, max_size=1000)
+    assert reader.feed(fragments(999)) == []  # 1,000 bytes so far: still allowed
+    with pytest.raises(FrameError) as raised:
+        reader.feed(reference_frame(Opcode.CONT, b"x", mask=True, fin=False))
+    assert raised.value.code == CLOSE_TOO_BIG
+
+
+def test_a_message_in_too_many_fragments_is_refused_even_when_they_are_empty():
+    reader = FrameReader(masked=True, max_size=1000, max_fragments=50)
+    assert reader.feed(fragments(49, size=0)) == []
+    with pytest.raises(FrameError) as raised:
+        reader.feed(reference_frame(Opcode.CONT, b"", mask=True, fin=False))
+    assert raised.value.code == CLOSE_TOO_BIG
+
+
+def test_fragments_cost_their_bytes_and_no_more():
+    data = fragments(100_000)  # 100 kB of message in 1-byte fragments
+    reader = FrameReader(masked=True, max_size=1 << 20)
+    tracemalloc.start()
+    try:
+        reader.feed(data)
+        held, _ = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    # One byte each, not an object each (a list of them held 4.2 MB here).
+    assert held < 400_000
+
+
 def test_a_server_frame_must_not_be_masked():
     with pytest.raises(FrameError) as raised:
         FrameReader(masked=False, max_size=100).feed(reference_frame(Opcode.TEXT, b"x", mask=True))
@@ -127,7 +167,10 @@ def test_a_server_frame_must_not_be_masked():
 
 
 def test_close_payloads():
-    assert parse_close(close_payload(4007, "server shutting down")) == (4007, "server shutting down")
+    assert parse_close(close_payload(4007, "server shutting down")) == (
+        4007,
+        "server shutting down",
+    )
     assert parse_close(b"") == (CLOSE_NO_STATUS, "")
     assert close_payload(CLOSE_NO_STATUS) == b""  # reserved codes are never sent
     assert Close.parse(close_payload(1000, "bye")) == Close(1000, "bye")  # as websockets reads it

@@ -13,9 +13,20 @@ import pytest
 import uvicorn
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed
+from websockets.frames import Frame, Opcode
 
-from voicechat.websocket_frames import OP_TEXT, FrameReader, build_frame
+from voicechat.websocket_frames import (
+    OP_CLOSE,
+    OP_PONG,
+    OP_TEXT,
+    FrameReader,
+    build_frame,
+    close_payload,
+    parse_close,
+)
 from voicechat.websocket_server import (
+    MAX_FRAGMENTS,
+    MAX_PINGS_NOT_READING,
     READ_HIGH_WATER,
     TEXT_SHORTCUT,
     GatewayWebSocketProtocol,
@@ -115,14 +126,28 @@ async def raw_upgrade(url: str):
     return reader, writer
 
 
+def client_frame(opcode: Opcode, payload: bytes, *, fin: bool = True) -> bytes:
+    return Frame(opcode, payload, fin=fin).serialize(mask=True)
+
+
 @pytest.mark.parametrize(
     ("frame", "code"),
     [
         (b"\x81\x02hi", 1002),  # not masked
         (build_frame(OP_TEXT, b"\xff\xfe", mask=True), 1007),  # not UTF-8
         (b"\x81\xff" + struct.pack("!Q", 1 << 40) + b"abcd", 1009),  # a terabyte announced
+        (  # each frame within REALTIME_MAX_FRAME_BYTES (256 KiB), the message over it
+            client_frame(Opcode.TEXT, b"x" * 200_000, fin=False)
+            + client_frame(Opcode.CONT, b"x" * 100_000, fin=False),
+            1009,
+        ),
+        (  # a message kept open with empty frames
+            client_frame(Opcode.TEXT, b"{", fin=False)
+            + client_frame(Opcode.CONT, b"", fin=False) * MAX_FRAGMENTS,
+            1009,
+        ),
     ],
-    ids=["unmasked", "bad-utf8", "too-big"],
+    ids=["unmasked", "bad-utf8", "too-big", "fragments-too-big", "too-many-fragments"],
 )
 async def test_a_broken_client_frame_closes_with_its_code(frame, code):
     app = EchoApp()
@@ -255,3 +280,51 @@ async def test_a_send_after_the_client_closed_raises_an_oserror():
             while not raised:
                 await asyncio.sleep(0.01)
     assert isinstance(raised[0], OSError), raised
+
+
+async def test_the_message_size_limit_is_the_gateways(settings):
+    settings.REALTIME_MAX_FRAME_BYTES = 10_000  # not uvicorn's 16 MiB
+    app = EchoApp()
+    async with served(app) as (_, url), connect(url, compression=None) as ws:
+        await ws.send("a" * 10_000)
+        assert await ws.recv() == "a" * 10_000
+        await ws.send("a" * 10_001)
+        with pytest.raises(ConnectionClosed) as closed:
+            await ws.recv()
+    assert closed.value.rcvd.code == 1009
+    assert app.disconnects[0]["code"] == 1009
+
+
+async def test_pings_while_the_client_does_not_read_get_one_late_pong():
+    async with served(EchoApp()) as (server, url):
+        reader, writer = await raw_upgrade(url)
+        (protocol,) = server.server_state.connections
+        protocol.pause_writing()  # as the transport does when the client reads too slowly
+        for n in range(MAX_PINGS_NOT_READING):
+            writer.write(client_frame(Opcode.PING, b"%d" % n))
+        await writer.drain()
+        await asyncio.sleep(0.1)
+        nothing_yet = protocol.transport.get_write_buffer_size()
+        protocol.resume_writing()  # the client reads again: the latest ping is answered
+        writer.write(client_frame(Opcode.CLOSE, close_payload(1000)))
+        answer = await asyncio.wait_for(reader.read(), 5)
+    assert nothing_yet == 0
+    pong, close = FrameReader(masked=False, max_size=1000).feed(answer)
+    assert pong == (OP_PONG, b"%d" % (MAX_PINGS_NOT_READING - 1))
+    assert close[0] == OP_CLOSE
+
+
+async def test_a_client_that_pings_on_without_reading_is_closed():
+    app = EchoApp()
+    async with served(app) as (server, url):
+        reader, writer = await raw_upgrade(url)
+        (protocol,) = server.server_state.connections
+        protocol.pause_writing()
+        writer.write(client_frame(Opcode.PING, b"") * (MAX_PINGS_NOT_READING + 1))
+        async with asyncio.timeout(5):
+            while not app.disconnects:
+                await asyncio.sleep(0.01)
+        answer = await asyncio.wait_for(reader.read(), 5)
+    assert app.disconnects[0]["code"] == 1008
+    ((opcode, payload),) = FrameReader(masked=False, max_size=1000).feed(answer)
+    assert opcode == OP_CLOSE and parse_close(payload)[0] == 1008
