@@ -241,6 +241,14 @@ REALTIME_AUDIO_BURST_MS = envint("REALTIME_AUDIO_BURST_MS", 5000)
 # Refused client events tolerated per minute before the socket is closed as abusive.
 REALTIME_MAX_REFUSED_PER_MINUTE = envint("REALTIME_MAX_REFUSED_PER_MINUTE", 300)
 
+# --- Local engine: model files ---
+# Where model files split across several wheels are joined (once) before loading
+# (voicechat/local_engine/model_files.py); about 1.2 GB with the default models.
+LOCAL_MODEL_CACHE = os.environ.get(
+    "LOCAL_MODEL_CACHE",
+    os.path.join(os.environ.get("XDG_CACHE_HOME") or "~/.cache", "voicechat", "models"),
+)
+
 # --- Local engine: speech ---
 # Speech recognizer: pocketsphinx (bundled, US English), faster-whisper (if you installed it
 # and copied a model to LOCAL_STT_MODEL_PATH), or a dotted path to your own factory.
@@ -254,12 +262,21 @@ LOCAL_PIPER_VOICE = os.environ.get("LOCAL_PIPER_VOICE", "")
 # --- Local engine ---------------------------------------------------------------------------
 
 # An OpenAI-compatible chat-completions server for the local engine's replies (Ollama:
-# http://127.0.0.1:11434/v1, llama.cpp server: http://127.0.0.1:8080/v1). Empty: the
-# built-in offline responder answers (time, date, arithmetic, memory, tools).
+# http://127.0.0.1:11434/v1, llama.cpp server: http://127.0.0.1:8080/v1); it overrides LOCAL_LLM.
 LOCAL_LLM_URL = os.environ.get("LOCAL_LLM_URL", "").strip()
 LOCAL_LLM_MODEL = os.environ.get("LOCAL_LLM_MODEL", "llama3.2")
 LOCAL_LLM_API_KEY = os.environ.get("LOCAL_LLM_API_KEY", "")
 # Seconds to wait for the LLM server before the response fails.
+# Without LOCAL_LLM_URL: `embedded` runs a language model in process (llama.cpp; the pinned
+# Qwen2.5-Coder-1.5B from requirements-models.txt, or your own GGUF at LOCAL_LLM_MODEL_PATH);
+# `none` answers by rules only (time, date, arithmetic, remembered facts, tools).
+LOCAL_LLM = os.environ.get("LOCAL_LLM", "embedded").strip().lower()
+LOCAL_LLM_MODEL_PATH = os.environ.get("LOCAL_LLM_MODEL_PATH", "").strip()
+# Tokens of context (the conversation is trimmed from its oldest turn to fit) and per reply.
+LOCAL_LLM_CONTEXT = envint("LOCAL_LLM_CONTEXT", 4096)
+LOCAL_LLM_MAX_TOKENS = envint("LOCAL_LLM_MAX_TOKENS", 120)
+# Threads for the embedded model (0: one per core).
+LOCAL_LLM_THREADS = envint("LOCAL_LLM_THREADS", 0)
 LOCAL_LLM_TIMEOUT = envint("LOCAL_LLM_TIMEOUT", 60)
 # Threads for speech recognition, and as many for synthesis, shared by all conversations
 # (0: one per core).

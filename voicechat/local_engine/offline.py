@@ -1,4 +1,4 @@
-"""The built-in responder used when no LOCAL_LLM_URL is configured.
+"""The rule-based responder: LOCAL_LLM=none, and the exact answers ahead of any model.
 
 It has no language model and says so. It answers the time and date, does spoken arithmetic,
 remembers what the user said earlier in the conversation (the conversation items are its only
@@ -272,6 +272,26 @@ class OfflineResponder:
             or self._small_talk(text, memory, turn)
             or self._fallback(text, turn)
         )
+
+    def direct_answer(self, turn: Turn) -> str | FunctionCall | None:
+        """The reply when the latest user message has one right answer, else None.
+
+        What the assistant (assistant.py) does before any language model is asked: call the
+        session tool the request plainly names (or the one tool_choice forces), tell the time
+        and date, do arithmetic, recall facts the user stated: all things small models get wrong.
+        """
+        last = turn.history[-1] if turn.history else {}
+        if last.get("role") != "user":
+            return None
+        text = _clean(last.get("text") or "")
+        if not text:
+            return "Sorry, I didn't catch that. Could you say it again?"
+        call = self._maybe_call_tool(turn, text)
+        if call is not None:
+            return call
+        user_texts = [h["text"] for h in turn.history if h.get("role") == "user" and h.get("text")]
+        memory = Memory(user_texts[:-1])
+        return self._recall(text, memory, user_texts) or self._clock(text) or self._arithmetic(text)
 
     # Skills, each returns None when the text is not for it.
 

@@ -1,8 +1,9 @@
-"""What the local engine says: the responder interface, the LOCAL_LLM_URL client and a factory.
+"""What the local engine says: the responder interface and the LOCAL_LLM_URL client.
 
 A responder turns the conversation so far into a stream of text deltas and function calls.
-With LOCAL_LLM_URL set it streams from an OpenAI-compatible /v1/chat/completions server
-(Ollama, llama.cpp, vLLM); without one the small built-in responder (offline.py) answers.
+ChatCompletionsResponder streams from an OpenAI-compatible /v1/chat/completions server
+(Ollama, llama.cpp, vLLM); llm.py runs a model in process; offline.py answers by rules; and
+assistant.py chooses and combines them (make_responder).
 """
 
 import logging
@@ -11,7 +12,6 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 import openai
-from django.conf import settings
 
 logger = logging.getLogger(__name__)
 
@@ -153,17 +153,3 @@ class ChatCompletionsResponder:
             await stream.close()
         for index in sorted(calls):
             yield FunctionCall(calls[index]["name"], calls[index]["arguments"] or "{}")
-
-
-def make_responder() -> Responder:
-    """The LOCAL_LLM_URL client when configured, else the built-in offline responder."""
-    if settings.LOCAL_LLM_URL:
-        return ChatCompletionsResponder(
-            base_url=settings.LOCAL_LLM_URL,
-            model=settings.LOCAL_LLM_MODEL,
-            api_key=settings.LOCAL_LLM_API_KEY,
-            timeout=settings.LOCAL_LLM_TIMEOUT,
-        )
-    from voicechat.local_engine.offline import OfflineResponder
-
-    return OfflineResponder()

