@@ -1,18 +1,22 @@
 """Benchmark the local engine as a conversation partner: voice-to-voice latency and capacity.
 
-Run from the repository root:  python bench/local_latency.py            (about 3-4 minutes)
-                               python bench/local_latency.py --quick    (about 1 minute)
+Run from the repository root:  python bench/local_latency.py            (about 10 minutes)
+                               python bench/local_latency.py --quick    (about 2 minutes)
 
-A scripted multi-turn conversation is spoken to the engine in its own (piper) voice, in 40 ms
-chunks at real-time pace, through LocalUpstream exactly as the gateway drives it. It reports:
+A scripted 8-turn conversation (with questions only a language model can answer) is spoken to
+the engine in its own (piper) voice, in 40 ms chunks at real-time pace, through LocalUpstream
+exactly as the gateway drives it, once per assistant (--responders: the embedded language
+model and the rule-based one, in the same run). It prints what was heard and answered, and:
 
 1. voice-to-voice latency per turn: from the VAD end of the user's turn (the moment the
    `speech_stopped` event arrives) to the first `response.output_audio.delta`, median and p95;
    also from the real end of speech (last spoken chunk sent), which adds the silence window;
 2. STT and TTS real-time factors (CPU seconds / audio seconds) per conversation;
 3. capacity: the median latency with N conversations at once, and the N at which it doubles;
-4. isolation: while one conversation transcribes a long utterance, how long another
-   connection waits for the answer to a cheap event, compared with an idle engine.
+4. isolation: while one conversation transcribes a long utterance, and while one conversation's
+   language model writes a long answer, how long another connection waits for the answer to a
+   cheap event, compared with an idle engine;
+5. memory: the process's resident set before and after the models are loaded.
 """
 
 import argparse
@@ -44,12 +48,13 @@ TURN_TIMEOUT_S = 120  # a turn this slow means the machine is overloaded: the ru
 SILENCE_MS = 500  # the session's silence window (OpenAI's default is 500 ms too)
 SCRIPT = [
     "Hello there.",
-    "My name is Bob.",
-    "What is three plus four?",
-    "What time is it?",
+    "My name is Ada.",
+    "What is twelve times seven?",
+    "What is the capital of Australia?",
+    "Can you suggest a name for a black cat?",
     "What is my name?",
-    "What is the date today?",
-    "Thank you very much.",
+    "What time is it?",
+    "Thank you, that was helpful.",
 ]
 SESSION = {
     "type": "session.update",
@@ -123,18 +128,25 @@ class Conversation:
     async def turn(self, pcm: bytes) -> dict:
         speaking = asyncio.create_task(self.speak(pcm, tail_ms=SILENCE_MS + 400))
         stopped = first_audio = None
+        heard = answer = ""
         while True:
             at, event = await asyncio.wait_for(self.events.get(), TURN_TIMEOUT_S)
             if event["type"] == "input_audio_buffer.speech_stopped":
                 stopped = at
+            elif event["type"] == "conversation.item.input_audio_transcription.completed":
+                heard = event["transcript"]
             elif event["type"] == "response.output_audio.delta" and first_audio is None:
                 first_audio = at
+            elif event["type"] == "response.output_audio_transcript.done":
+                answer = event["transcript"]
             elif event["type"] == "response.done":
                 break
         speech_end = await speaking
         result = {
             "vad_to_audio_ms": (first_audio - stopped) * 1000,
             "speech_end_to_audio_ms": (first_audio - speech_end) * 1000,
+            "heard": heard,
+            "answer": answer,
         }
         self.turns.append(result)
         return result
@@ -163,6 +175,11 @@ async def latency(phrases: list[bytes]) -> dict:
     end = [t["speech_end_to_audio_ms"] for t in turns]
     return {
         "turns": len(turns),
+        "vad_to_audio_ms": vad,
+        "transcript": [
+            {"heard": t["heard"], "answer": t["answer"], "ms": round(t["vad_to_audio_ms"])}
+            for t in turns
+        ],
         "vad_to_audio_median_ms": statistics.median(vad),
         "vad_to_audio_p95_ms": pct(vad, 0.95),
         "speech_end_to_audio_median_ms": statistics.median(end),
@@ -266,7 +283,64 @@ async def isolation(long_pcm: bytes) -> dict:
     }
 
 
+async def generation_isolation() -> dict:
+    """B's event latency while A's language model writes a long answer (typed question)."""
+    async with Conversation() as a, Conversation() as b:
+        idle = await probe_latency(b, time.perf_counter() + 2.0)
+        question = "Tell me a long story about a lighthouse keeper and a storm."
+        await a.send(
+            {
+                "type": "conversation.item.create",
+                "item": {
+                    "type": "message",
+                    "role": "user",
+                    "content": [{"type": "input_text", "text": question}],
+                },
+            }
+        )
+        answered = asyncio.Event()
+
+        async def wait_done():
+            while True:
+                at, event = await a.events.get()
+                if event["type"] == "response.done":
+                    answered.set()
+                    return at
+
+        waiter = asyncio.create_task(wait_done())
+        started = time.perf_counter()
+        await a.send({"type": "response.create", "response": {"output_modalities": ["text"]}})
+        busy = await probe_latency(b, answered)
+        done_at = await waiter
+    return {
+        "generation_s": done_at - started,
+        "idle_p50_ms": statistics.median(idle),
+        "busy_p50_ms": statistics.median(busy),
+        "busy_p95_ms": pct(busy, 0.95),
+        "busy_max_ms": max(busy),
+        "busy_samples": len(busy),
+    }
+
+
+def rss_mb() -> float:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    return float("nan")
+
+
 async def main(args) -> dict:
+    """One run per responder (LOCAL_LLM), the same speech for each."""
+    results = {}
+    for responder in args.responders.split(","):
+        settings.LOCAL_LLM = responder
+        print(f"== responder: {responder}", flush=True)
+        results[responder] = await run_for_responder(args)
+    return results
+
+
+async def run_for_responder(args) -> dict:
     synth = get_synthesizer()
     voice = local_voice_for("marin")
     print("synthesizing the script...", flush=True)
@@ -281,8 +355,14 @@ async def main(args) -> dict:
     long_pcm = b"".join(
         [await asyncio.to_thread(synth.synthesize, text, voice=voice) for text in long_texts]
     )
-    # Warm up: the first conversation loads the recognizer and the VAD.
+    rss_before = rss_mb()
+    # Warm up: the first conversation loads the recognizer, the VAD and the language model.
     await run_conversation(phrases[:1])
+    if settings.LOCAL_LLM == "embedded":
+        from voicechat.local_engine import llm
+
+        await asyncio.to_thread(llm.shared)
+    rss_loaded = rss_mb()
 
     print("latency, one conversation...", flush=True)
     single = await latency(phrases)
@@ -309,6 +389,7 @@ async def main(args) -> dict:
     )
     print("isolation...", flush=True)
     iso = await isolation(long_pcm)
+    gen_iso = await generation_isolation() if settings.LOCAL_LLM == "embedded" else None
     return {
         "machine": {
             "cpus": os.cpu_count(),
@@ -316,21 +397,37 @@ async def main(args) -> dict:
             "load_avg_1m": os.getloadavg()[0],
             "tts": settings.LOCAL_TTS,
             "stt": settings.LOCAL_STT,
+            "llm": settings.LOCAL_LLM,
             "silence_window_ms": SILENCE_MS,
         },
         "single": single,
         "capacity": rows,
         "latency_doubles_at": doubled,
         "isolation": iso,
+        "generation_isolation": gen_iso,
+        "rss_mb": {"before_models": rss_before, "models_loaded": rss_loaded, "end": rss_mb()},
+        "transcript": single["transcript"],
     }
 
 
-def report(result: dict) -> str:
+def report(results: dict) -> str:
+    return "\n\n".join(f"## responder: {name}\n\n{report_one(r)}" for name, r in results.items())
+
+
+def report_one(result: dict) -> str:
     s, iso = result["single"], result["isolation"]
     lines = [
         f"machine: {result['machine']}",
         "",
-        "| one conversation, built-in responder | median | p95 |",
+        "| user said (as heard) | assistant answered | VAD end -> first audio |",
+        "|---|---|---|",
+        *(f"| {t['heard']} | {t['answer']} | {t['ms']} ms |" for t in result["transcript"]),
+        "",
+        f"resident memory: {result['rss_mb']['before_models']:.0f} MB before the models, "
+        f"{result['rss_mb']['models_loaded']:.0f} MB with them loaded, "
+        f"{result['rss_mb']['end']:.0f} MB at the end",
+        "",
+        "| one conversation | median | p95 |",
         "|---|---|---|",
         f"| VAD end (speech_stopped) -> first audio delta | {s['vad_to_audio_median_ms']:.0f} ms "
         f"| {s['vad_to_audio_p95_ms']:.0f} ms |",
@@ -364,6 +461,14 @@ def report(result: dict) -> str:
         f"{iso['idle_p50_ms']:.1f} / p95 {iso['idle_p95_ms']:.1f} / max "
         f"{iso['idle_max_ms']:.1f} ms",
     ]
+    gen = result.get("generation_isolation")
+    if gen:
+        lines.append(
+            f"isolation: while conversation A's model writes a long answer "
+            f"({gen['generation_s']:.1f} s), B's event round trip is p50 {gen['busy_p50_ms']:.1f}"
+            f" / p95 {gen['busy_p95_ms']:.1f} / max {gen['busy_max_ms']:.1f} ms "
+            f"({gen['busy_samples']} probes; idle p50 {gen['idle_p50_ms']:.1f} ms)"
+        )
     return "\n".join(lines)
 
 
@@ -374,6 +479,9 @@ if __name__ == "__main__":
     parser.add_argument("--max-conversations", type=int, default=4)
     parser.add_argument("--skip-capacity", action="store_true", help="latency and isolation only")
     parser.add_argument("--json", help="also write the raw results to this file")
+    parser.add_argument(
+        "--responders", default="embedded,none", help="LOCAL_LLM values to run, in this order"
+    )
     args = parser.parse_args()
     if args.quick:
         args.turns = min(args.turns, 4)

@@ -288,6 +288,27 @@ def shared() -> EmbeddedModel:
         return _shared
 
 
+_loading: threading.Thread | None = None
+
+
+def warm_up() -> None:
+    """Start loading the process's model in the background, once: a conversation's first
+    reply should not wait for it (the user is still speaking while it loads)."""
+    global _loading
+    with _shared_lock:
+        if _shared is not None or _loading is not None:
+            return
+        _loading = threading.Thread(target=_load_quietly, name="local-llm-load", daemon=True)
+    _loading.start()
+
+
+def _load_quietly() -> None:
+    try:
+        shared()
+    except Exception:  # the first reply raises it again, where the user sees it
+        logger.exception("the embedded language model could not be loaded")
+
+
 class EmbeddedResponder:
     """A Responder (responder.py) backed by the embedded model; tool calls become FunctionCall.
 
@@ -299,6 +320,8 @@ class EmbeddedResponder:
     def __init__(self, model: EmbeddedModel | None = None, *, max_tokens: int = 0) -> None:
         self._model = model
         self._max_tokens = max_tokens or settings.LOCAL_LLM_MAX_TOKENS
+        if model is None:
+            warm_up()
 
     async def respond(self, turn: Turn) -> AsyncIterator[TextDelta | FunctionCall]:
         model = self._model or await asyncio.to_thread(shared)

@@ -291,7 +291,22 @@ class OfflineResponder:
             return call
         user_texts = [h["text"] for h in turn.history if h.get("role") == "user" and h.get("text")]
         memory = Memory(user_texts[:-1])
-        return self._recall(text, memory, user_texts) or self._clock(text) or self._arithmetic(text)
+        return (
+            self._recall(text, memory, user_texts)
+            or self._introduction_heard(text)
+            or self._clock(text)
+            or self._arithmetic(text)
+        )
+
+    def _introduction_heard(self, text: str) -> str | None:
+        """ "My name is Ada." gets a greeting by name (a small model often skips the name); an
+        introduction with a question in it is left to the question's answerer."""
+        explicit = re.search(r"\b(my name(?: is|'s)|call me|i(?: am|'m) called)\b", text, re.I)
+        if "?" in text or not explicit:  # "I'm tired" is no name
+            return None
+        memory = Memory([])
+        memory._learn(text)
+        return f"Nice to meet you, {memory.name}!" if memory.name else None
 
     # Skills, each returns None when the text is not for it.
 
