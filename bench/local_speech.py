@@ -2,16 +2,16 @@
 
 Run from the repository root:  python bench/local_speech.py [--seconds 2]
 Prints real-time factors (processing time / audio time, lower is faster) for TTS and STT,
-VAD cost per second of audio, word accuracy of piper/espeak speech through pocketsphinx, and
-how long each library keeps the event loop waiting while it works in a worker thread.
+Whisper's load time and memory, VAD cost per second of audio, Whisper's word error rate per
+voice, what a turn spoken in real time gets from the engine (partial transcripts, and the time
+from the end of the turn to its final transcript), and how long each library keeps the event
+loop waiting while it works in a worker thread.
 """
 
 import argparse
 import asyncio
-import difflib
 import os
 import platform
-import re
 import statistics
 import sys
 import threading
@@ -31,33 +31,10 @@ from django.test import override_settings  # noqa: E402
 
 from voicechat.local_engine import stt, tts, vad  # noqa: E402
 from voicechat.local_engine.audio import PCM_RATE, pcm16_duration_ms  # noqa: E402
+from voicechat.tests.local_engine_client import EngineClient  # noqa: E402
+from voicechat.tests.speech import SENTENCES, VOICES, readings, word_error_rate  # noqa: E402
 
-SENTENCES = [
-    "What time does the store open tomorrow morning?",
-    "Please turn on the kitchen lights.",
-    "I would like to book a table for two people tonight.",
-    "How far is it from here to the train station?",
-    "Can you tell me a joke about computers?",
-    "My favorite color is blue and I live in a small town.",
-    "Set a timer for ten minutes please.",
-    "Thank you very much for your help.",
-    "The weather is nice today so let us go for a walk.",
-    "Could you remind me to call my sister on Friday?",
-]
 CHUNK = PCM_RATE // 25 * 2  # 40 ms appends, as the browser sends them
-
-
-def words(text: str) -> list[str]:
-    return re.sub(r"[^a-z' ]", " ", text.lower()).split()
-
-
-def word_accuracy(references: list[str], hypotheses: list[str]) -> float:
-    matched = total = 0
-    for reference, hypothesis in zip(references, hypotheses, strict=True):
-        ref, hyp = words(reference), words(hypothesis)
-        matched += sum(b.size for b in difflib.SequenceMatcher(a=ref, b=hyp).get_matching_blocks())
-        total += len(ref)
-    return matched / total
 
 
 def timed(fn: Callable, *args, **kwargs):
@@ -89,28 +66,28 @@ def bench_tts(name: str, voice: str) -> list[bytes]:
     return clips
 
 
+def rss_mb() -> float:
+    with open("/proc/self/status") as status:
+        return next(int(line.split()[1]) for line in status if line.startswith("VmRSS")) / 1024
+
+
 def bench_stt(clips: list[bytes]) -> None:
-    build = timed(stt._pool._build)[1]
-    recognizer = stt.make_recognizer()
-    whole, streamed, finish_ms = [], [], []
-    for pcm in clips:
-        seconds = pcm16_duration_ms(pcm, PCM_RATE) / 1000
-        whole.append(timed(recognizer.transcribe, pcm)[1] / seconds)
-        recognizer.start()
-        fed = sum(timed(recognizer.feed, chunk)[1] for chunk in chunks(pcm))
-        _text, finish = timed(recognizer.finish)
-        streamed.append((fed + finish) / seconds)
-        finish_ms.append(finish * 1000)
-    recognizer.close()
-    print(
-        f"STT pocketsphinx decoder build {build:4.2f} s (pooled: paid once per concurrent "
-        f"conversation)\n"
-        f"    transcribe(whole utterance) RTF median {statistics.median(whole):.3f}"
-        f"  max {max(whole):.3f}\n"
-        f"    streamed in 40 ms feeds     RTF median {statistics.median(streamed):.3f}"
-        f"  max {max(streamed):.3f}; finish() after the last feed median "
-        f"{statistics.median(finish_ms):.0f} ms  max {max(finish_ms):.0f} ms"
-    )
+    for language in ("en", "de"):
+        before = rss_mb()
+        recognizer, load = timed(stt.get_recognizer, language)
+        recognizer.transcribe(clips[0], language=language)
+        factors, seconds = [], []
+        for pcm in clips:
+            elapsed = timed(recognizer.transcribe, pcm, language="en")[1]
+            factors.append(elapsed / (pcm16_duration_ms(pcm, PCM_RATE) / 1000))
+            seconds.append(elapsed)
+        print(
+            f"STT Whisper {stt.model_for(language):8s} load {load:4.2f} s, "
+            f"RSS +{rss_mb() - before:.0f} MB (after decoding)\n"
+            f"    one utterance: median {statistics.median(seconds):.2f} s"
+            f"  max {max(seconds):.2f} s   RTF median {statistics.median(factors):.3f}"
+            f"  max {max(factors):.3f}"
+        )
 
 
 def bench_vad(clips: list[bytes]) -> None:
@@ -131,22 +108,69 @@ def bench_vad(clips: list[bytes]) -> None:
 # --- quality --------------------------------------------------------------------------------
 
 
-def transcribe_conversation(clips: list[bytes]) -> list[str]:
-    recognizer = stt.make_recognizer()
-    try:
-        return [recognizer.transcribe(clip) for clip in clips]
-    finally:
-        recognizer.close()
+def bench_quality() -> dict[str, list[bytes]]:
+    recognizer = stt.get_recognizer("en")
+    sets = {voice: readings(voice) for voice in VOICES}
+    for voice, clips in sets.items():
+        heard = [recognizer.transcribe(clip, language="en") for clip in clips]
+        print(f"WER {voice:20s} {word_error_rate(SENTENCES, heard):5.1%} ({len(clips)} sentences)")
+    return sets
 
 
-def bench_quality(label: str, clips: list[bytes]) -> None:
-    heard = transcribe_conversation(clips)
-    first = word_accuracy(SENTENCES[:1], heard[:1])
-    rest = word_accuracy(SENTENCES[1:], heard[1:])
-    print(
-        f"ACC {label:20s} words right {word_accuracy(SENTENCES, heard):5.1%}"
-        f"   first utterance {first:5.1%}, later ones {rest:5.1%}"
-    )
+async def spoken_turns(clips: list[bytes]) -> tuple[list[float], list[int], list[str]]:
+    """Each clip as a turn in real time; ms from speech_stopped to the final transcript, and
+    the partial transcripts (deltas) before speech_stopped."""
+    session = {
+        "type": "session.update",
+        "session": {
+            "type": "realtime",
+            "audio": {
+                "input": {
+                    "transcription": {"model": "gpt-4o-mini-transcribe", "language": "en"},
+                    "turn_detection": {"type": "server_vad", "silence_duration_ms": 500},
+                }
+            },
+        },
+    }
+    waits, partials, transcripts = [], [], []
+    async with EngineClient() as client:
+        arrived: list[float] = []  # when each event of client.log arrived
+        add = client.log.add
+        client.log.add = lambda event: (arrived.append(time.perf_counter()), add(event))
+        await client.send(session)
+        for pcm in clips:
+            await client.append_audio(bytes(300 * 48) + pcm + bytes(700 * 48), pace=0.04)
+            stopped = await client.wait("input_audio_buffer.speech_stopped")
+            done = await client.wait(
+                "conversation.item.input_audio_transcription.completed",
+                where=lambda e, item=stopped["item_id"]: e["item_id"] == item,
+            )
+            events = client.log.events
+            waits.append((arrived[events.index(done)] - arrived[events.index(stopped)]) * 1000)
+            before = events[: events.index(stopped)]
+            partials.append(
+                sum(
+                    e["type"] == "conversation.item.input_audio_transcription.delta"
+                    and e["item_id"] == stopped["item_id"]
+                    for e in before
+                )
+            )
+            transcripts.append(done["transcript"])
+            await client.wait("response.done")
+    return waits, partials, transcripts
+
+
+def bench_turns(sets: dict[str, list[bytes]]) -> None:
+    print("Turns spoken in real time (40 ms appends, 500 ms silence window):")
+    for voice, clips in sets.items():
+        waits, partials, heard = asyncio.run(spoken_turns(clips))
+        print(
+            f"    {voice:20s} speech_stopped -> transcript"
+            f" median {statistics.median(waits):4.0f} ms"
+            f"  range {min(waits):.0f}-{max(waits):.0f} ms;  partials before the end"
+            f" {statistics.mean(partials):.1f} per turn (max {max(partials)});"
+            f"  WER {word_error_rate(SENTENCES, heard):5.1%}"
+        )
 
 
 # --- GIL ------------------------------------------------------------------------------------
@@ -183,15 +207,9 @@ def bench_gil(clips: list[bytes], seconds: float) -> None:
     piper = tts.get_synthesizer()
     with override_settings(LOCAL_TTS="espeak"):
         espeak = tts.get_synthesizer()
-    recognizer = stt.make_recognizer()
+    recognizer = stt.get_recognizer("en")
     feeds = chunks(clip)
     detector = vad.VoiceActivityDetector()
-
-    def stt_stream() -> None:
-        recognizer.start()
-        for chunk in feeds:
-            recognizer.feed(chunk)
-        recognizer.finish()
 
     def vad_stream() -> None:
         for chunk in feeds:
@@ -201,9 +219,7 @@ def bench_gil(clips: list[bytes], seconds: float) -> None:
         "idle (baseline)": None,
         "piper synthesize": lambda: piper.synthesize(SENTENCES[2], voice="piper"),
         "espeak synthesize": lambda: espeak.synthesize(SENTENCES[2], voice="marin"),
-        "pocketsphinx stream": stt_stream,
-        "pocketsphinx whole": lambda: recognizer.transcribe(clip),
-        "pocketsphinx build": stt._pool._build,
+        "whisper transcribe": lambda: recognizer.transcribe(clip, language="en"),
         "silero VAD feed": vad_stream,
     }
     print(f"GIL: 1 ms asyncio.sleep in the loop while a thread works ({seconds:.0f} s each)")
@@ -215,7 +231,6 @@ def bench_gil(clips: list[bytes], seconds: float) -> None:
             f"    {label:20s} ticks {len(gaps):5d}  p50 {statistics.median(gaps):6.2f} ms  "
             f"p99 {p99:7.2f} ms  max {gaps[-1]:7.2f} ms   ({runs} runs)"
         )
-    recognizer.close()
 
 
 def main() -> None:
@@ -228,11 +243,11 @@ def main() -> None:
         f"{os.getloadavg()[1]:.2f} {os.getloadavg()[2]:.2f}  Python {platform.python_version()}"
     )
     piper_clips = bench_tts("piper", "piper")
-    espeak_clips = bench_tts("espeak", "marin")
+    bench_tts("espeak", "marin")
     bench_stt(piper_clips)
     bench_vad(piper_clips)
-    bench_quality("piper -> pocketsphinx", piper_clips)
-    bench_quality("espeak -> pocketsphinx", espeak_clips)
+    sets = bench_quality()
+    bench_turns(sets)
     bench_gil(piper_clips, args.seconds)
     print(f"# load after {os.getloadavg()[0]:.2f}")
 

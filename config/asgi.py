@@ -13,6 +13,7 @@ from channels.auth import AuthMiddlewareStack  # noqa: E402
 from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402
 
 from voicechat.routing import websocket_urlpatterns  # noqa: E402
+from voicechat.upstream import Backend, resolve_backend  # noqa: E402
 
 # No AllowedHostsOriginValidator here: it refuses every handshake without an Origin header,
 # which is every script and OpenAI's SDK. The consumer checks the origin of cookie-authenticated
@@ -23,6 +24,13 @@ application = ProtocolTypeRouter(
         "websocket": AuthMiddlewareStack(URLRouter(websocket_urlpatterns)),
     }
 )
+
+# The offline engine's models load now, in the background, rather than in the first conversation
+# (a missing model was already reported by the start-up check, voicechat/checks.py).
+if resolve_backend() == Backend.LOCAL:
+    from voicechat.local_engine import speech
+
+    speech.warm_up()
 
 # Everything alive now (Django, the apps, the URL conf) lives as long as the process. Moved out
 # of the collector's sight, it is not walked again by every full collection, which otherwise

@@ -250,10 +250,13 @@ LOCAL_MODEL_CACHE = os.environ.get(
 )
 
 # --- Local engine: speech ---
-# Speech recognizer: pocketsphinx (bundled, US English), faster-whisper (if you installed it
-# and copied a model to LOCAL_STT_MODEL_PATH), or a dotted path to your own factory.
-LOCAL_STT = os.environ.get("LOCAL_STT", "pocketsphinx").strip()
-LOCAL_STT_MODEL_PATH = os.environ.get("LOCAL_STT_MODEL_PATH", "")
+# Speech recognizer: faster-whisper (Whisper, models from requirements-models.txt) or a dotted
+# path to your own factory (voicechat/local_engine/stt.py).
+LOCAL_STT = os.environ.get("LOCAL_STT", "faster-whisper").strip()
+# auto: Whisper tiny.en for English, multilingual base for other transcription languages.
+LOCAL_STT_MODEL = os.environ.get("LOCAL_STT_MODEL", "auto").strip()
+# Your own CTranslate2 Whisper model directory (with tokenizer.json), for every language.
+LOCAL_STT_MODEL_PATH = os.environ.get("LOCAL_STT_MODEL_PATH", "").strip()
 # Speech synthesizer: piper (bundled joe voice), espeak (fast, robotic) or a dotted path.
 LOCAL_TTS = os.environ.get("LOCAL_TTS", "piper").strip()
 # Another piper voice: path to its .onnx file, with the .onnx.json beside it.

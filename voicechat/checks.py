@@ -21,7 +21,9 @@ def _offline_engine_in_use() -> bool:
 def offline_models(app_configs=None, **kwargs) -> list[checks.CheckMessage]:
     if not _offline_engine_in_use():
         return []
-    problems = []
+    from voicechat.local_engine import stt
+
+    problems = stt.check_models()
     if not settings.LOCAL_LLM_URL and settings.LOCAL_LLM == "embedded":
         from voicechat.local_engine import llm
 

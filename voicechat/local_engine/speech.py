@@ -1,4 +1,4 @@
-"""The engine's view of the speech components: STT per conversation, TTS, audio formats.
+"""The engine's view of the speech components: a Transcriber per conversation, TTS, formats.
 
 The components themselves (vad, stt, tts, audio) are separate modules; this one only runs them
 off the event loop in the shared pool and converts between PCM16 24 kHz and the session's
@@ -7,10 +7,12 @@ audio format.
 
 import asyncio
 import logging
+import threading
 import time
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
 
-from voicechat.local_engine import audio
+from voicechat.local_engine import audio, stt
 from voicechat.local_engine.workers import run_heavy
 
 logger = logging.getLogger(__name__)
@@ -43,110 +45,192 @@ def _timed(fn, *args):
     return result, time.perf_counter() - start
 
 
-class Transcriber:
-    """One recognizer per conversation, fed in order by one worker task.
+# Decode the utterance again after this much new speech. A partial decode costs a whole decode
+# (tiny.en: ~0.1-0.15 s of both cores on 2 cores), so every second keeps listening to someone at
+# ~10-15 % of the machine, and gave ~1 partial transcript per 2-3 s sentence.
+PARTIAL_EVERY_MS = 1000
+_BYTES_PER_MS = 48  # PCM16 mono 24 kHz
+# Decodes running in this process. A partial decode starts only when none is: partials are a
+# courtesy, and must never make a final transcript (which someone waits for) queue behind them.
+# Changed only on event loop threads, so the GIL keeps it whole.
+_decoding = 0
 
-    pocketsphinx adapts to the speaker over a conversation, so a conversation keeps its
-    recognizer. With server VAD the utterance is streamed into the recognizer while the user
-    speaks, so at the end of the turn only the last bit of decoding remains.
+
+@dataclass
+class _Utterance:
+    """The turn being spoken, as the Transcriber follows it."""
+
+    language: str
+    on_delta: Callable[[str], None] | None
+    audio: bytearray = field(default_factory=bytearray)
+    sent: str = ""  # the text given to on_delta so far: every later decode continues it
+    previous: str = ""  # the last partial decode's text
+    partial_from: int = 0  # len(audio) when the last partial decode started
+    partial_running: bool = False
+    final: asyncio.Task | None = None  # the final decode; speculative until stream_finish
+
+
+class Transcriber:
+    """Speech recognition for one conversation, run in the shared "stt" pool off the event loop.
+
+    Whole items go through transcribe(). A turn heard by the server VAD is streamed: while the
+    user speaks, the utterance so far is decoded again every PARTIAL_EVERY_MS of new speech, and
+    the words two decodes agree on go to on_delta (stt.agreed_prefix), so the deltas concatenate
+    to the final transcript, as OpenAI's gpt-4o-transcribe sends them. When the VAD hears the
+    pause begin (stream_pause), the final decode starts at once on the audio so far: the turn
+    ends only silence_duration_ms later, by when the transcript is usually ready. If the user
+    goes on speaking (stream_resume), that decode is discarded.
     """
 
     def __init__(self, stats: SpeechStats | None = None) -> None:
         self.stats = stats or SpeechStats()
-        self._recognizer = None
-        self._language: str | None = None
-        self._ops: asyncio.Queue | None = None
-        self._worker: asyncio.Task | None = None
+        self._utterance: _Utterance | None = None
+        self._tasks: set[asyncio.Task] = set()
 
-    def _submit(self, fn, *args) -> asyncio.Future:
-        if self._worker is None:
-            self._ops = asyncio.Queue()
-            self._worker = asyncio.create_task(self._work())
-        future = asyncio.get_running_loop().create_future()
-        self._ops.put_nowait((fn, args, future))
-        return future
+    def _decode(self, pcm16_24k: bytes, language: str, prefix: str = "") -> asyncio.Task:
+        task = asyncio.create_task(self._run(pcm16_24k, language, prefix))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return task
 
-    async def _work(self) -> None:
-        while True:
-            fn, args, future = await self._ops.get()
-            if future.cancelled():
-                continue
-            try:
-                result, seconds = await run_heavy("stt", _timed, fn, *args)
-                self.stats.stt_seconds += seconds
-            except Exception as exc:
-                if not future.cancelled():
-                    future.set_exception(exc)
-            else:
-                if not future.cancelled():
-                    future.set_result(result)
+    async def _run(self, pcm16_24k: bytes, language: str, prefix: str) -> str:
+        global _decoding
+        _decoding += 1
+        try:
+            text, seconds = await run_heavy("stt", _timed, _recognize, pcm16_24k, language, prefix)
+        finally:
+            _decoding -= 1
+        self.stats.stt_seconds += seconds
+        return text
 
-    def _recognizer_for(self, language: str):
-        if self._recognizer is None or language != self._language:
-            from voicechat.local_engine.stt import make_recognizer
-
-            if self._recognizer is not None:
-                self._recognizer.close()
-            self._recognizer = make_recognizer(language=language)
-            self._language = language
-        return self._recognizer
-
-    def transcribe(self, pcm16_24k: bytes, language: str) -> asyncio.Future:
-        """A whole utterance at once (push-to-talk, created audio items); await the result.
-
-        Queued at once (not when awaited), so it stays in order with the streaming calls.
-        """
+    def transcribe(self, pcm16_24k: bytes, language: str) -> asyncio.Task:
+        """A whole utterance at once (push-to-talk, created audio items); await the text."""
         self.stats.stt_audio_seconds += len(pcm16_24k) / 48000
-        return self._submit(lambda: self._recognizer_for(language).transcribe(pcm16_24k))
+        return self._decode(pcm16_24k, language)
 
-    def stream_start(self, language: str) -> None:
-        future = self._submit(lambda: self._recognizer_for(language).start())
-        future.add_done_callback(_ignore_result)
+    def stream_start(self, language: str, on_delta: Callable[[str], None] | None = None) -> None:
+        """A new turn; on_delta(text) gets the transcript as it grows (None: no partials)."""
+        self._utterance = _Utterance(language, on_delta)
 
     def stream_feed(self, pcm16_24k: bytes) -> None:
-        if pcm16_24k:
-            self.stats.stt_audio_seconds += len(pcm16_24k) / 48000
-            future = self._submit(lambda: self._recognizer.feed(pcm16_24k))
-            future.add_done_callback(_ignore_result)
+        utterance = self._utterance
+        if utterance is None or not pcm16_24k:
+            return
+        utterance.audio += pcm16_24k
+        self.stats.stt_audio_seconds += len(pcm16_24k) / 48000
+        if (
+            utterance.on_delta is not None
+            and utterance.final is None
+            and not utterance.partial_running
+            and not _decoding
+            and len(utterance.audio) - utterance.partial_from >= PARTIAL_EVERY_MS * _BYTES_PER_MS
+            and len(utterance.audio) <= stt.LONGEST_SHORT_DECODE_S * 1000 * _BYTES_PER_MS
+        ):
+            utterance.partial_from = len(utterance.audio)
+            utterance.partial_running = True
+            partial = self._decode(bytes(utterance.audio), utterance.language, utterance.sent)
+            partial.add_done_callback(lambda task: self._partial_done(utterance, task))
+
+    def _partial_done(self, utterance: _Utterance, task: asyncio.Task) -> None:
+        utterance.partial_running = False
+        if task.cancelled() or task.exception() is not None:
+            return
+        # Once the final decode has started from `sent`, nothing more may be sent before it.
+        if utterance is not self._utterance or utterance.final is not None:
+            return
+        text = task.result()
+        agreed = stt.agreed_prefix(utterance.previous, text, sent=utterance.sent)
+        utterance.previous = text
+        self._send(utterance, agreed)
+
+    def _send(self, utterance: _Utterance, text: str) -> None:
+        if len(text) > len(utterance.sent):
+            delta, utterance.sent = text[len(utterance.sent) :], text
+            utterance.on_delta(delta)
+
+    def stream_pause(self) -> None:
+        """The user paused: decode the turn as it stands, in case it has ended."""
+        utterance = self._utterance
+        if utterance is not None and utterance.final is None:
+            utterance.final = self._decode(
+                bytes(utterance.audio), utterance.language, utterance.sent
+            )
+
+    def stream_resume(self) -> None:
+        """The user speaks again: the turn goes on, and the early final decode is discarded."""
+        if self._utterance is not None:
+            self._utterance.final = None
+
+    def stream_cancel(self) -> None:
+        """Forget the turn (its audio was committed or cleared some other way)."""
+        self._utterance = None
 
     def stream_finish(self) -> asyncio.Future:
-        """End the streamed utterance; await the future for its text (queued at once)."""
-        return self._submit(lambda: self._recognizer.finish().strip() if self._recognizer else "")
+        """End the turn; await the future for its final text (its last delta is sent first)."""
+        utterance, self._utterance = self._utterance, None
+        result = asyncio.get_running_loop().create_future()
+        if utterance is None:
+            result.set_result("")
+            return result
+        final = utterance.final or self._decode(
+            bytes(utterance.audio), utterance.language, utterance.sent
+        )
+
+        def finished(task: asyncio.Task) -> None:
+            if result.cancelled():
+                return
+            if task.cancelled():
+                result.cancel()
+            elif task.exception() is not None:
+                result.set_exception(task.exception())
+            else:
+                if utterance.on_delta is not None:
+                    self._send(utterance, task.result())
+                result.set_result(task.result())
+
+        final.add_done_callback(finished)
+        return result
 
     async def close(self) -> None:
-        if self._worker is not None:
-            self._worker.cancel()
-            await asyncio.gather(self._worker, return_exceptions=True)
-        if self._recognizer is not None:
-            self._recognizer.close()
+        self._utterance = None
+        tasks = [*self._tasks]
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
 
 
-def _ignore_result(future: asyncio.Future) -> None:
-    if not future.cancelled() and future.exception() is not None:
-        logger.warning("background speech work failed: %r", future.exception())
+def _recognize(pcm16_24k: bytes, language: str, prefix: str) -> str:
+    """Runs in the stt pool: the shared recognizer's transcript, continuing `prefix`."""
+    text = stt.get_recognizer(language).transcribe(pcm16_24k, language=language, prefix=prefix)
+    return stt.continued(prefix, text.strip())
 
 
 _warm = False
-_background: set[asyncio.Future] = set()
+_warm_lock = threading.Lock()
 
 
 def warm_up() -> None:
-    """Load the synthesizer in the background once per process (piper takes ~1 s to load), so
-    the first reply of the first conversation doesn't wait for it."""
+    """Load the speech models once per process, in the background: at server start
+    (config/asgi.py), else at the first conversation. Whisper and piper take ~1 s each to load,
+    which no conversation should wait for."""
     global _warm
-    if _warm:
-        return
-    _warm = True
+    with _warm_lock:
+        if _warm:
+            return
+        _warm = True
+    threading.Thread(target=_load_models, name="local-warm-up", daemon=True).start()
 
-    def load() -> None:
-        from voicechat.local_engine.tts import get_synthesizer
 
-        get_synthesizer()
+def _load_models() -> None:
+    from voicechat.local_engine.tts import get_synthesizer
 
-    task = asyncio.ensure_future(run_heavy("tts", load))
-    task.add_done_callback(_ignore_result)
-    _background.add(task)  # the loop keeps only weak references to tasks
-    task.add_done_callback(_background.discard)
+    for load in (stt.preload, get_synthesizer):
+        try:
+            load()
+        except Exception:
+            # The system check reports a missing model at start-up; a conversation that needs
+            # it reports it again (transcription failed). Nothing more to do here.
+            logger.exception("could not load a speech model ahead of time")
 
 
 def _synthesize_sync(text: str, voice: str) -> bytes:

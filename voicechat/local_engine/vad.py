@@ -63,6 +63,17 @@ class VoiceActivityDetector:
         return self._speaking
 
     @property
+    def silence_ms(self) -> int:
+        """How long the current pause in speech has lasted, in ms (0 while the voice goes on).
+
+        speech_stopped comes only once the pause reaches silence_duration_ms; until then this lets
+        the engine get ready for the end of the turn (stt: the final decode starts early).
+        """
+        if not self._speaking or self._silence_start_frame is None:
+            return 0
+        return (self._frames - self._silence_start_frame) * FRAME_MS
+
+    @property
     def processed_ms(self) -> int:
         """How much audio the model has judged so far, in ms."""
         return self._frames * FRAME_MS
@@ -80,7 +91,6 @@ class VoiceActivityDetector:
         return events
 
     def _probability(self, frame: bytes) -> float:
-        # Convert with numpy: pysilero's own bytes path is a Python loop over 512 samples.
         samples = np.frombuffer(frame, dtype="<i2").astype(np.float32) / 32767.0
         return float(self._model.process_array(samples))
 

@@ -1,19 +1,20 @@
 """The local engine end to end with real speech: its own TTS voice fed back as user audio.
 
-Real VAD, recognizer and synthesizer (models ship in the PyPI wheels). Audio is appended in
-40 ms chunks as fast as the engine takes it; VAD positions are in audio time, so pace does
+Real VAD, recognizer and synthesizer (models ship in the PyPI wheels); answers by rules only
+(LOCAL_LLM=none), so the replies are known. Audio is appended in 40 ms chunks as fast as the
+engine takes it unless a test says otherwise; VAD positions are in audio time, so pace does
 not change the events.
 """
 
 import asyncio
 import base64
-import re
 
 import pytest
 
+from voicechat.local_engine import speech
 from voicechat.local_engine.audio import pcm16_to_ulaw, ulaw_to_pcm16
 from voicechat.tests.local_engine_client import EngineClient, reply_text, user_text
-from voicechat.tests.speech import spoken
+from voicechat.tests.speech import spoken, words
 
 pytestmark = pytest.mark.slow
 
@@ -23,6 +24,7 @@ BYTES_PER_MS = 48
 @pytest.fixture(autouse=True)
 def _offline(settings):
     settings.LOCAL_LLM_URL = ""
+    settings.LOCAL_LLM = "none"
 
 
 def silence(ms: int) -> bytes:
@@ -34,13 +36,8 @@ async def speak(text: str) -> bytes:
     return await asyncio.to_thread(spoken, text)
 
 
-def words(text: str) -> set[str]:
-    return set(re.findall(r"[a-z']+", text.lower()))
-
-
-def heard_most(expected: str, transcript: str) -> bool:
-    wanted = words(expected)
-    return len(wanted & words(transcript)) >= 0.75 * len(wanted)
+def same_words(expected: str, transcript: str) -> bool:
+    return words(expected) == words(transcript)
 
 
 VOICE_SESSION = {
@@ -74,6 +71,41 @@ async def voice_turn(client: EngineClient, text: str) -> tuple[dict, dict, dict]
     return stopped, heard, done
 
 
+async def test_a_turn_is_transcribed_while_spoken_and_ready_when_it_ends(monkeypatch):
+    paused: list[int] = []  # how many events had been sent when the early final decode began
+    pause = speech.Transcriber.stream_pause
+
+    def spy(transcriber: speech.Transcriber) -> None:
+        if transcriber._utterance is not None and transcriber._utterance.final is None:
+            paused.append(len(client.log.events))
+        pause(transcriber)
+
+    monkeypatch.setattr(speech.Transcriber, "stream_pause", spy)
+    text = "My friend Maria lives in a small house near the river with her three dogs."
+    async with EngineClient() as client:
+        await client.send(VOICE_SESSION)
+        # In real time, as a microphone sends it: partial decodes happen while it arrives.
+        await client.append_audio(silence(300) + await speak(text) + silence(700), pace=0.04)
+        stopped = await client.wait("input_audio_buffer.speech_stopped")
+        completed = await client.wait("conversation.item.input_audio_transcription.completed")
+        assert same_words(text, completed["transcript"]), completed["transcript"]
+        events = client.log.events
+        deltas = [
+            e
+            for e in events
+            if e["type"] == "conversation.item.input_audio_transcription.delta"
+            and e["item_id"] == stopped["item_id"]
+        ]
+        # Partial transcripts while the user spoke (a decode about every second of speech),
+        # all of them before the final transcript, which they add up to (OpenAI's deltas).
+        assert events.index(deltas[0]) < events.index(stopped)
+        assert all(events.index(d) < events.index(completed) for d in deltas)
+        assert "".join(d["delta"] for d in deltas) == completed["transcript"]
+        # The final decode began in the pause, before the turn was declared over.
+        assert paused and paused[-1] <= events.index(stopped)
+        await client.wait("response.done")
+
+
 def audio_ms_of(client: EngineClient, item_id: str) -> float:
     deltas = [e for e in client.log.of("response.output_audio.delta") if e["item_id"] == item_id]
     return sum(len(base64.b64decode(d["delta"])) for d in deltas) / BYTES_PER_MS
@@ -97,7 +129,7 @@ async def test_spoken_turns_are_transcribed_remembered_and_answered_with_audio()
         user_item = (await client.wait("conversation.item.added"))["item"]
         assert user_item["content"] == [{"type": "input_audio", "transcript": None}]
         heard = await client.wait("conversation.item.input_audio_transcription.completed")
-        assert heard_most("my name is bob", heard["transcript"]), heard["transcript"]
+        assert same_words("my name is bob", heard["transcript"]), heard["transcript"]
         assert heard["usage"]["type"] == "duration" and heard["usage"]["seconds"] > 0.5
         done = await client.wait("response.done")
         assert done["response"]["status"] == "completed"
@@ -113,12 +145,12 @@ async def test_spoken_turns_are_transcribed_remembered_and_answered_with_audio()
         assert done["response"]["usage"]["output_token_details"]["audio_tokens"] > 0
 
         _, heard, done = await voice_turn(client, "What is my name?")
-        assert heard_most("what is my name", heard["transcript"]), heard["transcript"]
+        assert same_words("what is my name", heard["transcript"]), heard["transcript"]
         assert "Your name is Bob" in reply_text(done)
 
-        _, heard, done = await voice_turn(client, "What is three plus four?")
-        assert heard_most("what is three plus four", heard["transcript"]), heard["transcript"]
-        assert "7" in reply_text(done)
+        _, heard, done = await voice_turn(client, "What is twelve times seven?")
+        assert same_words("what is twelve times seven", heard["transcript"]), heard["transcript"]
+        assert "84" in reply_text(done)
 
 
 async def test_barge_in_cancels_the_response_and_the_new_turn_is_answered():
@@ -204,7 +236,7 @@ async def test_push_to_talk_commit_and_response_create():
         committed = await client.wait("input_audio_buffer.committed")
         heard = await client.wait("conversation.item.input_audio_transcription.completed")
         assert heard["item_id"] == committed["item_id"]
-        assert heard_most("what time is it", heard["transcript"]), heard["transcript"]
+        assert same_words("what time is it", heard["transcript"]), heard["transcript"]
         assert not client.log.of("input_audio_buffer.speech_started")
         assert not client.log.of("response.created")  # push-to-talk: only on request
         await client.send({"type": "response.create"})
@@ -278,7 +310,11 @@ async def test_g711_mu_law_in_and_out():
                 "session": {
                     "type": "realtime",
                     "audio": {
-                        "input": {"format": {"type": "audio/pcmu"}, "turn_detection": None},
+                        "input": {
+                            "format": {"type": "audio/pcmu"},
+                            "turn_detection": None,
+                            "transcription": {"model": "whisper-1", "language": "en"},
+                        },
                         "output": {"format": {"type": "audio/pcmu"}},
                     },
                 },
@@ -297,14 +333,14 @@ async def test_g711_mu_law_in_and_out():
             )
         await client.send({"type": "input_audio_buffer.commit"})
         committed = await client.wait("input_audio_buffer.committed")
-        # A typed question keeps the reply short (8 kHz speech is recognised poorly, below).
-        await client.send(user_text("what is 3 plus 4"))
+        # Telephone-band audio is decoded and upsampled to the engine's 24 kHz timeline, where
+        # Whisper hears it as well as wideband speech.
+        heard = await client.wait("conversation.item.input_audio_transcription.completed")
+        assert heard["item_id"] == committed["item_id"]
+        assert same_words("what is three plus four", heard["transcript"]), heard["transcript"]
         await client.send({"type": "response.create"})
         done = await client.wait("response.done")
         assert "7" in reply_text(done)
-        # Telephone-band audio is decoded and upsampled to the engine's 24 kHz timeline.
-        # (pocketsphinx's wideband model recognises 8 kHz speech poorly, so the words
-        # themselves are not asserted here; see docs/local-engine.md.)
         await client.send({"type": "conversation.item.retrieve", "item_id": committed["item_id"]})
         user_audio = (await client.wait("conversation.item.retrieved"))["item"]["content"][0]
         assert abs(len(base64.b64decode(user_audio["audio"])) - len(pcm)) < 100 * BYTES_PER_MS

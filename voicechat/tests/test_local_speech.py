@@ -1,15 +1,15 @@
-"""The local engine's speech parts with their real bundled models: audio, VAD, STT, TTS."""
+"""The local engine's speech parts with their real bundled models: audio, VAD, TTS.
 
-import difflib
-import re
+Speech recognition has its own module, test_local_stt.py.
+"""
+
 import threading
-import time
 
 import numpy as np
 import pytest
 from django.core.exceptions import ImproperlyConfigured
 
-from voicechat.local_engine import audio, stt, tts, vad
+from voicechat.local_engine import audio, tts, vad
 from voicechat.local_engine.audio import PCM_RATE, Resampler, pcm16_duration_ms
 from voicechat.tests.speech import spoken
 
@@ -44,21 +44,6 @@ def rms(pcm16: bytes) -> float:
 def in_chunks(pcm16: bytes, size: int):
     for start in range(0, len(pcm16), size):
         yield pcm16[start : start + size]
-
-
-def words(text: str) -> list[str]:
-    return re.sub(r"[^a-z' ]", " ", text.lower()).split()
-
-
-def word_accuracy(references: list[str], hypotheses: list[str]) -> float:
-    """Share of reference words recognised, in order (1 - deletions/substitutions rate)."""
-    matched = total = 0
-    for reference, hypothesis in zip(references, hypotheses, strict=True):
-        ref, hyp = words(reference), words(hypothesis)
-        blocks = difflib.SequenceMatcher(a=ref, b=hyp).get_matching_blocks()
-        matched += sum(block.size for block in blocks)
-        total += len(ref)
-    return matched / total
 
 
 @pytest.fixture(scope="module")
@@ -199,133 +184,6 @@ def test_vad_ignores_silence_and_low_noise(noise_std):
     detector = vad.VoiceActivityDetector()
     assert feed_all(detector, noise) == []
     assert detector.processed_ms >= 4900
-
-
-# --- STT ------------------------------------------------------------------------------------
-
-
-@pytest.mark.slow
-def test_stt_transcribes_piper_speech(piper_speech):
-    recognizer = stt.make_recognizer()
-    try:
-        heard = [recognizer.transcribe(piper_speech[text]) for text in SENTENCES]
-    finally:
-        recognizer.close()
-    # ~90% measured (the first utterance is the worst: the decoder adapts to the voice).
-    assert word_accuracy(SENTENCES, heard) >= 0.7, heard
-
-
-@pytest.mark.slow
-def test_stt_streams_partials_and_a_final(piper_speech):
-    recognizer = stt.make_recognizer()
-    try:
-        recognizer.transcribe(piper_speech[SENTENCES[0]])  # let it adapt to the voice
-        recognizer.start()
-        chunks = in_chunks(piper_speech[SENTENCES[2]], CHUNK_24K)
-        partials = [recognizer.feed(chunk) for chunk in chunks]
-        final = recognizer.finish()
-    finally:
-        recognizer.close()
-    partials = [partial for partial in partials if partial is not None]
-    assert len(partials) >= 2
-    assert word_accuracy([SENTENCES[2]], [final]) >= 0.7, final
-    assert words(partials[-1])[:3] == words(final)[:3]
-
-
-@pytest.mark.slow
-def test_stt_hears_nothing_in_silence():
-    recognizer = stt.make_recognizer()
-    try:
-        assert recognizer.transcribe(b"\x00\x00" * PCM_RATE) == ""
-        assert recognizer.finish() == ""  # no utterance open
-    finally:
-        recognizer.close()
-
-
-@pytest.mark.slow
-def test_stt_pooled_decoder_starts_fresh_for_each_conversation(piper_speech):
-    first = stt.make_recognizer()
-    fresh_text = first.transcribe(piper_speech[SENTENCES[1]])
-    first.transcribe(piper_speech[SENTENCES[2]])  # adapts the decoder to this voice
-    first.close()
-
-    second = stt.make_recognizer()  # gets the same decoder back from the pool
-    try:
-        assert second.transcribe(piper_speech[SENTENCES[1]]) == fresh_text
-    finally:
-        second.close()
-    with pytest.raises(RuntimeError):
-        first.transcribe(piper_speech[SENTENCES[1]])
-
-
-@pytest.mark.slow
-def test_stt_close_during_a_call_returns_the_decoder_when_the_call_ends(piper_speech):
-    long_utterance = b"".join(piper_speech[text] for text in SENTENCES)
-    recognizer = stt.make_recognizer()
-    decoder = recognizer._slot.decoder
-    heard: list[str] = []
-    worker = threading.Thread(target=lambda: heard.append(recognizer.transcribe(long_utterance)))
-    worker.start()
-    while not recognizer._busy and worker.is_alive():
-        time.sleep(0.001)  # wait (not a timing assertion) until the decoder is in use
-    recognizer.close()  # as the session does when the socket drops mid-transcription
-    assert recognizer._slot.decoder is decoder  # still in use: not given back yet
-    assert decoder not in stt._pool._idle
-    worker.join()
-    assert words(heard[0])[:3] == ["what", "time", "does"]
-    assert recognizer._slot.decoder is None  # given back once the call ended
-    with pytest.raises(RuntimeError):
-        recognizer.feed(b"\x00\x00" * 480)
-
-
-@pytest.mark.slow
-def test_stt_conversations_in_parallel_threads(piper_speech):
-    results: dict[int, list[str]] = {}
-
-    def converse(index: int) -> None:
-        recognizer = stt.make_recognizer()
-        try:
-            results[index] = [recognizer.transcribe(piper_speech[text]) for text in SENTENCES[2:]]
-        finally:
-            recognizer.close()
-
-    threads = [threading.Thread(target=converse, args=(i,)) for i in range(2)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
-    assert results[0] == results[1]
-    assert word_accuracy(SENTENCES[2:], results[0]) >= 0.7
-
-
-def test_stt_faster_whisper_unavailable_is_explained(settings, tmp_path):
-    settings.LOCAL_STT = "faster-whisper"
-    settings.LOCAL_STT_MODEL_PATH = str(tmp_path)  # exists, but holds no model.bin
-    with pytest.raises(ImproperlyConfigured, match="LOCAL_STT"):
-        stt.make_recognizer()
-
-
-def test_stt_unknown_backend_is_explained(settings):
-    settings.LOCAL_STT = "vosk"
-    with pytest.raises(ImproperlyConfigured, match="pocketsphinx, faster-whisper"):
-        stt.make_recognizer()
-    settings.LOCAL_STT = "nowhere.to.be.found"
-    with pytest.raises(ImproperlyConfigured, match="cannot be imported"):
-        stt.make_recognizer()
-
-
-def english_only_recognizer(*, language: str) -> stt.PocketsphinxRecognizer:
-    """A plug-in factory, as a deployer would write one."""
-    assert language == "en"
-    return stt.PocketsphinxRecognizer()
-
-
-@pytest.mark.slow
-def test_stt_dotted_path_plug_in(settings):
-    settings.LOCAL_STT = f"{__name__}.english_only_recognizer"
-    recognizer = stt.make_recognizer(language="en")
-    assert isinstance(recognizer, stt.PocketsphinxRecognizer)
-    recognizer.close()
 
 
 # --- TTS ------------------------------------------------------------------------------------
