@@ -267,9 +267,6 @@ LOCAL_PIPER_VOICE = os.environ.get("LOCAL_PIPER_VOICE", "")
 # An OpenAI-compatible chat-completions server for the local engine's replies (Ollama:
 # http://127.0.0.1:11434/v1, llama.cpp server: http://127.0.0.1:8080/v1); it overrides LOCAL_LLM.
 LOCAL_LLM_URL = os.environ.get("LOCAL_LLM_URL", "").strip()
-LOCAL_LLM_MODEL = os.environ.get("LOCAL_LLM_MODEL", "llama3.2")
-LOCAL_LLM_API_KEY = os.environ.get("LOCAL_LLM_API_KEY", "")
-# Seconds to wait for the LLM server before the response fails.
 # Without LOCAL_LLM_URL: `embedded` runs a language model in process (llama.cpp; the pinned
 # Qwen2.5-Coder-1.5B from requirements-models.txt, or your own GGUF at LOCAL_LLM_MODEL_PATH);
 # `none` answers by rules only (time, date, arithmetic, remembered facts, tools).
@@ -280,6 +277,9 @@ LOCAL_LLM_CONTEXT = envint("LOCAL_LLM_CONTEXT", 4096)
 LOCAL_LLM_MAX_TOKENS = envint("LOCAL_LLM_MAX_TOKENS", 120)
 # Threads for the embedded model (0: one per core).
 LOCAL_LLM_THREADS = envint("LOCAL_LLM_THREADS", 0)
+LOCAL_LLM_MODEL = os.environ.get("LOCAL_LLM_MODEL", "llama3.2")
+LOCAL_LLM_API_KEY = os.environ.get("LOCAL_LLM_API_KEY", "")
+# Seconds to wait for the LLM server before the response fails.
 LOCAL_LLM_TIMEOUT = envint("LOCAL_LLM_TIMEOUT", 60)
 # Threads for speech recognition, and as many for synthesis, shared by all conversations
 # (0: one per core).
