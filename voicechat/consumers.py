@@ -54,12 +54,15 @@ def _frame_send(send):
 
 
 async def _cancel_and_wait(task: asyncio.Task | None) -> None:
-    """Cancel `task` and wait until it has stopped (not when it is the caller itself)."""
+    """Cancel `task` and wait until it has stopped (not when it is the caller itself).
+
+    asyncio.wait, not `await task` in suppress(CancelledError): that also swallowed a
+    cancellation of the caller, which then ran on "cancelling" and was waited for forever.
+    """
     if task is None or task is asyncio.current_task():
         return
     task.cancel()
-    with contextlib.suppress(asyncio.CancelledError):
-        await task
+    await asyncio.wait([task])
 
 
 class RealtimeGatewayConsumer(AsyncWebsocketConsumer):

@@ -10,8 +10,10 @@ import asyncio
 import base64
 import contextlib
 import json
+import time
 
 import pytest
+from channels.layers import get_channel_layer
 from websockets.asyncio.client import connect as ws_connect
 from websockets.exceptions import ConnectionClosed
 
@@ -104,4 +106,37 @@ async def test_a_failing_cleanup_step_does_not_stop_the_others(
     assert conversation.ended >= conversation.started
     if step != "voicechat.upstream.OpenAIUpstream.close":
         await asyncio.wait_for(fake_upstream.connections[0].wait_closed(), 5)
+    assert lifecycle.live_count() == 0
+
+
+async def test_a_close_while_staff_end_the_conversation_and_the_relay_is_slow_to_stop(
+    fake_upstream, alice, alice_token, connect, monkeypatch
+):
+    """The listener waits for the relay to stop when the client leaves: neither may hang.
+
+    A database call the relay is making finishes before the relay stops (asgiref waits for the
+    thread). The listener, cancelled meanwhile, once swallowed its own cancellation and was
+    waited for forever, and the conversation was never ended.
+    """
+    admitting = asyncio.Event()
+
+    async def slow_budget_problem(*args, **kwargs) -> None:
+        admitting.set()
+        try:
+            await asyncio.sleep(30)
+        except asyncio.CancelledError:
+            await asyncio.sleep(0.5)  # the database call finishes first
+            raise
+
+    monkeypatch.setattr("voicechat.consumers.budget_problem", slow_budget_problem)
+    connected, client = await connect(token=alice_token)
+    await asyncio.wait_for(admitting.wait(), 5)
+    conversation = await db(Conversation.objects.get, user=alice)
+    await get_channel_layer().send(conversation.channel_name, {"type": "gateway.end", "by": "olga"})
+    await asyncio.sleep(0.1)  # the listener is now waiting for the relay to stop
+    started = time.monotonic()
+    await client.communicator.disconnect(timeout=10)  # then it would cancel the consumer
+    assert time.monotonic() - started < 3
+    conversation = await finished_conversation(alice, timeout=5)
+    assert conversation.end_reason == EndReason.ENDED_BY_STAFF
     assert lifecycle.live_count() == 0
