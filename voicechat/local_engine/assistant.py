@@ -47,9 +47,12 @@ NOTHING_TO_SAY = "Sorry, I don't have a good answer to that."
 class Assistant:
     """A Responder: rules for exact answers, the language model for everything else."""
 
-    def __init__(self, model: Responder, rules: OfflineResponder | None = None) -> None:
+    def __init__(self, model: Responder, *, tools_by_rules: bool) -> None:
+        """`tools_by_rules`: the rules call a tool the request names (for a small model that
+        calls tools poorly); otherwise tool choice is the model's alone."""
         self._model = model
-        self._rules = rules or OfflineResponder()
+        self._rules = OfflineResponder()
+        self._tools_by_rules = tools_by_rules
 
     async def aclose(self) -> None:
         close = getattr(self._model, "aclose", None)
@@ -57,7 +60,7 @@ class Assistant:
             await close()
 
     async def respond(self, turn: Turn) -> AsyncIterator[TextDelta | FunctionCall]:
-        exact = self._rules.direct_answer(turn)
+        exact = self._rules.direct_answer(turn, tools=self._tools_by_rules)
         if isinstance(exact, FunctionCall):
             fill = getattr(self._model, "fill_arguments", None)
             yield await fill(turn, exact) if fill is not None else exact
@@ -158,14 +161,15 @@ def make_responder() -> Responder:
                 model=settings.LOCAL_LLM_MODEL,
                 api_key=settings.LOCAL_LLM_API_KEY,
                 timeout=settings.LOCAL_LLM_TIMEOUT,
-            )
+            ),
+            tools_by_rules=False,
         )
     if settings.LOCAL_LLM == "none":
         return OfflineResponder()
     if settings.LOCAL_LLM == "embedded":
         from voicechat.local_engine.llm import EmbeddedResponder
 
-        return Assistant(EmbeddedResponder())
+        return Assistant(EmbeddedResponder(), tools_by_rules=True)
     raise ImproperlyConfigured(
         f"LOCAL_LLM must be 'embedded' or 'none', got {settings.LOCAL_LLM!r}"
     )

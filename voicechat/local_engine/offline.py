@@ -273,12 +273,13 @@ class OfflineResponder:
             or self._fallback(text, turn)
         )
 
-    def direct_answer(self, turn: Turn) -> str | FunctionCall | None:
+    def direct_answer(self, turn: Turn, *, tools: bool = True) -> str | FunctionCall | None:
         """The reply when the latest user message has one right answer, else None.
 
         What the assistant (assistant.py) does before any language model is asked: call the
-        session tool the request plainly names (or the one tool_choice forces), tell the time
-        and date, do arithmetic, recall facts the user stated: all things small models get wrong.
+        session tool the request plainly names (or the one tool_choice forces; `tools=False`
+        leaves tools to a model that chooses them well), tell the time and date, do arithmetic,
+        recall facts the user stated: all things small models get wrong.
         """
         last = turn.history[-1] if turn.history else {}
         if last.get("role") != "user":
@@ -286,7 +287,7 @@ class OfflineResponder:
         text = _clean(last.get("text") or "")
         if not text:
             return "Sorry, I didn't catch that. Could you say it again?"
-        call = self._maybe_call_tool(turn, text)
+        call = self._maybe_call_tool(turn, text) if tools else None
         if call is not None:
             return call
         user_texts = [h["text"] for h in turn.history if h.get("role") == "user" and h.get("text")]

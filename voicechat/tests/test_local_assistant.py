@@ -207,7 +207,7 @@ async def test_cancel_stops_the_model_within_a_token(embedded):
 
 @needs_model
 async def test_replies_stream_as_deltas_in_plain_words(embedded):
-    assistant = Assistant(llm.EmbeddedResponder(embedded))
+    assistant = Assistant(llm.EmbeddedResponder(embedded), tools_by_rules=True)
     turn = Turn(
         instructions="",
         history=[{"role": "user", "text": "Give me three tips for sleeping well."}],

@@ -10,6 +10,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
+from voicechat.local_engine.assistant import VOICE_PREAMBLE, WITH_TOOLS
 from voicechat.tests.conftest import free_port
 from voicechat.tests.local_engine_client import (
     TEXT_ONLY,
@@ -139,8 +140,9 @@ async def test_instructions_history_and_tools_reach_the_llm(llm):
         first = await text_turn(client, "I am Ada.")
         assert reply_text(first) == "Hello Ada!"
         deltas = [e["delta"] for e in client.log.of("response.output_text.delta")]
-        assert deltas == ["Hello", " Ada", "!"]  # streamed as the model streams
-        assert reply_text(await text_turn(client, "Who am I?")) == "You are Ada."
+        assert deltas == ["Hello", " Ada!"]  # streamed a word at a time, as speech needs
+        # (Phrased so that the rules, which answer "who am I?" themselves, pass it on.)
+        assert reply_text(await text_turn(client, "Say my name back to me.")) == "You are Ada."
 
     request = llm.requests[-1]
     assert request["path"] == "/v1/chat/completions"
@@ -148,10 +150,11 @@ async def test_instructions_history_and_tools_reach_the_llm(llm):
     body = request["body"]
     assert body["model"] == "tiny" and body["stream"] is True
     assert body["messages"] == [
-        {"role": "system", "content": "You are terse."},
+        # The voice preamble, then the session's own instructions.
+        {"role": "system", "content": f"{VOICE_PREAMBLE} {WITH_TOOLS}\n\nYou are terse."},
         {"role": "user", "content": "I am Ada."},
         {"role": "assistant", "content": "Hello Ada!"},
-        {"role": "user", "content": "Who am I?"},
+        {"role": "user", "content": "Say my name back to me."},
     ]
     assert body["tools"] == [
         {
