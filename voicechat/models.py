@@ -60,6 +60,7 @@ class ConversationQuerySet(models.QuerySet):
     def stale(self) -> "ConversationQuerySet":
         """Open conversations whose process stopped without ending them."""
         return self.active()._seen().filter(seen__lt=stale_cutoff())
+
     def since(self, moment) -> "ConversationQuerySet":
         """Conversations that were still going at `moment` or started after it."""
         return self.filter(Q(ended__isnull=True) | Q(ended__gte=moment))
@@ -106,8 +107,10 @@ class Conversation(models.Model):
         return f"Conversation {self.pk} ({self.user}, {self.started:%Y-%m-%d %H:%M})"
 
     @property
-    def duration(self):
-        return (self.ended or now()) - self.started
+    def duration(self) -> timedelta:
+        """How long it lasted (so far, while open); never negative, even for a row whose stored
+        end is before its start (process_lost ends stored before that was fixed)."""
+        return max((self.ended or now()) - self.started, timedelta(0))
 
     @property
     def total_tokens(self) -> int:

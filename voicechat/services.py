@@ -7,8 +7,8 @@ from decimal import Decimal
 from django.conf import settings
 from django.contrib.auth import get_user_model
 from django.db import transaction
-from django.db.models import F
-from django.db.models.functions import Coalesce
+from django.db.models import F, OuterRef, Subquery
+from django.db.models.functions import Coalesce, Greatest
 from django.utils.timezone import now
 
 from voicechat.models import (
@@ -69,6 +69,8 @@ def conversation_start(
                     f"You already have {max_open} conversation(s) open; "
                     "close one before starting another."
                 )
+        # One moment for both, so the first heartbeat is not stamped before the start.
+        started = now()
         return Conversation.objects.create(
             user=user,
             backend=backend,
@@ -76,7 +78,8 @@ def conversation_start(
             voice=voice,
             process=process,
             channel_name=channel_name,
-            heartbeat=now(),
+            started=started,
+            heartbeat=started,
             auth_method=auth_method,
             client_ip=client_ip,
             user_agent=user_agent[:300],
@@ -257,9 +260,22 @@ def conversations_end_stale(*, user=None) -> int:
     stale = Conversation.objects.stale()
     if user is not None:
         stale = stale.for_user(user)
-    # The last heartbeat is the last moment the conversation was known to be alive.
+    last_line = (
+        TranscriptItem.objects.filter(conversation=OuterRef("pk"))
+        .order_by("-updated")
+        .values("updated")[:1]
+    )
+    # The end is the last moment the conversation was known to be alive: its last heartbeat or
+    # its last transcript line, whichever is later (a process that dies before its first
+    # heartbeat still recorded lines), and never before it started (older rows stamped their
+    # first heartbeat a moment before `started`). Each term is coalesced: SQLite's MAX() is NULL
+    # if any argument is.
     return stale.update(
-        ended=Coalesce("heartbeat", "started"),
+        ended=Greatest(
+            "started",
+            Coalesce("heartbeat", "started"),
+            Coalesce(Subquery(last_line), "started"),
+        ),
         end_reason=EndReason.PROCESS_LOST,
         end_detail="its server process stopped without ending it",
     )
