@@ -385,3 +385,46 @@ def test_the_worklets_resampler_keeps_tones_and_rejects_aliases(
     assert abs(result["frames"] - rate_out) < rate_out * 0.01
     assert result["error"] < 0.005
     assert result["peak"] < 0.01
+
+
+def distance_from_bottom(page) -> float:
+    return page.evaluate(
+        """() => { const s = document.querySelector('[data-testid="transcript-scroll"]');
+                   return s.scrollHeight - s.scrollTop - s.clientHeight; }"""
+    )
+
+
+def wait_for_replies(page, count: int) -> None:
+    page.wait_for_function(
+        """count => [...document.querySelectorAll('[data-testid="transcript-entry"]')]
+            .filter(e => e.dataset.role === 'assistant' && e.dataset.state === 'done')
+            .length >= count""",
+        arg=count,
+    )
+
+
+@pytest.mark.parametrize("reduced_motion", ["no-preference", "reduce"])
+def test_the_transcript_follows_a_long_conversation(
+    chat_server, voice_upstream, launch_browser, alice, reduced_motion
+):
+    voice_upstream.reply_ms = 300
+    voice_upstream.reply_text = "A reply long enough to wrap onto a second line. " * 3
+    page = signed_in_page(launch_browser(), chat_server, alice, reduced_motion=reduced_motion)
+    page.goto(chat_server.url)
+    page.get_by_test_id("connect").click()
+    wait_for_status(page, "listening")
+    for turn in range(1, 13):
+        page.get_by_test_id("text-input").fill(f"Question number {turn}")
+        page.get_by_test_id("send").click()
+        wait_for_replies(page, turn)
+        # A scroll still under way has a short while to land; then the newest line shows.
+        page.wait_for_timeout(400)
+        assert distance_from_bottom(page) <= 2, f"turn {turn}"
+
+    # Someone who scrolled up to read is not pulled back down by the next reply.
+    page.eval_on_selector('[data-testid="transcript-scroll"]', "s => s.scrollTo({top: 0})")
+    page.get_by_test_id("text-input").fill("One more")
+    page.get_by_test_id("send").click()
+    wait_for_replies(page, 13)
+    page.wait_for_timeout(400)
+    assert page.eval_on_selector('[data-testid="transcript-scroll"]', "s => s.scrollTop") == 0

@@ -62,7 +62,11 @@ export class Transcript {
 
   setState(itemId, state) {
     const entry = this.entries.get(itemId);
-    if (entry) entry.element.dataset.state = state;
+    if (!entry) return;
+    // The "Interrupted" badge makes the line taller.
+    this.keepFollowing(() => {
+      entry.element.dataset.state = state;
+    });
   }
 
   state(itemId) {
@@ -74,10 +78,10 @@ export class Transcript {
   }
 
   write(entry, text) {
-    const follow = this.atBottom();
-    entry.textNode.textContent = text;
-    entry.element.classList.toggle("turn--empty", text.length === 0);
-    if (follow) this.scrollToEnd();
+    this.keepFollowing(() => {
+      entry.textNode.textContent = text;
+      entry.element.classList.toggle("turn--empty", text.length === 0);
+    });
   }
 
   /** A line that is not an item: "Reconnected", "Conversation ended", ... */
@@ -105,7 +109,10 @@ export class Transcript {
 
   /** Put every entry in chain order, moving only the elements that are out of place. */
   place() {
-    const follow = this.atBottom();
+    this.keepFollowing(() => this.reorder());
+  }
+
+  reorder() {
     const ordered = chainOrder([...this.entries.values()]);
     ordered.forEach((entry, index) => {
       if (this.list.children[index] !== entry.element) {
@@ -113,6 +120,15 @@ export class Transcript {
       }
     });
     this.empty.hidden = this.entries.size > 0;
+  }
+
+  /**
+   * Change the transcript with `change()`; if the reader was at the bottom before it, they
+   * still are after it. Someone who scrolled up to read stays where they are.
+   */
+  keepFollowing(change) {
+    const follow = this.atBottom();
+    change();
     if (follow) this.scrollToEnd();
   }
 
@@ -122,7 +138,9 @@ export class Transcript {
   }
 
   scrollToEnd() {
-    this.scroller.scrollTop = this.scroller.scrollHeight;
+    // Instant, never smooth: a smooth scroll is still under way when the next delta arrives,
+    // and the atBottom() taken then would read "scrolled up" and stop following for good.
+    this.scroller.scrollTo({ top: this.scroller.scrollHeight, behavior: "instant" });
   }
 }
 
