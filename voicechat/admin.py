@@ -6,7 +6,8 @@ from django.contrib.auth import get_user_model
 from django.contrib.auth.admin import UserAdmin
 from django.db.models import Case, Count, IntegerField, Q, Value, When
 from django.http import HttpResponse
-from django.utils.timezone import now
+from django.utils.formats import date_format
+from django.utils.timezone import localtime, now
 
 from voicechat import monitor, services
 from voicechat.exports import conversation_as_dict, conversation_as_markdown
@@ -18,9 +19,16 @@ from voicechat.models import (
     UserLimits,
     order_by_chain,
 )
+from voicechat.templatetags.voicechat_tags import usd
+
+
+@admin.display(description="Cost", ordering="cost_usd")
+def cost(obj: "Conversation | UsageRecord") -> str:
+    return usd(obj.cost_usd)
 
 
 class ReadOnlyInline(admin.TabularInline):
+    template = "admin/voicechat/readonly_tabular.html"
     extra = 0
     can_delete = False
     show_change_link = False
@@ -62,7 +70,7 @@ class UsageInline(ReadOnlyInline):
         "input_cached_tokens",
         "output_text_tokens",
         "output_audio_tokens",
-        "cost_usd",
+        cost,
         "created",
     ]
     readonly_fields = fields
@@ -79,11 +87,11 @@ class ConversationAdmin(admin.ModelAdmin):
     list_display = [
         "id",
         "user",
-        "started",
+        "started_display",
         "duration_display",
         "turns",
         "tokens",
-        "cost_usd",
+        cost,
         "end_reason",
     ]
     list_filter = ["end_reason", "backend", "model", "started"]
@@ -108,10 +116,13 @@ class ConversationAdmin(admin.ModelAdmin):
         "input_tokens",
         "output_tokens",
         "cached_tokens",
-        "cost_usd",
+        cost,
         "process",
         "heartbeat",
+        "channel_name",
     ]
+    # Only these, in this order: otherwise the model's own fields (the raw cost) come first.
+    fields = readonly_fields
 
     def get_queryset(self, request):
         return (
@@ -126,6 +137,11 @@ class ConversationAdmin(admin.ModelAdmin):
     def has_change_permission(self, request, obj=None) -> bool:
         # A record of what was said: readable (view permission), never edited.
         return False
+
+    # Compact, so the row fits beside the filters at 1280 px without clipping the end reason.
+    @admin.display(description="Started", ordering="started")
+    def started_display(self, obj: Conversation) -> str:
+        return date_format(localtime(obj.started), "Y-m-d H:i")
 
     @admin.display(description="Duration")
     def duration_display(self, obj: Conversation) -> str:

@@ -1,6 +1,7 @@
-"""Template filters for the history pages."""
+"""Template filters for the history pages and admin."""
 
 from datetime import timedelta
+from decimal import Decimal
 
 from django import template
 
@@ -20,3 +21,12 @@ def duration_short(value: timedelta | None) -> str:
         return f"{minutes} min {seconds:02d} s"
     hours, minutes = divmod(minutes, 60)
     return f"{hours} h {minutes:02d} min"
+
+
+@register.filter
+def usd(value: Decimal | None) -> str:
+    """An estimated cost as people read it: "$0.0012", "$1.25"; "—" when there is none."""
+    if not value:
+        return "—"
+    # Realtime turns cost fractions of a cent: two decimals would show most of them as $0.00.
+    return f"${value:,.4f}" if value < 1 else f"${value:,.2f}"

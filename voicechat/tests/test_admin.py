@@ -56,7 +56,10 @@ def test_changelist_shows_turns_tokens_cost_and_searches_transcripts(
     client.force_login(staff)
     url = reverse("admin:voicechat_conversation_changelist")
     page = client.get(url).content.decode()
-    assert "alice" in page and "bob" in page and "0.024520" in page and "1200" in page
+    assert "alice" in page and "bob" in page and "1200" in page
+    # Costs read as money: a fraction of a cent to four places, nothing spent as a dash.
+    assert "$0.0245" in page and "0.024520" not in page
+    assert '<td class="field-cost">—</td>' in page and "0.000000" not in page
     found = client.get(url, {"q": "capital of France"}).content.decode()
     assert "alice" in found and "bob" not in found
 
@@ -71,6 +74,9 @@ def test_detail_shows_transcript_in_conversation_order_read_only(client, staff, 
     ]
     assert positions == sorted(positions)
     assert 'name="_save"' not in page
+    # Each line once, in its row: not again as a caption above it ("user: What is the…").
+    assert page.count("What is the capital of France?") == 1
+    assert "user: What is the capital" not in page
     response = client.post(
         reverse("admin:voicechat_conversation_change", args=[conversation.pk]), {"model": "x"}
     )
