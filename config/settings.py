@@ -168,10 +168,20 @@ if REALTIME_BACKEND not in ("auto", "openai", "local"):
     raise ImproperlyConfigured(
         f"REALTIME_BACKEND must be auto, openai or local, got {REALTIME_BACKEND!r}"
     )
-REALTIME_MODEL = os.environ.get("REALTIME_MODEL", "gpt-realtime")
-# Models a client may pick with ?model=; the default model is always allowed.
+REALTIME_MODEL = os.environ.get("REALTIME_MODEL", "gpt-realtime-2.1")
+# Models a client may pick with ?model=; the default model is always allowed. Every one needs a
+# price below (a system check refuses to start otherwise). gpt-realtime and gpt-realtime-mini
+# stay until their announced shutdown on 2027-01-20 (realtime-protocol.md, "Update, December
+# 2026"): drop them from this default then.
 REALTIME_ALLOWED_MODELS = sorted(
-    {REALTIME_MODEL, *envlist("REALTIME_ALLOWED_MODELS", "gpt-realtime,gpt-realtime-mini")}
+    {
+        REALTIME_MODEL,
+        *envlist(
+            "REALTIME_ALLOWED_MODELS",
+            "gpt-realtime-2.1,gpt-realtime-2.1-mini,gpt-realtime-2,gpt-realtime-1.5,"
+            "gpt-realtime,gpt-realtime-mini",
+        ),
+    }
 )
 REALTIME_VOICES = envlist(
     "REALTIME_VOICES", "marin,cedar,alloy,ash,ballad,coral,echo,sage,shimmer,verse"
@@ -193,9 +203,50 @@ REALTIME_CONNECT_TIMEOUT = envint("REALTIME_CONNECT_TIMEOUT", 10)
 # Client frames held while the upstream opens (40 ms audio chunks: 250 frames = 10 s).
 REALTIME_PENDING_FRAMES = envint("REALTIME_PENDING_FRAMES", 250)
 
-# US dollars per million tokens, as published on openai.com/api/pricing (2025-08).
-# Cached input is billed at its own rate and is a subset of input tokens.
+# US dollars per million tokens; cached input is a subset of input tokens, billed at its own
+# rate. A model missing here is never billed as free: the gateway refuses to start with it
+# allowed (voicechat/checks.py). Sources, read 2026-12-02:
+#   [models] OpenAI's model pages, developers.openai.com/api/docs/models/<model>
+#   [protocol] ../shared/reference/realtime-protocol.md, "Update, December 2026"
+#   [pricing-2025] openai.com/api/pricing, 2025-08
 REALTIME_PRICES = {
+    # [models] gpt-realtime-2.1
+    "gpt-realtime-2.1": {
+        "text_input": Decimal("4.00"),
+        "text_cached_input": Decimal("0.40"),
+        "text_output": Decimal("24.00"),
+        "audio_input": Decimal("32.00"),
+        "audio_cached_input": Decimal("0.40"),
+        "audio_output": Decimal("64.00"),
+    },
+    # [models] gpt-realtime-2.1-mini
+    "gpt-realtime-2.1-mini": {
+        "text_input": Decimal("0.60"),
+        "text_cached_input": Decimal("0.06"),
+        "text_output": Decimal("2.40"),
+        "audio_input": Decimal("10.00"),
+        "audio_cached_input": Decimal("0.30"),
+        "audio_output": Decimal("20.00"),
+    },
+    # Text: [models] gpt-realtime-2; audio: [protocol] and [models] agree.
+    "gpt-realtime-2": {
+        "text_input": Decimal("4.00"),
+        "text_cached_input": Decimal("0.40"),
+        "text_output": Decimal("24.00"),
+        "audio_input": Decimal("32.00"),
+        "audio_cached_input": Decimal("0.40"),
+        "audio_output": Decimal("64.00"),
+    },
+    # [models] gpt-realtime-1.5
+    "gpt-realtime-1.5": {
+        "text_input": Decimal("4.00"),
+        "text_cached_input": Decimal("0.40"),
+        "text_output": Decimal("16.00"),
+        "audio_input": Decimal("32.00"),
+        "audio_cached_input": Decimal("0.40"),
+        "audio_output": Decimal("64.00"),
+    },
+    # [pricing-2025]; shut down on 2027-01-20.
     "gpt-realtime": {
         "text_input": Decimal("4.00"),
         "text_cached_input": Decimal("0.40"),
@@ -204,6 +255,7 @@ REALTIME_PRICES = {
         "audio_cached_input": Decimal("0.40"),
         "audio_output": Decimal("64.00"),
     },
+    # [pricing-2025]; shut down on 2027-01-20.
     "gpt-realtime-mini": {
         "text_input": Decimal("0.60"),
         "text_cached_input": Decimal("0.06"),

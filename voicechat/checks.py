@@ -1,9 +1,10 @@
 """Start-up checks (Django's system check framework): what must hold before serving.
 
-The offline engine's models are checked here, when the server starts (runserver, serve, check),
-so a missing model package or a file that is not the pinned one stops the server with a clear
-message instead of failing in the middle of someone's conversation. Each model's owner says
-what "ready" means (stt.py, llm.py); this module only decides when to ask.
+Checked when the server starts (runserver, serve, check), so a mistake stops the server with a
+clear message instead of failing in the middle of someone's conversation, or worse, not failing:
+- every model a client may pick has a price, so budgets count it (never billed as free);
+- the offline engine's models are installed and are the pinned files. Each model's owner says
+  what "ready" means (stt.py, llm.py); this module only decides when to ask.
 """
 
 from django.conf import settings
@@ -39,3 +40,20 @@ def offline_models(app_configs=None, **kwargs) -> list[checks.CheckMessage]:
                 )
             )
     return problems
+
+
+@checks.register("prices")
+def every_allowed_model_priced(app_configs=None, **kwargs) -> list[checks.CheckMessage]:
+    from voicechat.services import PRICE_RATES, unpriced_models
+
+    return [
+        checks.Error(
+            f"Model {model!r} is in REALTIME_ALLOWED_MODELS but has no complete price: its "
+            "conversations would be billed as free and no budget would count them.",
+            hint=f"Add it to REALTIME_PRICES in config/settings.py ({', '.join(PRICE_RATES)}, "
+            "US dollars per million tokens, with the source), or leave it out of "
+            "REALTIME_ALLOWED_MODELS.",
+            id="voicechat.E201",
+        )
+        for model in unpriced_models(settings.REALTIME_ALLOWED_MODELS)
+    ]

@@ -396,6 +396,13 @@ class RealtimeGatewayConsumer(AsyncWebsocketConsumer):
                 + ", ".join(settings.REALTIME_ALLOWED_MODELS),
                 code="model_not_allowed",
             )
+        if self.conversation.backend == Backend.OPENAI and services.unpriced_models([self.model]):
+            # Only when the start-up checks were skipped (voicechat.E201): never billed as free.
+            raise EndConversation(
+                EndReason.MODEL_NOT_ALLOWED,
+                f"Model {self.model!r} has no price configured here, so it cannot be used.",
+                code="model_not_allowed",
+            )
         problem = await budget_problem(self.user, exclude_conversation=self.conversation.pk)
         if problem:
             raise EndConversation(EndReason.BUDGET_EXCEEDED, problem, code="budget_exceeded")

@@ -61,10 +61,19 @@ INTEGER = JsonType(
 NUMBER = JsonType(("a number",), _is_number)
 OBJECT = JsonType(("an object",), lambda value: isinstance(value, dict))
 ARRAY = JsonType(("an array",), lambda value: isinstance(value, list))
+BOOLEAN = JsonType(("a boolean",), lambda value: isinstance(value, bool))
 STRINGS = JsonType(
     ("an array of strings",),
     lambda value: isinstance(value, list) and all(isinstance(entry, str) for entry in value),
 )
+
+
+@dataclass(frozen=True)
+class Nullable:
+    """An object whose fields are in the `fields` tree, or null (which switches it off)."""
+
+    fields: dict
+
 
 # The session.update fields a client may set, as a tree of objects down to typed leaves
 # (the GA types of openai.types.realtime). Every leaf may also be null, as in those types.
@@ -73,11 +82,26 @@ _SESSION_FIELDS: dict = {
     "output_modalities": STRINGS,
     "max_output_tokens": INTEGER | STRING,  # or "inf"
     "tool_choice": STRING | OBJECT,
-    "truncation": STRING | OBJECT,
+    "truncation": STRING | OBJECT,  # "auto", "disabled" or {"type": "retention_ratio", ...}
+    "reasoning": Nullable({"effort": STRING}),
+    "parallel_tool_calls": BOOLEAN,
+    "include": STRINGS,
     "audio": {
         "input": {
             "format": OBJECT,
-            "turn_detection": OBJECT,
+            # server_vad or semantic_vad (null: push-to-talk); idle_timeout_ms is server_vad's.
+            "turn_detection": Nullable(
+                {
+                    "type": STRING,
+                    "threshold": NUMBER,
+                    "prefix_padding_ms": INTEGER,
+                    "silence_duration_ms": INTEGER,
+                    "idle_timeout_ms": INTEGER,
+                    "eagerness": STRING,
+                    "create_response": BOOLEAN,
+                    "interrupt_response": BOOLEAN,
+                }
+            ),
             "noise_reduction": OBJECT,
             "transcription": {"language": STRING},
         },
@@ -93,6 +117,8 @@ _RESPONSE_FIELDS: dict = {
     "metadata": OBJECT,
     "conversation": STRING,
     "input": ARRAY,
+    "reasoning": Nullable({"effort": STRING}),
+    "parallel_tool_calls": BOOLEAN,
     "audio": {"output": {"format": OBJECT, "voice": STRING | OBJECT}},
 }
 # How a refusal names the type a client sent, as OpenAI's own invalid_type errors word it.
@@ -203,6 +229,10 @@ def _first_problem(value: dict, allowed: dict, prefix: str) -> tuple[str, str, s
         path = f"{prefix}.{key[:64]}"  # the key is the client's: echoed, so bounded
         if rule is None:
             return "field_not_allowed", path, f"This server does not let clients set {path}."
+        if isinstance(rule, Nullable):
+            if sub is None:
+                continue
+            rule = rule.fields
         if isinstance(rule, dict):
             if not isinstance(sub, dict):
                 return "invalid_type", path, _wrong_type(path, ("an object",), sub)

@@ -1,6 +1,7 @@
 """Named write functions: everything the gateway stores goes through here."""
 
 import secrets
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from decimal import Decimal
 
@@ -93,6 +94,37 @@ def conversation_end(*, conversation_id: int, reason: str, detail: str = "") -> 
     )
 
 
+# The rates every REALTIME_PRICES entry needs, in US dollars per million tokens.
+PRICE_RATES = (
+    "text_input",
+    "text_cached_input",
+    "text_output",
+    "audio_input",
+    "audio_cached_input",
+    "audio_output",
+)
+
+
+class UnpricedModel(LookupError):
+    """A model with no complete REALTIME_PRICES entry: billing it would count it as free."""
+
+
+def unpriced_models(models: Iterable[str]) -> list[str]:
+    """Those of `models` that REALTIME_PRICES does not price at every rate."""
+    return [
+        model
+        for model in models
+        if not all(rate in settings.REALTIME_PRICES.get(model, {}) for rate in PRICE_RATES)
+    ]
+
+
+def prices_for(model: str) -> dict[str, Decimal]:
+    """The model's REALTIME_PRICES entry; raises UnpricedModel rather than billing it at zero."""
+    if unpriced_models([model]):
+        raise UnpricedModel(f"Model {model!r} has no complete entry in REALTIME_PRICES.")
+    return settings.REALTIME_PRICES[model]
+
+
 @dataclass(frozen=True)
 class TokenCounts:
     """The token counts of one response.done `usage`, with cached tokens split out."""
@@ -128,10 +160,10 @@ class TokenCounts:
         )
 
     def cost(self, model: str) -> Decimal:
-        """Estimated cost in USD, from settings.REALTIME_PRICES (0 for an unpriced model)."""
-        prices = settings.REALTIME_PRICES.get(model)
-        if prices is None:
+        """Estimated cost in USD at the model's REALTIME_PRICES; "" (the offline engine) is free."""
+        if not model:
             return Decimal(0)
+        prices = prices_for(model)
         # Cached tokens are a subset of input tokens, billed at the cached rate instead.
         total = (
             max(self.text_in - self.cached_text_in, 0) * prices["text_input"]

@@ -107,6 +107,11 @@ def merge_session(current: dict, update: dict, *, voice_locked: bool) -> dict:
         "prompt",
         "output_modalities",
         "model",
+        # Reported back as set: the offline engine has no reasoning effort, runs one tool
+        # call at a time and has no transcription logprobs to include.
+        "reasoning",
+        "parallel_tool_calls",
+        "include",
     ):
         if key in update:
             session[key] = update[key]

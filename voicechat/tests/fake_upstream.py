@@ -70,10 +70,16 @@ def new_session() -> dict:
 
 
 def merge(target: dict, update: dict) -> None:
-    """session.update semantics: only the fields present change."""
+    """session.update semantics: only the fields present change; an object given another
+    `type` (server_vad to semantic_vad) is replaced whole, since the two share few fields."""
     for key, value in update.items():
-        if isinstance(value, dict) and isinstance(target.get(key), dict):
-            merge(target[key], value)
+        current = target.get(key)
+        if (
+            isinstance(value, dict)
+            and isinstance(current, dict)
+            and value.get("type", current.get("type")) == current.get("type")
+        ):
+            merge(current, value)
         else:
             target[key] = value
 
