@@ -1,16 +1,19 @@
 #!/usr/bin/env python3
 """Voice-to-voice latency as a user of the chat page hears it, in headless Chromium.
 
-    python bench/browser_latency.py              # 4 spoken turns, about 1-2 minutes
+    python bench/browser_latency.py                  # 4 spoken turns, about 1-2 minutes
     python bench/browser_latency.py --turns 2
+    python bench/browser_latency.py --push-to-talk   # the same turns, holding Space to talk
 
 The site runs as `make run` serves it (runserver, the offline local engine, a fresh SQLite
 database in a temporary folder). Debian's Chromium opens the chat page, hands-free, with a fake
 microphone that asks a few questions in the engine's own voice. After each reply the page's own
 measurements are read from `window.voicechat.stats` (static/voicechat/js/app.js):
 
-- lastLatencyMs: from the end of the user's turn (the server's `speech_stopped`, sent once the
-  VAD has heard its silence window) to the moment the playback worklet starts the reply;
+- lastLatencyMs: from the end of the user's turn (hands-free: the server's `speech_stopped`,
+  sent once the VAD has heard its silence window; push-to-talk: the release of Space, held from
+  before the question until RELEASE_AFTER_MS after its last sound) to the moment the playback
+  worklet starts the reply;
 - lastPrefillWaitMs: from the reply's first audio on the socket to that moment (the playback
   prefill: the browser's share of it);
 - underruns: times playback ran dry once started (should stay 0).
@@ -42,6 +45,27 @@ QUESTIONS = [
 ]
 TURN_GAP_MS = 6000  # silence after each question: the reply plays out before the next one
 TURN_TIMEOUT_MS = 90_000
+RELEASE_AFTER_MS = 300  # push-to-talk: a person lets go a moment after their last word
+
+# Push-to-talk: resolves RELEASE_AFTER_MS after the microphone has gone quiet following speech
+# (the level read from the page's own analyser on the microphone).
+SPOKEN_AND_QUIET_JS = """async (quietMs) => {
+    const analyser = window.voicechat.app.recorder.analyser;
+    const samples = new Float32Array(analyser.fftSize);
+    let heard = false, quietSince = null;
+    for (;;) {
+        await new Promise((resolve) => setTimeout(resolve, 10));
+        analyser.getFloatTimeDomainData(samples);
+        let sum = 0;
+        for (const x of samples) sum += x * x;
+        const loud = Math.sqrt(sum / samples.length) > 0.01;
+        if (loud) { heard = true; quietSince = null; }
+        else if (heard) {
+            quietSince ??= performance.now();
+            if (performance.now() - quietSince >= quietMs) return;
+        }
+    }
+}"""
 
 
 def site_env(folder: Path) -> dict[str, str]:
@@ -107,7 +131,7 @@ def start_site(env: dict[str, str], log_path: Path) -> tuple[subprocess.Popen, s
     raise SystemExit("the site did not answer /healthz within 60 s")
 
 
-def measure(url: str, cookie: str, wav: Path, turns: int) -> list[dict]:
+def measure(url: str, cookie: str, wav: Path, turns: int, *, push_to_talk: bool) -> list[dict]:
     from playwright.sync_api import sync_playwright
 
     from voicechat.tests.browser import CHROMIUM, chromium_args
@@ -119,8 +143,20 @@ def measure(url: str, cookie: str, wav: Path, turns: int) -> list[dict]:
         context.add_cookies([{"name": "sessionid", "value": cookie, "url": url}])
         page = context.new_page()
         page.goto(url)
+        mode = "mode-push-to-talk" if push_to_talk else "mode-hands-free"
+        page.get_by_test_id(mode).check()
         page.get_by_test_id("connect").click()
         for turn in range(turns):
+            if push_to_talk:
+                # Press before the question starts (the last reply has finished playing).
+                page.wait_for_selector(
+                    '[data-testid="push-to-talk"]:not([disabled])', timeout=TURN_TIMEOUT_MS
+                )
+                page.wait_for_selector('[data-testid="status"][data-state="listening"]')
+                page.evaluate("() => document.activeElement?.blur()")
+                page.keyboard.down("Space")
+                page.evaluate(SPOKEN_AND_QUIET_JS, RELEASE_AFTER_MS)
+                page.keyboard.up("Space")
             page.wait_for_function(
                 "() => window.voicechat.stats.lastLatencyMs !== null"
                 " && window.voicechat.stats.lastPrefillWaitMs !== null",
@@ -164,6 +200,9 @@ def main() -> None:
     parser.add_argument(
         "--turns", type=int, default=len(QUESTIONS), choices=range(1, len(QUESTIONS) + 1)
     )
+    parser.add_argument(
+        "--push-to-talk", action="store_true", help="hold Space for each question (not VAD)"
+    )
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="voicechat-browser-bench-") as folder:
         folder = Path(folder)
@@ -173,7 +212,7 @@ def main() -> None:
         load = os.getloadavg()
         process, url = start_site(env, folder / "runserver.log")
         try:
-            results = measure(url, cookie, wav, args.turns)
+            results = measure(url, cookie, wav, args.turns, push_to_talk=args.push_to_talk)
         finally:
             process.terminate()
             process.wait(10)
@@ -184,6 +223,7 @@ def main() -> None:
             "nproc": os.cpu_count(), "load_at_start": load, "python": platform.python_version(),
         },
         "command": " ".join(["bench/browser_latency.py", *sys.argv[1:]]),
+        "mode": "push-to-talk" if args.push_to_talk else "hands-free",
         "summary": summary(results),
         "turns": results,
     }  # fmt: skip

@@ -428,3 +428,38 @@ def test_the_transcript_follows_a_long_conversation(
     wait_for_replies(page, 13)
     page.wait_for_timeout(400)
     assert page.eval_on_selector('[data-testid="transcript-scroll"]', "s => s.scrollTop") == 0
+
+
+def test_a_push_to_talk_tap_is_ignored_and_cancels_nothing(
+    chat_server, voice_upstream, launch_browser, alice, tmp_path
+):
+    voice_upstream.reply_ms = 4000
+    voice_upstream.reply_text = REPLY
+    wav = speech_wav(tmp_path / "tap.wav", ("silence", 1000), ("speech", 9000))
+    page = signed_in_page(launch_browser(wav), chat_server, alice)
+    page.goto(chat_server.url)
+    page.get_by_test_id("mode-push-to-talk").check()
+    page.get_by_test_id("connect").click()
+    wait_for_status(page, "listening")
+    # Push-to-talk interrupts by a press, not by speaking over the reply: the hints say so.
+    visible_text = page.locator("[data-chat]").inner_text()
+    assert "speaking over the reply" not in visible_text
+    assert "Speak over a reply" not in visible_text
+    page.get_by_test_id("text-input").fill("Tell me something")
+    page.get_by_test_id("send").click()
+    wait_for_status(page, "assistant-speaking")
+
+    # A tap on the button while the answer plays: ignored, with a hint, and nothing stops.
+    ptt = page.get_by_test_id("push-to-talk")
+    box = ptt.bounding_box()
+    page.mouse.move(box["x"] + box["width"] / 2, box["y"] + box["height"] / 2)
+    page.mouse.down()
+    page.wait_for_timeout(80)
+    page.mouse.up()
+    assert "Hold the button" in page.get_by_test_id("alert").inner_text()
+    wait_for_entry(page, "assistant", "done", REPLY)
+    wait_for_stat(page, "s.audioMsPlayed >= s.audioMsReceived - 25 && s.audioMsReceived >= 4000")
+    types = [e["type"] for e in voice_upstream.received]
+    assert "response.cancel" not in types
+    assert "conversation.item.truncate" not in types
+    assert "input_audio_buffer.commit" not in types

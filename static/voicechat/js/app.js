@@ -41,7 +41,9 @@ const RETRY_CODES = new Set([1001, 1006, 1011, 1012, 1013, 4001, 4003]);
 const MAX_RETRIES = 3;
 // Harmless races (cancelling a reply that just finished); logged, never shown.
 const QUIET_ERRORS = new Set(["response_cancel_not_active", "input_audio_buffer_commit_empty"]);
-const MIN_PTT_MS = 120; // the service rejects commits under 100 ms of audio
+// A press shorter than this is a tap (a slip, a test of the button): it is ignored, and it
+// stops nothing. A real turn is longer, and the service rejects commits under 100 ms of audio.
+const MIN_PTT_HOLD_MS = 300;
 
 const STATUS_TEXT = {
   idle: "Not connected",
@@ -112,7 +114,8 @@ export class VoiceChatApp {
     this.replyAudioAt = null; // when a reply's first audio arrived, for lastPrefillWaitMs
     this.pttHeld = false;
     this.pttFlushing = false;
-    this.pttSentMs = 0;
+    this.pttPressedAt = 0;
+    this.pttHoldTimer = 0; // turns a press into a turn (and a barge-in) after MIN_PTT_HOLD_MS
     this.alertTimer = 0;
     this.status = "idle";
 
@@ -556,10 +559,8 @@ export class VoiceChatApp {
     const talking = this.mode === "hands-free" || this.pttHeld || this.pttFlushing;
     if (!talking) return;
     this.client.appendAudio(pcm);
-    const ms = pcm16Ms(pcm.byteLength);
     this.stats.chunksSent += 1;
-    this.stats.audioMsSent += ms;
-    if (this.mode === "push-to-talk") this.pttSentMs += ms;
+    this.stats.audioMsSent += pcm16Ms(pcm.byteLength);
   }
 
   onPlayerProgress() {
@@ -624,33 +625,47 @@ export class VoiceChatApp {
       });
       return;
     }
-    // Clear first, so nothing captured before the press is committed with this turn.
+    // Clear first, so nothing captured before the press is committed with this turn. Audio
+    // streams from the press on, so the first syllable is never lost to the tap threshold.
     this.client.send({ type: "input_audio_buffer.clear" });
     this.pttHeld = true;
-    this.pttSentMs = 0;
+    this.pttPressedAt = performance.now();
     this.el.ptt.setAttribute("aria-pressed", "true");
-    this.interruptAssistant({ cancel: true });
     this.setStatus("user-speaking");
+    // Only a press held past the threshold is a turn: only then does it stop the reply.
+    clearTimeout(this.pttHoldTimer);
+    this.pttHoldTimer = setTimeout(() => {
+      if (this.pttHeld) this.interruptAssistant({ cancel: true });
+    }, MIN_PTT_HOLD_MS);
   }
 
   async pttUp() {
     if (!this.pttHeld) return;
     this.pttHeld = false;
-    this.pttFlushing = true;
+    clearTimeout(this.pttHoldTimer);
     this.el.ptt.setAttribute("aria-pressed", "false");
+    if (performance.now() - this.pttPressedAt < MIN_PTT_HOLD_MS) {
+      // A tap: drop its audio, leave the reply (pending or playing) alone.
+      this.client?.send({ type: "input_audio_buffer.clear" });
+      this.showAlert("Hold the button (or Space) while you speak.", "info", { transient: true });
+      this.setStatus(this.currentActivity());
+      return;
+    }
+    this.pttFlushing = true;
     await this.recorder?.flush(); // the last few milliseconds belong to this turn
     this.pttFlushing = false;
     if (!this.client?.isOpen) return;
-    if (this.pttSentMs < MIN_PTT_MS) {
-      this.client.send({ type: "input_audio_buffer.clear" });
-      this.showAlert("Hold the button (or Space) while you speak.", "info", { transient: true });
-      this.settle();
-      return;
-    }
     this.client.send({ type: "input_audio_buffer.commit" });
     this.client.send({ type: "response.create" });
     this.turnEndedAt = performance.now();
     this.setStatus("thinking");
+  }
+
+  /** What the assistant is doing now, for the status line after a tap. */
+  currentActivity() {
+    if (this.player?.busy) return "assistant-speaking";
+    if (this.responseActive || this.audioItemId) return "thinking";
+    return this.sessionReady ? "listening" : this.status;
   }
 
   async sendText() {
@@ -685,6 +700,10 @@ export class VoiceChatApp {
     const ptt = this.mode === "push-to-talk";
     this.el.ptt.hidden = !ptt;
     this.root.classList.toggle("is-ptt", ptt);
+    // Hands-free and push-to-talk interrupt differently: each hint says how, in its own mode.
+    for (const hint of this.root.querySelectorAll("[data-mode-hint]")) {
+      hint.hidden = hint.dataset.modeHint !== this.mode;
+    }
     this.refreshControls();
   }
 
