@@ -5,12 +5,11 @@ from django.contrib import admin
 from django.contrib.auth import get_user_model
 from django.contrib.auth.admin import UserAdmin
 from django.db.models import Case, Count, IntegerField, Q, Value, When
-from django.http import HttpResponse
 from django.utils.formats import date_format
 from django.utils.timezone import localtime, now
 
 from voicechat import monitor, services
-from voicechat.exports import conversation_as_dict, conversation_as_markdown
+from voicechat.exports import attachment, conversation_as_dict, conversation_as_markdown
 from voicechat.models import (
     ApiToken,
     Conversation,
@@ -76,12 +75,6 @@ class UsageInline(ReadOnlyInline):
     readonly_fields = fields
 
 
-def _download(content: str, filename: str, content_type: str) -> HttpResponse:
-    response = HttpResponse(content, content_type=content_type)
-    response["Content-Disposition"] = f'attachment; filename="{filename}"'
-    return response
-
-
 @admin.register(Conversation)
 class ConversationAdmin(admin.ModelAdmin):
     list_display = [
@@ -120,6 +113,7 @@ class ConversationAdmin(admin.ModelAdmin):
         "process",
         "heartbeat",
         "channel_name",
+        "deleted",
     ]
     # Only these, in this order: otherwise the model's own fields (the raw cost) come first.
     fields = readonly_fields
@@ -161,7 +155,7 @@ class ConversationAdmin(admin.ModelAdmin):
         data = [
             conversation_as_dict(c) for c in queryset.select_related("user").order_by("started")
         ]
-        return _download(
+        return attachment(
             json.dumps(data, indent=2, ensure_ascii=False),
             f"conversations-{now():%Y%m%d-%H%M%S}.json",
             "application/json",
@@ -172,7 +166,7 @@ class ConversationAdmin(admin.ModelAdmin):
         text = "\n\n---\n\n".join(
             conversation_as_markdown(c) for c in queryset.select_related("user").order_by("started")
         )
-        return _download(
+        return attachment(
             text, f"conversations-{now():%Y%m%d-%H%M%S}.md", "text/markdown; charset=utf-8"
         )
 

@@ -1,6 +1,25 @@
-"""Conversations as JSON and Markdown, for the admin export actions."""
+"""Conversations as JSON and Markdown, for the admin export actions and the owner's download."""
+
+import re
+
+from django.http import HttpResponse
 
 from voicechat.models import Conversation
+
+# Characters that are Markdown markup anywhere in a line (emphasis, code, links, HTML, tables).
+_INLINE_MARKUP = re.compile(r"([\\`*_{}\[\]<>|~])")
+# Markup that counts only at the start of a line and can interrupt a paragraph: headings,
+# quotes, lists, rules and setext underlines. Only the punctuation is escaped ("12\." for
+# "12."): a backslash before a digit is not an escape in Markdown.
+_LINE_START_MARKUP = re.compile(r"^(\s*\d*)([#>+=.)-])", re.MULTILINE)
+_BLANK_LINES = re.compile(r"\n\s*\n")
+
+
+def attachment(content: str, filename: str, content_type: str) -> HttpResponse:
+    """A download the browser saves as `filename` instead of showing it."""
+    response = HttpResponse(content, content_type=content_type)
+    response["Content-Disposition"] = f'attachment; filename="{filename}"'
+    return response
 
 
 def conversation_as_dict(conversation: Conversation) -> dict:
@@ -33,6 +52,14 @@ def conversation_as_dict(conversation: Conversation) -> dict:
     }
 
 
+def markdown_text(text: str) -> str:
+    """Transcript text as literal Markdown: what someone said can never become a heading, a
+    list or a forged "**Assistant:**" label, and a multi-line line stays one paragraph."""
+    text = _INLINE_MARKUP.sub(r"\\\1", text.strip())
+    text = _LINE_START_MARKUP.sub(r"\1\\\2", text)
+    return _BLANK_LINES.sub("\n", text)
+
+
 def conversation_as_markdown(conversation: Conversation) -> str:
     lines = [
         f"# Conversation {conversation.pk}",
@@ -49,6 +76,7 @@ def conversation_as_markdown(conversation: Conversation) -> str:
         if item.status == "deleted":
             continue
         marker = " *(interrupted)*" if item.status in ("truncated", "interrupted") else ""
-        lines.append(f"**{item.get_role_display()}:** {item.text or '…'}{marker}")
+        text = markdown_text(item.text) or "…"
+        lines.append(f"**{item.get_role_display()}:** {text}{marker}")
         lines.append("")
     return "\n".join(lines)

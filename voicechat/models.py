@@ -34,6 +34,27 @@ class EndReason(models.TextChoices):
     PROCESS_LOST = "process_lost", "Server process lost"
 
 
+# How each end reads on the user's own history page; the labels above are for staff.
+END_REASON_WORDS = {
+    EndReason.CLIENT_CLOSED: "You ended it",
+    EndReason.NOT_CONFIGURED: "The server is not set up to answer",
+    EndReason.MODEL_NOT_ALLOWED: "That model is not allowed here",
+    EndReason.UPSTREAM_UNREACHABLE: "The assistant could not be reached",
+    EndReason.UPSTREAM_REFUSED: "The assistant refused to connect",
+    EndReason.UPSTREAM_CLOSED: "The assistant hung up",
+    EndReason.UPSTREAM_ERROR: "The assistant ran into an error",
+    EndReason.TIME_LIMIT: "It reached the session time limit",
+    EndReason.BUDGET_EXCEEDED: "Today's allowance ran out",
+    EndReason.RATE_LIMITED: "Too many connections at once",
+    EndReason.ABUSE: "Stopped after too many refused messages",
+    EndReason.SERVER_ERROR: "Something went wrong on the server",
+    EndReason.ENDED_BY_STAFF: "An administrator ended it",
+    EndReason.SERVER_SHUTDOWN: "The server restarted",
+    EndReason.DURATION_LIMIT: "It reached the length limit",
+    EndReason.PROCESS_LOST: "The server stopped unexpectedly",
+}
+
+
 def stale_cutoff() -> datetime:
     """Open conversations not marked alive since this moment belong to a lost process."""
     return now() - timedelta(seconds=settings.REALTIME_STALE_AFTER)
@@ -60,6 +81,10 @@ class ConversationQuerySet(models.QuerySet):
     def stale(self) -> "ConversationQuerySet":
         """Open conversations whose process stopped without ending them."""
         return self.active()._seen().filter(seen__lt=stale_cutoff())
+
+    def listed(self) -> "ConversationQuerySet":
+        """Conversations their owner has not deleted (deleted rows stay for the budgets)."""
+        return self.filter(deleted__isnull=True)
 
     def since(self, moment) -> "ConversationQuerySet":
         """Conversations that were still going at `moment` or started after it."""
@@ -90,6 +115,8 @@ class Conversation(models.Model):
     process = models.CharField(max_length=100, blank=True)
     channel_name = models.CharField(max_length=200, blank=True)
     heartbeat = models.DateTimeField(null=True, blank=True)
+    # When its owner deleted it: the transcript is gone, the row stays for the daily budgets.
+    deleted = models.DateTimeField(null=True, blank=True)
 
     objects = ConversationQuerySet.as_manager()
 
@@ -111,6 +138,11 @@ class Conversation(models.Model):
         """How long it lasted (so far, while open); never negative, even for a row whose stored
         end is before its start (process_lost ends stored before that was fixed)."""
         return max((self.ended or now()) - self.started, timedelta(0))
+
+    @property
+    def end_reason_words(self) -> str:
+        """Why it ended, in words for its owner ("" while it is open)."""
+        return END_REASON_WORDS.get(self.end_reason, self.get_end_reason_display())
 
     @property
     def total_tokens(self) -> int:

@@ -125,6 +125,22 @@ def prices_for(model: str) -> dict[str, Decimal]:
     return settings.REALTIME_PRICES[model]
 
 
+@transaction.atomic
+def conversation_delete(*, conversation: Conversation) -> bool:
+    """Erase an ended conversation for its owner: its transcript and where it came from.
+
+    The row itself stays, hidden (`deleted`), with its times and cost: the daily budgets sum
+    them, and deleting a conversation must not hand the day's minutes back. An open
+    conversation is refused (False): its recorder would go on writing lines.
+    """
+    erased = Conversation.objects.filter(
+        pk=conversation.pk, ended__isnull=False, deleted__isnull=True
+    ).update(deleted=now(), client_ip=None, user_agent="", end_detail="")
+    if erased:
+        conversation.items.all().delete()
+    return bool(erased)
+
+
 @dataclass(frozen=True)
 class TokenCounts:
     """The token counts of one response.done `usage`, with cached tokens split out."""

@@ -7,6 +7,8 @@ urlpatterns = [
     path("", views.chat, name="chat"),
     path("history/", views.history, name="history"),
     path("history/<int:pk>/", views.conversation_detail, name="conversation_detail"),
+    path("history/<int:pk>/delete/", views.conversation_delete, name="conversation_delete"),
+    path("history/<int:pk>/export.md", views.conversation_export, name="conversation_export"),
     path("login/", auth_views.LoginView.as_view(redirect_authenticated_user=True), name="login"),
     path("logout/", auth_views.LogoutView.as_view(), name="logout"),
 ]

@@ -1,13 +1,17 @@
 """Pages: the voice chat and the user's conversation history."""
 
 from django.conf import settings
+from django.contrib import messages
 from django.contrib.auth.decorators import login_required
 from django.core.paginator import Paginator
 from django.db.models import Count, OuterRef, Subquery
 from django.http import HttpRequest, HttpResponse
-from django.shortcuts import get_object_or_404, render
+from django.shortcuts import get_object_or_404, redirect, render
 from django.templatetags.static import static
+from django.views.decorators.http import require_GET, require_http_methods
 
+from voicechat import services
+from voicechat.exports import attachment, conversation_as_markdown
 from voicechat.models import Backend, Conversation, Role, TranscriptItem
 from voicechat.upstream import resolve_backend
 
@@ -47,29 +51,73 @@ def chat(request: HttpRequest) -> HttpResponse:
 
 @login_required
 def history(request: HttpRequest) -> HttpResponse:
-    # One query for the page: each row's line count and preview (the first thing the user said,
-    # which names a conversation better than the greeting) come from annotations.
-    first_words = (
-        TranscriptItem.objects.filter(conversation=OuterRef("pk"), role=Role.USER)
-        .exclude(text="")
-        .order_by("created", "pk")
-        .values("text")[:1]
-    )
+    # A conversation whose server process died is shown as ended, not as live.
+    services.conversations_end_stale(user=request.user)
+    # One query for the page: each row's line count, preview and last line come from
+    # annotations. The preview is the first thing the user said (it names a conversation better
+    # than the greeting); the last line tells apart conversations that opened the same way.
+    said = TranscriptItem.objects.filter(conversation=OuterRef("pk")).exclude(text="")
+    first_words = said.filter(role=Role.USER).order_by("created", "pk").values("text")[:1]
+    last_line = said.order_by("-created", "-pk")
     conversations = (
-        Conversation.objects.for_user(request.user)
+        own_conversations(request)
         .recent()
-        .annotate(item_count=Count("items"), preview=Subquery(first_words))
+        .annotate(
+            item_count=Count("items"),
+            preview=Subquery(first_words),
+            last_text=Subquery(last_line.values("text")[:1]),
+            last_role=Subquery(last_line.values("role")[:1]),
+        )
     )
     page = Paginator(conversations, HISTORY_PAGE_SIZE).get_page(request.GET.get("page"))
     return render(request, "voicechat/history.html", {"page": page, "nav": "history"})
 
 
+def own_conversations(request: HttpRequest):
+    """The signed-in user's conversations, less those they deleted.
+
+    Every history view reads through this: someone else's conversation is a 404, not a 403, so
+    ids leak nothing.
+    """
+    return Conversation.objects.for_user(request.user).listed()
+
+
 @login_required
+@require_GET
 def conversation_detail(request: HttpRequest, pk: int) -> HttpResponse:
-    # Scoped to the user: someone else's conversation is a 404, not a 403, so ids leak nothing.
-    conversation = get_object_or_404(Conversation.objects.for_user(request.user), pk=pk)
+    conversation = get_object_or_404(own_conversations(request), pk=pk)
     return render(
         request,
         "voicechat/conversation_detail.html",
         {"conversation": conversation, "items": conversation.ordered_items(), "nav": "history"},
+    )
+
+
+@login_required
+@require_http_methods(["GET", "POST"])
+def conversation_delete(request: HttpRequest, pk: int) -> HttpResponse:
+    """GET asks to confirm; POST (with its CSRF token) erases the conversation's transcript."""
+    conversation = get_object_or_404(own_conversations(request), pk=pk)
+    if request.method == "GET":
+        return render(
+            request,
+            "voicechat/conversation_confirm_delete.html",
+            {"conversation": conversation, "nav": "history"},
+        )
+    if not services.conversation_delete(conversation=conversation):
+        messages.warning(request, "This conversation is still going: end it before deleting it.")
+        return redirect("conversation_detail", pk=pk)
+    messages.success(request, "Conversation deleted.")
+    return redirect("history")
+
+
+@login_required
+@require_GET
+def conversation_export(request: HttpRequest, pk: int) -> HttpResponse:
+    """The user's own transcript as a Markdown file."""
+    conversation = get_object_or_404(own_conversations(request).select_related("user"), pk=pk)
+    return attachment(
+        conversation_as_markdown(conversation),
+        f"conversation-{conversation.pk}-{conversation.started:%Y%m%d-%H%M}.md",
+        "text/markdown; charset=utf-8",
     )

@@ -5,6 +5,8 @@ from decimal import Decimal
 
 from django import template
 
+from voicechat.models import EndReason
+
 register = template.Library()
 
 
@@ -30,3 +32,21 @@ def usd(value: Decimal | None) -> str:
         return "—"
     # Realtime turns cost fractions of a cent: two decimals would show most of them as $0.00.
     return f"${value:,.4f}" if value < 1 else f"${value:,.2f}"
+
+
+_SPEAKERS = {"user": "You", "assistant": "Assistant"}
+
+
+@register.filter
+def speaker(role: str) -> str:
+    """Who said a line, as its owner reads it: "You", "Assistant", "Tool"."""
+    return _SPEAKERS.get(role, role.capitalize())
+
+
+@register.filter
+def length_said(conversation) -> str:
+    """How long a conversation lasted, "at least" when its end is only its last sign of life."""
+    length = duration_short(conversation.duration)
+    if conversation.end_reason == EndReason.PROCESS_LOST:
+        return f"at least {length}"
+    return length
