@@ -217,3 +217,42 @@ async def test_replies_stream_as_deltas_in_plain_words(embedded):
     text = "".join(d.text for d in deltas)
     assert not any(mark in text for mark in ("**", "`", "\n-", "#", "1."))
     assert not any(isinstance(d, FunctionCall) for d in deltas)
+
+
+SPOKEN_SESSION = {
+    "type": "session.update",
+    "session": {
+        "type": "realtime",
+        "audio": {
+            "input": {
+                "transcription": {"model": "whisper-1", "language": "en"},
+                "turn_detection": {"type": "server_vad", "silence_duration_ms": 500},
+            }
+        },
+    },
+}
+
+
+@needs_model
+async def test_speaking_over_a_reply_stops_the_model_and_the_new_question_is_answered(embedded):
+    from voicechat.tests.speech import spoken
+
+    silence = b"\0" * (48 * 900)
+    async with EngineClient() as client:
+        await client.send(SPOKEN_SESSION)
+        await client.append_audio(await asyncio.to_thread(spoken, "Tell me a story about a fox."))
+        await client.append_audio(silence)
+        await client.wait("response.output_audio.delta", timeout=120)  # the story has begun
+        already_stopped = embedded.stats.tokens_after_cancel
+
+        await client.append_audio(
+            await asyncio.to_thread(spoken, "What is the capital of Italy?") + silence
+        )
+        interrupted = await client.wait("response.done")
+        assert interrupted["response"]["status"] == "cancelled"
+        assert interrupted["response"]["status_details"]["reason"] == "turn_detected"
+        answered = await client.wait("response.done", timeout=120)
+        assert answered["response"]["status"] == "completed"
+        assert "Rome" in reply_text(answered)
+        # The interrupted story stopped within a token: no work for words nobody will hear.
+        assert embedded.stats.tokens_after_cancel - already_stopped <= 1
