@@ -66,7 +66,7 @@ def conversation_as_markdown(conversation: Conversation) -> str:
         "",
         f"- User: {conversation.user.get_username()}",
         f"- Started: {conversation.started:%Y-%m-%d %H:%M:%S %Z}",
-        f"- Model: {conversation.model} ({conversation.get_backend_display()})",
+        f"- Answered by: {conversation.answered_by}",
         f"- Ended: {conversation.get_end_reason_display() or 'still open'}",
         f"- Tokens: {conversation.input_tokens} in, {conversation.output_tokens} out;"
         f" estimated cost ${conversation.cost_usd:.4f}",

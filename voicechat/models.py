@@ -140,6 +140,14 @@ class Conversation(models.Model):
         return max((self.ended or now()) - self.started, timedelta(0))
 
     @property
+    def answered_by(self) -> str:
+        """What answered, in words. The offline engine stores the model name the client asked
+        for (e.g. gpt-realtime), which it does not run, so it is not shown as the model."""
+        if self.backend == Backend.LOCAL:
+            return "Offline assistant"
+        return f"{self.get_backend_display()} · {self.model}"
+
+    @property
     def end_reason_words(self) -> str:
         """Why it ended, in words for its owner ("" while it is open)."""
         return END_REASON_WORDS.get(self.end_reason, self.get_end_reason_display())

@@ -203,3 +203,16 @@ def test_export_my_transcript_as_markdown(client, alice, alice_talk):
     # What someone said stays text: no heading, no second speaker label of its own.
     assert "\n# Assistant" not in text and "\\# Assistant" in text
     assert text.count("**Assistant:**") == 2
+
+
+def test_the_header_says_what_answered(client, alice, alice_talk, bob, bob_talk):
+    client.force_login(alice)
+    summary = client.get(f"/history/{alice_talk.pk}/").content.decode()
+    # The offline engine does not run the model the client asked for (gpt-realtime).
+    assert "Offline assistant" in summary and "gpt-realtime" not in summary
+    export = client.get(f"/history/{alice_talk.pk}/export.md").content.decode()
+    assert "- Answered by: Offline assistant" in export and "gpt-realtime" not in export
+    client.force_login(bob)
+    assert (
+        "OpenAI Realtime · gpt-realtime" in client.get(f"/history/{bob_talk.pk}/").content.decode()
+    )
