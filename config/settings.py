@@ -194,10 +194,30 @@ REALTIME_INSTRUCTIONS = os.environ.get(
 REALTIME_TRANSCRIPTION_MODEL = os.environ.get(
     "REALTIME_TRANSCRIPTION_MODEL", "gpt-4o-mini-transcribe"
 )
+# Transcription models a credential's scope may let its holder pick (the server's own is always
+# in). Left out by default: gpt-4o-transcribe-diarize (its speaker segments are not stored yet)
+# and gpt-realtime-whisper (it needs turn_detection null).
+REALTIME_TRANSCRIPTION_MODELS = sorted(
+    {
+        REALTIME_TRANSCRIPTION_MODEL,
+        *envlist(
+            "REALTIME_TRANSCRIPTION_MODELS",
+            "gpt-transcribe,gpt-live-transcribe,gpt-4o-transcribe,gpt-4o-mini-transcribe,whisper-1",
+        ),
+    }
+)
 REALTIME_LANGUAGE = os.environ.get("REALTIME_LANGUAGE", "en")
-# Clients may not replace the server's instructions or tools unless the deployer allows it.
+# The site default scope (voicechat/scopes.py): what browser sessions, and API tokens without a
+# scope of their own, may set. Clients may not replace the server's instructions, tools or
+# prompt unless the deployer allows it; they may pick the server's own transcription model (as
+# OpenAI's SDK does), or those listed; 0 = no limit on max_output_tokens beyond the model's own.
 REALTIME_CLIENT_MAY_SET_INSTRUCTIONS = envbool("REALTIME_CLIENT_MAY_SET_INSTRUCTIONS", "False")
 REALTIME_CLIENT_MAY_SET_TOOLS = envbool("REALTIME_CLIENT_MAY_SET_TOOLS", "False")
+REALTIME_CLIENT_MAY_SET_PROMPT = envbool("REALTIME_CLIENT_MAY_SET_PROMPT", "False")
+REALTIME_CLIENT_TRANSCRIPTION_MODELS = envlist(
+    "REALTIME_CLIENT_TRANSCRIPTION_MODELS", REALTIME_TRANSCRIPTION_MODEL
+)
+REALTIME_CLIENT_MAX_OUTPUT_TOKENS = envint("REALTIME_CLIENT_MAX_OUTPUT_TOKENS", 0)
 # Seconds to wait for the upstream handshake before telling the client it is unreachable.
 REALTIME_CONNECT_TIMEOUT = envint("REALTIME_CONNECT_TIMEOUT", 10)
 # Client frames held while the upstream opens (40 ms audio chunks: 250 frames = 10 s).

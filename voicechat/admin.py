@@ -1,6 +1,8 @@
 import json
 
 from asgiref.sync import async_to_sync
+from django import forms
+from django.conf import settings
 from django.contrib import admin
 from django.contrib.auth import get_user_model
 from django.contrib.auth.admin import UserAdmin
@@ -18,6 +20,7 @@ from voicechat.models import (
     UserLimits,
     order_by_chain,
 )
+from voicechat.scopes import ScopeKind
 from voicechat.templatetags.voicechat_tags import usd
 
 
@@ -181,14 +184,60 @@ class ConversationAdmin(admin.ModelAdmin):
         self.message_user(request, f"Asked {len(asked)} open conversation(s) to end.")
 
 
+class ApiTokenForm(forms.ModelForm):
+    """A token's scope, with its model lists offered as checkboxes from the site's own lists."""
+
+    transcription_models = forms.MultipleChoiceField(
+        required=False, widget=forms.CheckboxSelectMultiple
+    )
+    realtime_models = forms.MultipleChoiceField(required=False, widget=forms.CheckboxSelectMultiple)
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        # Read per form, not at import: the site's lists are settings.
+        self.fields["transcription_models"].choices = [
+            (model, model) for model in settings.REALTIME_TRANSCRIPTION_MODELS
+        ]
+        self.fields["realtime_models"].choices = [
+            (model, model) for model in settings.REALTIME_ALLOWED_MODELS
+        ]
+
+    def clean(self) -> dict:
+        cleaned = super().clean()
+        if cleaned.get("scope_kind") == ScopeKind.CUSTOM and not cleaned.get("realtime_models"):
+            self.add_error(
+                "realtime_models",
+                "A custom scope needs at least one realtime model, or its holder cannot connect.",
+            )
+        return cleaned
+
+
 @admin.register(ApiToken)
 class ApiTokenAdmin(admin.ModelAdmin):
-    list_display = ["hint", "name", "user", "created", "last_used", "revoked"]
-    list_filter = ["revoked"]
+    form = ApiTokenForm
+    list_display = ["hint", "name", "user", "scope_kind", "created", "last_used", "revoked"]
+    list_filter = ["revoked", "scope_kind"]
     list_select_related = ["user"]
     search_fields = ["name", "user__username", "hint"]
     readonly_fields = ["user", "hint", "digest", "created", "last_used", "revoked"]
-    fields = ["name", *readonly_fields]
+    fieldsets = [
+        (None, {"fields": ["name", *readonly_fields]}),
+        ("What the holder may set in their session", {"fields": ["scope_kind"]}),
+        (
+            "Custom scope",
+            {
+                "fields": [
+                    "may_set_instructions",
+                    "may_set_tools",
+                    "may_set_prompt",
+                    "transcription_models",
+                    "realtime_models",
+                    "max_output_tokens",
+                ],
+                "description": "Used only when the scope above is Custom.",
+            },
+        ),
+    ]
     actions = ["revoke"]
 
     def has_add_permission(self, request) -> bool:

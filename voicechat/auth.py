@@ -14,6 +14,7 @@ from django.conf import settings
 from django.http.request import validate_host
 from django.utils.timezone import now
 
+from voicechat import scopes
 from voicechat.models import ApiToken
 
 
@@ -21,6 +22,7 @@ from voicechat.models import ApiToken
 class Identity:
     user: object
     method: str  # "session" or "token"
+    scope: scopes.Scope  # what this user may set in their session, by this way in
 
 
 def header(scope: dict, name: bytes) -> str | None:
@@ -50,7 +52,7 @@ def same_origin(scope: dict) -> bool:
 
 
 @database_sync_to_async
-def _user_for_token(token: str):
+def _token_identity(token: str) -> Identity | None:
     api_token = (
         ApiToken.objects.usable()
         .select_related("user")
@@ -60,7 +62,7 @@ def _user_for_token(token: str):
     if api_token is None:
         return None
     ApiToken.objects.filter(pk=api_token.pk).update(last_used=now())
-    return api_token.user
+    return Identity(api_token.user, "token", scopes.for_token(api_token))
 
 
 async def authenticate(scope: dict) -> Identity | None:
@@ -68,9 +70,8 @@ async def authenticate(scope: dict) -> Identity | None:
     token = bearer_token(scope)
     if token is not None:
         # An explicit token decides alone: a wrong token is refused even with a valid cookie.
-        user = await _user_for_token(token)
-        return Identity(user, "token") if user is not None else None
+        return await _token_identity(token)
     user = scope.get("user")
     if user is not None and user.is_authenticated and same_origin(scope):
-        return Identity(user, "session")
+        return Identity(user, "session", scopes.site_default())
     return None

@@ -160,7 +160,7 @@ class RealtimeGatewayConsumer(AsyncWebsocketConsumer):
             return
         query = parse_qs(self.scope.get("query_string", b"").decode("latin-1"))
         self.model = (query.get("model") or [settings.REALTIME_MODEL])[0][:64]
-        self.policy = ClientEventPolicy()
+        self.policy = ClientEventPolicy(identity.scope, model=self.model)
         # Client frames that arrive while the upstream is still opening, replayed in order.
         self.pending: collections.deque[str] = collections.deque()
         self.upstream_ready = False
@@ -320,7 +320,7 @@ class RealtimeGatewayConsumer(AsyncWebsocketConsumer):
             await self._admit()
             self.upstream = open_upstream(self.model)
             await self.upstream.connect()
-            await self.upstream.send(session_defaults())
+            await self.upstream.send(session_defaults(self.policy.scope))
             while self.pending:
                 await self.upstream.send(self.pending.popleft())
             self.upstream_ready = True
@@ -389,11 +389,13 @@ class RealtimeGatewayConsumer(AsyncWebsocketConsumer):
 
     async def _admit(self) -> None:
         """Raise EndConversation unless this conversation may start; then guard its budget."""
-        if self.model not in settings.REALTIME_ALLOWED_MODELS:
+        # The scope's models are among the site's (REALTIME_ALLOWED_MODELS).
+        models = self.policy.scope.realtime_models
+        if self.model not in models:
             raise EndConversation(
                 EndReason.MODEL_NOT_ALLOWED,
                 f"Model {self.model!r} is not available here; choose one of: "
-                + ", ".join(settings.REALTIME_ALLOWED_MODELS),
+                + ", ".join(sorted(models)),
                 code="model_not_allowed",
             )
         if self.conversation.backend == Backend.OPENAI and services.unpriced_models([self.model]):

@@ -8,6 +8,8 @@ from django.db.models import Q
 from django.db.models.functions import Coalesce
 from django.utils.timezone import now
 
+from voicechat.scopes import ScopeKind
+
 
 class Backend(models.TextChoices):
     OPENAI = "openai", "OpenAI Realtime"
@@ -276,6 +278,21 @@ class ApiToken(models.Model):
     created = models.DateTimeField(default=now)
     last_used = models.DateTimeField(null=True, blank=True)
     revoked = models.DateTimeField(null=True, blank=True)
+    # What the holder may set in their session (voicechat/scopes.py). The fields below it count
+    # for the custom scope only.
+    scope_kind = models.CharField("scope", max_length=8, choices=ScopeKind, default=ScopeKind.SITE)
+    may_set_instructions = models.BooleanField(default=False)
+    may_set_tools = models.BooleanField(default=False)
+    may_set_prompt = models.BooleanField(default=False)
+    transcription_models = models.JSONField(
+        default=list, blank=True, help_text="From REALTIME_TRANSCRIPTION_MODELS."
+    )
+    realtime_models = models.JSONField(
+        default=list, blank=True, help_text="From REALTIME_ALLOWED_MODELS (?model= on connect)."
+    )
+    max_output_tokens = models.PositiveIntegerField(
+        default=0, help_text="The most a client may set per response; 0 means no limit."
+    )
 
     objects = ApiTokenQuerySet.as_manager()
 

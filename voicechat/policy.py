@@ -1,11 +1,13 @@
 """Which client events reach the upstream, and the session every conversation starts with.
 
 The server owns the session's instructions and tools (they decide what the deployer's money is
-spent on); a client may tune how it talks and listens. Anything else is answered with an `error`
-event and not forwarded; the socket stays open.
+spent on); a client may tune how it talks and listens, and set more where its credential's scope
+(scopes.py) allows. Anything else is answered with an `error` event and not forwarded; the
+socket stays open.
 """
 
 import collections
+import copy
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
@@ -14,6 +16,7 @@ import orjson
 from django.conf import settings
 
 from voicechat.protocol import error_event, new_event_id
+from voicechat.scopes import Scope
 
 # GA client events a client may send (output_audio_buffer.clear is WebRTC-only and harmless).
 CLIENT_EVENTS = frozenset(
@@ -49,6 +52,12 @@ class JsonType:
             self.names + other.names, lambda value: self.accepts(value) or other.accepts(value)
         )
 
+    def problem(self, path: str, value: object) -> tuple[str, str] | None:
+        """(code, message) when `value` may not be sent at `path`; None when it may."""
+        if value is None or self.accepts(value):
+            return None
+        return "invalid_type", _wrong_type(path, self.names, value)
+
 
 def _is_number(value: object) -> bool:
     return isinstance(value, int | float) and not isinstance(value, bool)
@@ -73,6 +82,37 @@ class Nullable:
     """An object whose fields are in the `fields` tree, or null (which switches it off)."""
 
     fields: dict
+
+
+@dataclass(frozen=True)
+class OneOf:
+    """A leaf whose values the client's scope limits (a model name): others are not theirs."""
+
+    values: frozenset[str]
+
+    def problem(self, path: str, value: object) -> tuple[str, str] | None:
+        if value is None or (isinstance(value, str) and value in self.values):
+            return None
+        if not self.values:
+            return "field_not_allowed", f"This server does not let clients set {path}."
+        allowed = ", ".join(sorted(self.values))
+        return "field_not_allowed", f"This server lets clients set {path} only to: {allowed}."
+
+
+@dataclass(frozen=True)
+class AtMost:
+    """An output-token limit the client's scope caps: an integer up to `limit` ("inf" or null
+    would lift the cap)."""
+
+    limit: int
+
+    def problem(self, path: str, value: object) -> tuple[str, str] | None:
+        wrong_type = (INTEGER | STRING).problem(path, value)
+        if wrong_type:
+            return wrong_type
+        if isinstance(value, int) and value <= self.limit:
+            return None
+        return "field_not_allowed", f"This server lets clients set {path} to at most {self.limit}."
 
 
 # The session.update fields a client may set, as a tree of objects down to typed leaves
@@ -103,7 +143,14 @@ _SESSION_FIELDS: dict = {
                 }
             ),
             "noise_reduction": OBJECT,
-            "transcription": {"language": STRING},
+            # The model is added per client, from its scope.
+            "transcription": {
+                "language": STRING,
+                "languages": STRINGS,
+                "prompt": STRING,
+                "keywords": STRINGS,
+                "delay": STRING,
+            },
         },
         # An object is a custom voice ({"id": ...}): refused below, like any unlisted voice.
         "output": {"format": OBJECT, "voice": STRING | OBJECT, "speed": NUMBER},
@@ -121,6 +168,8 @@ _RESPONSE_FIELDS: dict = {
     "parallel_tool_calls": BOOLEAN,
     "audio": {"output": {"format": OBJECT, "voice": STRING | OBJECT}},
 }
+# A reference to a stored prompt template, in session.update and response.create.
+_PROMPT = Nullable({"id": STRING, "variables": OBJECT, "version": STRING})
 # How a refusal names the type a client sent, as OpenAI's own invalid_type errors word it.
 _TYPE_NAMES = {
     bool: "a boolean",
@@ -239,8 +288,10 @@ def _first_problem(value: dict, allowed: dict, prefix: str) -> tuple[str, str, s
             found = _first_problem(sub, rule, path)
             if found:
                 return found
-        elif sub is not None and not rule.accepts(sub):
-            return "invalid_type", path, _wrong_type(path, rule.names, sub)
+        else:
+            found = rule.problem(path, sub)
+            if found:
+                return found[0], path, found[1]
     return None
 
 
@@ -265,18 +316,33 @@ def _reencoded(event: dict) -> Verdict:
         )
 
 
+def _fields_in_scope(scope: Scope, *, model: str) -> tuple[dict, dict]:
+    """The session.update and response.create allow-lists for a client with this scope, in a
+    session of this model (chosen when connecting, with ?model=: it decides the price)."""
+    session_fields = copy.deepcopy(_SESSION_FIELDS)
+    response_fields = copy.deepcopy(_RESPONSE_FIELDS)
+    session_fields["model"] = OneOf(frozenset({model}))
+    session_fields["audio"]["input"]["transcription"]["model"] = OneOf(scope.transcription_models)
+    both = {}
+    if scope.instructions:
+        both["instructions"] = STRING
+    if scope.tools:
+        both["tools"] = ARRAY
+    if scope.prompt:
+        both["prompt"] = _PROMPT
+    if scope.max_output_tokens:
+        both["max_output_tokens"] = AtMost(scope.max_output_tokens)
+    if scope.tracing:
+        session_fields["tracing"] = STRING | OBJECT
+    return {**session_fields, **both}, {**response_fields, **both}
+
+
 class ClientEventPolicy:
     """Decides, frame by frame, what one client may send to its upstream."""
 
-    def __init__(self) -> None:
-        session_fields = dict(_SESSION_FIELDS)
-        response_fields = dict(_RESPONSE_FIELDS)
-        if settings.REALTIME_CLIENT_MAY_SET_INSTRUCTIONS:
-            session_fields["instructions"] = response_fields["instructions"] = STRING
-        if settings.REALTIME_CLIENT_MAY_SET_TOOLS:
-            session_fields["tools"] = response_fields["tools"] = ARRAY
-        self._session_fields = session_fields
-        self._response_fields = response_fields
+    def __init__(self, scope: Scope, *, model: str) -> None:
+        self.scope = scope
+        self._session_fields, self._response_fields = _fields_in_scope(scope, model=model)
         self._voices = frozenset(settings.REALTIME_VOICES)
         self._refusals: collections.deque[float] = collections.deque()
         self.pacer = AudioPacer()
@@ -381,6 +447,11 @@ class ClientEventPolicy:
             refused = _refuse_fields(event, "response", self._response_fields)
             if refused:
                 return refused
+            # An out-of-band response's own input may hold system messages too.
+            for index, item in enumerate(event["response"].get("input") or ()):
+                refused = self._refuse_system_message(event, item, f"response.input[{index}]")
+                if refused:
+                    return refused
         return _reencoded(event)
 
     def _check_item_create(self, event: dict) -> Verdict:
@@ -392,25 +463,32 @@ class ClientEventPolicy:
                 event_id=event.get("event_id"),
                 param="item",
             )
-        # A system message is a second set of instructions.
-        if item.get("role") == "system" and not settings.REALTIME_CLIENT_MAY_SET_INSTRUCTIONS:
-            return _refuse(
-                "This server does not let clients add system messages.",
-                code="field_not_allowed",
-                event_id=event.get("event_id"),
-                param="item.role",
-            )
-        return _reencoded(event)
+        return self._refuse_system_message(event, item, "item") or _reencoded(event)
+
+    def _refuse_system_message(self, event: dict, item: object, path: str) -> Verdict | None:
+        """A refusal when `item` is a system message, a second set of instructions, and this
+        client may not set instructions."""
+        if self.scope.instructions or not isinstance(item, dict) or item.get("role") != "system":
+            return None
+        return _refuse(
+            "This server does not let clients add system messages.",
+            code="field_not_allowed",
+            event_id=event.get("event_id"),
+            param=f"{path}.role",
+        )
 
 
-def session_defaults() -> str:
-    """The session.update the gateway sends as soon as an upstream opens."""
+def session_defaults(scope: Scope) -> str:
+    """The session.update the gateway sends as soon as an upstream opens, for a client with
+    this scope (whose output-token cap, if any, the upstream then enforces from the start)."""
+    limits = {"max_output_tokens": scope.max_output_tokens} if scope.max_output_tokens else {}
     return orjson.dumps(
         {
             "type": "session.update",
             "event_id": new_event_id(),
             "session": {
                 "type": "realtime",
+                **limits,
                 "instructions": settings.REALTIME_INSTRUCTIONS,
                 "audio": {
                     "input": {

@@ -20,13 +20,36 @@ from voicechat.models import (
     TranscriptItem,
     UsageRecord,
 )
+from voicechat.scopes import ScopeKind
 
 
-def api_token_create(*, user, name: str = "") -> tuple[ApiToken, str]:
-    """A new token for `user`; the plain token is returned once and never stored."""
+def api_token_create(
+    *,
+    user,
+    name: str = "",
+    scope_kind: ScopeKind = ScopeKind.SITE,
+    may_set_instructions: bool = False,
+    may_set_tools: bool = False,
+    may_set_prompt: bool = False,
+    transcription_models: Iterable[str] = (),
+    realtime_models: Iterable[str] = (),
+    max_output_tokens: int = 0,
+) -> tuple[ApiToken, str]:
+    """A new token for `user`, with its scope (voicechat/scopes.py; the permissions count for the
+    custom scope only); the plain token is returned once and never stored."""
     token = ApiToken.PREFIX + secrets.token_urlsafe(32)
     api_token = ApiToken.objects.create(
-        user=user, name=name, hint=token[:10], digest=ApiToken.digest_of(token)
+        user=user,
+        name=name,
+        hint=token[:10],
+        digest=ApiToken.digest_of(token),
+        scope_kind=scope_kind,
+        may_set_instructions=may_set_instructions,
+        may_set_tools=may_set_tools,
+        may_set_prompt=may_set_prompt,
+        transcription_models=sorted(transcription_models),
+        realtime_models=sorted(realtime_models),
+        max_output_tokens=max_output_tokens,
     )
     return api_token, token
 

@@ -10,6 +10,7 @@ from hypothesis import strategies as st
 from websockets.asyncio.client import connect as ws_connect
 
 from voicechat.policy import ClientEventPolicy
+from voicechat.scopes import site_default
 from voicechat.tests.conftest import finished_conversation
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -295,7 +296,9 @@ def test_any_value_in_any_field_is_forwarded_or_answered(field, value, event_id,
     event = {"type": etype, key: _nest(path, value)}
     if event_id is not None:
         event["event_id"] = event_id
-    verdict = ClientEventPolicy().check(json.dumps(event))
+    verdict = ClientEventPolicy(site_default(), model=settings.REALTIME_MODEL).check(
+        json.dumps(event)
+    )
     assert (verdict.frame is None) != (verdict.error is None)
     if verdict.error is not None:
         error = orjson.loads(verdict.error)["error"]
