@@ -194,18 +194,6 @@ REALTIME_INSTRUCTIONS = os.environ.get(
 REALTIME_TRANSCRIPTION_MODEL = os.environ.get(
     "REALTIME_TRANSCRIPTION_MODEL", "gpt-4o-mini-transcribe"
 )
-# Transcription models a credential's scope may let its holder pick (the server's own is always
-# in). Left out by default: gpt-4o-transcribe-diarize (its speaker segments are not stored yet)
-# and gpt-realtime-whisper (it needs turn_detection null).
-REALTIME_TRANSCRIPTION_MODELS = sorted(
-    {
-        REALTIME_TRANSCRIPTION_MODEL,
-        *envlist(
-            "REALTIME_TRANSCRIPTION_MODELS",
-            "gpt-transcribe,gpt-live-transcribe,gpt-4o-transcribe,gpt-4o-mini-transcribe,whisper-1",
-        ),
-    }
-)
 REALTIME_LANGUAGE = os.environ.get("REALTIME_LANGUAGE", "en")
 # The site default scope (voicechat/scopes.py): what browser sessions, and API tokens without a
 # scope of their own, may set. Clients may not replace the server's instructions, tools or
@@ -218,6 +206,21 @@ REALTIME_CLIENT_TRANSCRIPTION_MODELS = envlist(
     "REALTIME_CLIENT_TRANSCRIPTION_MODELS", REALTIME_TRANSCRIPTION_MODEL
 )
 REALTIME_CLIENT_MAX_OUTPUT_TOKENS = envint("REALTIME_CLIENT_MAX_OUTPUT_TOKENS", 0)
+if REALTIME_CLIENT_MAX_OUTPUT_TOKENS < 0:
+    raise ImproperlyConfigured("REALTIME_CLIENT_MAX_OUTPUT_TOKENS must be 0 (no limit) or more.")
+# Transcription models any scope may let its holder pick (the server's own, and the site
+# default scope's, are always in). Left out by default: gpt-4o-transcribe-diarize (its speaker
+# segments are not stored yet) and gpt-realtime-whisper (it needs turn_detection null).
+REALTIME_TRANSCRIPTION_MODELS = sorted(
+    {
+        REALTIME_TRANSCRIPTION_MODEL,
+        *REALTIME_CLIENT_TRANSCRIPTION_MODELS,
+        *envlist(
+            "REALTIME_TRANSCRIPTION_MODELS",
+            "gpt-transcribe,gpt-live-transcribe,gpt-4o-transcribe,gpt-4o-mini-transcribe,whisper-1",
+        ),
+    }
+)
 # Seconds to wait for the upstream handshake before telling the client it is unreachable.
 REALTIME_CONNECT_TIMEOUT = envint("REALTIME_CONNECT_TIMEOUT", 10)
 # Client frames held while the upstream opens (40 ms audio chunks: 250 frames = 10 s).
