@@ -85,6 +85,11 @@ class ChatServer:
 
     def __enter__(self) -> "ChatServer":
         self.log = open(self.log_path, "wb")  # noqa: SIM115 - closed in __exit__
+        self.start()
+        return self
+
+    def start(self) -> None:
+        """Start runserver on this server's port and wait until it answers /healthz."""
         self.process = subprocess.Popen(
             [sys.executable, "manage.py", "runserver", f"127.0.0.1:{self.port}", "--noreload"],
             cwd=ROOT,
@@ -99,11 +104,16 @@ class ChatServer:
             with contextlib.suppress(OSError):
                 with urllib.request.urlopen(f"{self.url}/healthz", timeout=2) as response:
                     if response.status == 200:
-                        return self
+                        return
             time.sleep(0.2)
         raise RuntimeError(f"runserver did not start: {self.log_path.read_text()[-2000:]}")
 
     def __exit__(self, *exc) -> None:
+        self.stop()
+        self.log.close()
+
+    def stop(self) -> None:
+        """Stop the server process (SIGTERM, as a deploy does); start() brings it back."""
         if self.process and self.process.poll() is None:
             self.process.terminate()
             try:
@@ -111,7 +121,6 @@ class ChatServer:
             except subprocess.TimeoutExpired:
                 self.process.kill()
                 self.process.wait()
-        self.log.close()
 
     def output(self) -> str:
         return self.log_path.read_text(errors="replace")

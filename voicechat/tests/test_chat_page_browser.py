@@ -268,6 +268,8 @@ def test_a_dropped_upstream_reconnects_into_a_new_conversation(
     page.wait_for_selector(".turn-notice >> text=reconnecting")
     page.wait_for_selector(".turn-notice >> text=New conversation")
     wait_for_status(page, "listening")
+    # Back again: the "reconnecting…" line has gone.
+    assert page.locator(".turn-notice", has_text="reconnecting").count() == 0
     page.get_by_test_id("text-input").fill("Second question")
     page.get_by_test_id("send").click()
     page.wait_for_function(
@@ -463,3 +465,69 @@ def test_a_push_to_talk_tap_is_ignored_and_cancels_nothing(
     assert "response.cancel" not in types
     assert "conversation.item.truncate" not in types
     assert "input_audio_buffer.commit" not in types
+
+
+def test_a_server_restart_is_survived_without_touching_anything(
+    chat_server, voice_upstream, launch_browser, alice
+):
+    voice_upstream.reply_text = REPLY
+    page = signed_in_page(launch_browser(), chat_server, alice)
+    page.goto(chat_server.url)
+    # A page state to come back to: push-to-talk, another voice, a line of transcript.
+    page.get_by_test_id("mode-push-to-talk").check()
+    page.get_by_test_id("voice").select_option("verse")
+    page.get_by_test_id("connect").click()
+    wait_for_status(page, "listening")
+    page.get_by_test_id("text-input").fill("Before the restart")
+    page.get_by_test_id("send").click()
+    wait_for_entry(page, "assistant", "done", REPLY)
+    updates_before = len([e for e in voice_upstream.received if e["type"] == "session.update"])
+
+    chat_server.stop()
+    # Still signed in, the server is down: the page says so and counts down to its next try.
+    countdown = page.get_by_test_id("reconnect-countdown")
+    page.wait_for_function(
+        """() => document.querySelector('[data-testid="reconnect-countdown"]')
+            .textContent.includes("Couldn't reach the server")"""
+    )
+    assert "still signed in" in countdown.inner_text()
+    assert "Trying again in" in countdown.inner_text()
+    assert page.get_by_test_id("retry-now").is_visible()
+    assert page.get_by_test_id("alert").is_hidden()
+
+    chat_server.start()  # the same port
+    wait_for_status(page, "listening")  # on its own: nobody clicks anything
+    assert page.get_by_test_id("reconnect").is_hidden()
+    assert page.locator(".turn-notice", has_text="reconnecting").count() == 0
+    assert [e["text"] for e in entries(page) if e["role"] == "user"] == ["Before the restart"]
+    # The same mode and voice, sent to the new session.
+    assert page.get_by_test_id("mode-push-to-talk").is_checked()
+    assert page.get_by_test_id("voice").input_value() == "verse"
+    updates = [e for e in voice_upstream.received if e["type"] == "session.update"]
+    resumed = updates[updates_before:]
+    assert any(
+        u["session"]["audio"].get("input", {}).get("turn_detection", "") is None for u in resumed
+    )
+    assert any(u["session"]["audio"].get("output", {}).get("voice") == "verse" for u in resumed)
+    page.get_by_test_id("text-input").fill("After the restart")
+    page.get_by_test_id("send").click()
+    wait_for_replies(page, 2)
+
+
+def test_a_signed_out_user_is_told_so_and_not_retried_forever(
+    chat_server, voice_upstream, launch_browser, alice
+):
+    from django.contrib.sessions.models import Session
+
+    page = signed_in_page(launch_browser(), chat_server, alice)
+    page.goto(chat_server.url)
+    page.get_by_test_id("connect").click()
+    wait_for_status(page, "listening")
+    Session.objects.all().delete()  # signed out elsewhere (or the session expired)
+    voice_upstream.call(voice_upstream.drop(code=1011))  # and the line drops: the page redials
+    wait_for_status(page, "ended")
+    alert = page.get_by_test_id("alert")
+    assert "signed out" in alert.inner_text()
+    assert "/login/" in alert.get_by_role("link").get_attribute("href")
+    assert page.get_by_test_id("reconnect").is_hidden()
+    assert page.get_by_test_id("connect").is_visible()

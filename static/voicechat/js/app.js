@@ -8,7 +8,8 @@ import { Recorder } from "./recorder.js";
 import { Transcript } from "./transcript.js";
 import { Waveform } from "./waveform.js";
 
-// The gateway sends an `error` event with a readable message before closing with one of these.
+// The gateway sends an `error` event with a readable message before closing with one of these
+// (voicechat/protocol.py CloseCode).
 const CLOSE_MESSAGES = {
   1001: "The server is restarting.",
   1006: "The connection to the server was lost.",
@@ -18,8 +19,14 @@ const CLOSE_MESSAGES = {
   4003: "The AI service ended the conversation.",
   4004: "The AI service reported a problem it can't recover from.",
   4005: "This conversation reached its time limit. Start a new one to keep talking.",
+  4006: "An administrator ended this conversation.",
+  4007: "The server is restarting.",
+  4008: "This conversation reached its time limit. Start a new one to keep talking.",
   4010: "Voice chat isn't set up on this server yet.",
   4011: "This server doesn't allow that model.",
+  4012: "You already have as many conversations open as allowed. End one to start another.",
+  4020: "The usage budget for voice chat has been reached.",
+  4029: "Too many new conversations in the last minute. Wait a moment and try again.",
   4500: "The server hit an unexpected problem.",
 };
 // The status line's short "why" next to "Ended"; the alert carries the full sentence.
@@ -32,13 +39,21 @@ const CLOSE_REASONS = {
   4003: "the AI service hung up",
   4004: "AI service error",
   4005: "time limit reached",
+  4006: "ended by an administrator",
+  4007: "the server restarted",
+  4008: "time limit reached",
   4010: "not set up on this server",
   4011: "model not allowed",
+  4012: "too many conversations",
+  4020: "budget reached",
+  4029: "too many new conversations",
   4500: "server error",
 };
-// Worth one more try: the network or the provider blinked. Not: refusals, quotas, time limits.
-const RETRY_CODES = new Set([1001, 1006, 1011, 1012, 1013, 4001, 4003]);
-const MAX_RETRIES = 3;
+// Worth trying again: the network, the server or the provider blinked. Not: refusals, quotas,
+// time limits, an administrator's hang-up. A socket that never opened is retried too, unless
+// the user turns out to be signed out (checkSignedIn).
+const RETRY_CODES = new Set([1001, 1006, 1011, 1012, 1013, 4001, 4003, 4007]);
+const MAX_RETRY_DELAY_S = 30; // 1, 2, 4, ... 30, 30, ... for as long as the page is open
 // Harmless races (cancelling a reply that just finished); logged, never shown.
 const QUIET_ERRORS = new Set(["response_cancel_not_active", "input_audio_buffer_commit_empty"]);
 // A press shorter than this is a tap (a slip, a test of the button): it is ignored, and it
@@ -70,6 +85,9 @@ export class VoiceChatApp {
       statusText: $("status").querySelector(".status-text"),
       alert: $("alert"),
       alertText: $("alert").querySelector(".alert-text"),
+      reconnect: $("reconnect"),
+      reconnectText: $("reconnect-countdown"),
+      retryNow: $("retry-now"),
       ptt: $("push-to-talk"),
       voice: $("voice"),
       composer: $("composer"),
@@ -102,8 +120,11 @@ export class VoiceChatApp {
     this.recorder = null;
     this.player = null;
     this.wanted = false; // the user wants to be connected (drives reconnects)
-    this.retries = 0;
+    this.retries = 0; // failed attempts since the last session began
     this.retryTimer = 0;
+    this.retryAt = 0; // when the next attempt starts (performance.now() time)
+    this.retryMessage = "";
+    this.reconnectNotice = null; // the transcript's "reconnecting…" line, removed once back
     this.sessionReady = false;
     this.sessionVoice = null;
     this.voiceLocked = false; // the service fixes the voice once it has spoken
@@ -149,6 +170,7 @@ export class VoiceChatApp {
     el.connect.addEventListener("click", () => this.connect());
     el.disconnect.addEventListener("click", () => this.disconnect());
     el.stop.addEventListener("click", () => this.stopReply());
+    el.retryNow.addEventListener("click", () => this.retryNow());
     el.alert.querySelector(".alert-close").addEventListener("click", () => this.hideAlert());
     el.composer.addEventListener("submit", (event) => {
       event.preventDefault();
@@ -228,10 +250,16 @@ export class VoiceChatApp {
     el.assistantWave.classList.toggle("is-active", this.status === "assistant-speaking");
   }
 
-  showAlert(message, kind = "error", { transient = false } = {}) {
+  showAlert(message, kind = "error", { transient = false, link = null } = {}) {
     clearTimeout(this.alertTimer);
     this.el.alert.dataset.kind = kind;
     this.el.alertText.textContent = message;
+    if (link) {
+      const anchor = document.createElement("a");
+      anchor.href = link.href;
+      anchor.textContent = link.text;
+      this.el.alertText.append(" ", anchor);
+    }
     this.el.alert.hidden = false;
     if (transient) this.alertTimer = setTimeout(() => this.hideAlert(), 6000);
   }
@@ -335,7 +363,7 @@ export class VoiceChatApp {
   disconnect() {
     if (!this.wanted && !this.client) return;
     this.wanted = false;
-    clearTimeout(this.retryTimer);
+    this.cancelRetry();
     const client = this.client;
     this.endSession();
     this.stopAudio();
@@ -363,7 +391,7 @@ export class VoiceChatApp {
     this.assistantWave.attach(null);
   }
 
-  onClose(client, { code, wasOpen, error }) {
+  async onClose(client, { code, wasOpen, error }) {
     if (client !== this.client) return; // an old socket we already left
     this.endSession();
     this.player?.interrupt();
@@ -371,21 +399,100 @@ export class VoiceChatApp {
     const message =
       (code >= 4000 && error?.message) ||
       CLOSE_MESSAGES[code] ||
-      (wasOpen
-        ? "The connection closed unexpectedly."
-        : "Couldn't reach the server. Check your connection, and that you're still signed in.");
-    if (wasOpen && RETRY_CODES.has(code) && this.retries < MAX_RETRIES) {
-      this.retries += 1;
-      const delay = 1000 * 2 ** (this.retries - 1);
-      this.transcript.notice("Connection lost — reconnecting…");
-      this.setStatus("reconnecting", `${message} Reconnecting…`);
-      this.retryTimer = setTimeout(() => this.wanted && this.openSocket(), delay);
+      (wasOpen ? "The connection closed unexpectedly." : "Couldn't reach the server.");
+    if (wasOpen ? RETRY_CODES.has(code) : true) {
+      // A socket refused before it opened looks the same for a server that is down and for a
+      // user who was signed out (the handshake is refused with no reason): ask the site.
+      const signedIn = wasOpen ? "yes" : await this.checkSignedIn();
+      if (!this.wanted || this.client) return; // hung up, or retried by hand, meanwhile
+      if (signedIn === "no") {
+        this.giveUp("signed out", "You were signed out, so the conversation can't continue.", {
+          href: this.signInUrl(),
+          text: "Sign in again",
+        });
+        return;
+      }
+      const why =
+        signedIn === "unreachable"
+          ? "Couldn't reach the server. You're still signed in."
+          : wasOpen
+            ? message
+            : "Couldn't connect to the voice service. You're still signed in.";
+      this.scheduleRetry(why);
       return;
     }
+    this.giveUp(CLOSE_REASONS[code] ?? "connection closed", message);
+  }
+
+  giveUp(reason, message, link = null) {
     this.wanted = false;
+    this.cancelRetry();
     this.stopAudio();
-    this.setStatus("ended", CLOSE_REASONS[code] ?? (wasOpen ? "connection closed" : "couldn't connect"));
-    this.showAlert(message, "error");
+    this.setStatus("ended", reason);
+    this.showAlert(message, "error", { link });
+  }
+
+  /** "yes", "no" (signed out) or "unreachable", from a HEAD of this (sign-in only) page. */
+  async checkSignedIn() {
+    try {
+      const response = await fetch(window.location.href, {
+        method: "HEAD",
+        credentials: "same-origin",
+        cache: "no-store",
+        redirect: "manual", // signed out: a redirect to the sign-in page
+      });
+      if (response.type === "opaqueredirect" || response.status === 401 || response.status === 403) {
+        return "no";
+      }
+      return response.ok ? "yes" : "unreachable";
+    } catch {
+      return "unreachable";
+    }
+  }
+
+  signInUrl() {
+    const next = encodeURIComponent(window.location.pathname);
+    return `${this.root.dataset.loginUrl}?next=${next}`;
+  }
+
+  /** Try again after 1, 2, 4, ... up to MAX_RETRY_DELAY_S seconds, with a countdown. */
+  scheduleRetry(message) {
+    this.retries += 1;
+    const delayS = Math.min(MAX_RETRY_DELAY_S, 2 ** (this.retries - 1));
+    this.retryAt = performance.now() + delayS * 1000;
+    this.retryMessage = message;
+    if (!this.reconnectNotice) this.reconnectNotice = this.transcript.notice("Connection lost — reconnecting…");
+    this.hideAlert();
+    clearTimeout(this.retryTimer);
+    this.showCountdown();
+  }
+
+  showCountdown() {
+    const left = Math.max(0, Math.ceil((this.retryAt - performance.now()) / 1000));
+    if (left === 0) {
+      this.retryNow();
+      return;
+    }
+    const when = `Trying again in ${left} s.`;
+    this.el.reconnectText.textContent = `${this.retryMessage} ${when}`;
+    this.el.reconnect.hidden = false;
+    this.setStatus("reconnecting", `Reconnecting · ${when}`);
+    // Tick at the next whole second of the countdown.
+    const untilTick = (this.retryAt - performance.now()) % 1000 || 1000;
+    this.retryTimer = setTimeout(() => this.showCountdown(), untilTick + 5);
+  }
+
+  retryNow() {
+    if (!this.wanted || this.client) return;
+    clearTimeout(this.retryTimer);
+    this.el.reconnect.hidden = true;
+    this.setStatus("reconnecting", "Reconnecting…");
+    this.openSocket();
+  }
+
+  cancelRetry() {
+    clearTimeout(this.retryTimer);
+    this.el.reconnect.hidden = true;
   }
 
   // ---- server events ---------------------------------------------------------------------
@@ -474,6 +581,11 @@ export class VoiceChatApp {
     const reconnected = this.retries > 0 || this.transcript.entries.size > 0;
     this.sessionReady = true;
     this.retries = 0;
+    this.cancelRetry();
+    if (this.reconnectNotice) {
+      this.transcript.remove(this.reconnectNotice);
+      this.reconnectNotice = null;
+    }
     this.voiceLocked = false;
     this.sessionVoice = session.audio?.output?.voice ?? null;
     const turnDetection = session.audio?.input?.turn_detection;

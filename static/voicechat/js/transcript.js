@@ -93,6 +93,21 @@ export class Transcript {
     this.entries.set(id, { id, role: "notice", element, previous: this.lastId });
     this.lastId = id;
     this.place();
+    return id;
+  }
+
+  /** Take a notice away again (the "reconnecting…" line, once reconnected). */
+  remove(id) {
+    const entry = this.entries.get(id);
+    if (!entry) return;
+    // Whatever followed it now follows what came before it.
+    for (const other of this.entries.values()) {
+      if (other.previous === id) other.previous = entry.previous;
+    }
+    if (this.lastId === id) this.lastId = entry.previous;
+    this.entries.delete(id);
+    entry.element.remove();
+    this.place();
   }
 
   /** At the end of a connection, entries still waiting for text are finished as they are. */
