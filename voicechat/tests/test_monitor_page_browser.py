@@ -42,7 +42,10 @@ async def test_staff_watch_and_end_a_conversation_in_the_browser(
             await ws.send(json.dumps(typed("Say hello")))
             await ws.send(json.dumps({"type": "response.create"}))
             lines = page.get_by_test_id("monitor-line")
-            await expect(lines).to_have_text(["Say hello", "Hello from the fake upstream."])
+            await expect(lines.locator(".turn-text")).to_have_text(
+                ["Say hello", "Hello from the fake upstream."]
+            )
+            await expect(lines.locator(".turn-who")).to_have_text(["User", "Assistant"])
             await expect(lines.first).to_have_attribute("data-role", "user")
 
             await row.get_by_role("button", name="End").click()

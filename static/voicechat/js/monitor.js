@@ -1,6 +1,10 @@
 // The staff live monitor: follows /ws/monitor, keeps the list of open conversations current,
 // and shows the transcript of the watched one as its lines arrive (from any server process).
 
+// The process column is hidden on narrow screens (app.css, .col-process).
+const PROCESS_COLUMN = 4;
+const SPEAKERS = { user: "User", assistant: "Assistant" };
+
 const STATUS_TEXT = {
   speech_started: "user is speaking…",
   speech_stopped: "user stopped speaking",
@@ -16,6 +20,9 @@ class MonitorPage {
     this.activity = document.getElementById("activity");
     this.watchingLabel = document.getElementById("watching");
     this.status = document.getElementById("monitor-status");
+    this.statusText = this.status.querySelector("[data-testid=monitor-status]");
+    this.watchHint = document.getElementById("watch-hint");
+    this.emptyRow = document.getElementById("empty-row").content.firstElementChild;
     this.csrf = document.getElementById("end-form").content.querySelector("input");
     this.endUrl = (id) => root.dataset.endUrlTemplate.replace("/0/", `/${id}/`);
     this.watching = null;
@@ -28,12 +35,17 @@ class MonitorPage {
   connect() {
     const scheme = location.protocol === "https:" ? "wss" : "ws";
     this.socket = new WebSocket(`${scheme}://${location.host}${this.root.dataset.socketPath}`);
-    this.socket.onopen = () => { this.status.textContent = "live"; if (this.watching) this.watch(this.watching); };
+    this.socket.onopen = () => { this.setStatus("live", "live"); if (this.watching) this.watch(this.watching); };
     this.socket.onmessage = (message) => this.handle(JSON.parse(message.data));
     this.socket.onclose = () => {
-      this.status.textContent = "disconnected, retrying…";
+      this.setStatus("reconnecting", "disconnected, retrying…");
       setTimeout(() => this.connect(), 2000);
     };
+  }
+
+  setStatus(state, text) {
+    this.status.dataset.state = state;
+    this.statusText.textContent = text;
   }
 
   watch(id) {
@@ -41,6 +53,7 @@ class MonitorPage {
     this.transcript.replaceChildren();
     this.activity.textContent = "";
     this.watchingLabel.textContent = `(conversation ${id})`;
+    this.watchHint.hidden = true;
     for (const row of this.list.querySelectorAll("tr")) {
       row.classList.toggle("watched", row.dataset.conversation === String(id));
     }
@@ -50,7 +63,10 @@ class MonitorPage {
   handle(event) {
     switch (event.kind) {
       case "snapshot":
-        this.list.replaceChildren(...event.conversations.map((c) => this.row(c)));
+        // With nothing open the list says so, rather than going blank.
+        this.list.replaceChildren(
+          ...(event.conversations.length ? event.conversations.map((c) => this.row(c)) : [this.emptyRow.cloneNode(true)]),
+        );
         break;
       case "started":
         this.list.querySelector("tr.empty")?.remove();
@@ -81,25 +97,32 @@ class MonitorPage {
     let entry = this.transcript.querySelector(`li[data-item="${CSS.escape(item_id)}"]`);
     if (!entry) {
       entry = document.createElement("li");
+      entry.className = `turn turn--${role}`;
       entry.dataset.item = item_id;
       entry.dataset.role = role;
       entry.dataset.testid = "monitor-line";
+      const who = Object.assign(document.createElement("span"), { className: "turn-who", textContent: SPEAKERS[role] ?? role });
+      entry.append(who, Object.assign(document.createElement("p"), { className: "turn-text" }));
       this.transcript.append(entry);
     }
-    entry.textContent = text;
+    entry.querySelector(".turn-text").textContent = text;
   }
 
   row(c) {
     const row = document.createElement("tr");
     row.dataset.conversation = c.id ?? c.conversation;
     const id = row.dataset.conversation;
-    const watch = Object.assign(document.createElement("button"), { type: "button", className: "link", textContent: id });
+    const watch = Object.assign(document.createElement("button"), { type: "button", className: "btn btn-small", textContent: id });
     watch.dataset.watch = id;
+    watch.setAttribute("aria-label", `Follow conversation ${id}`);
     const form = Object.assign(document.createElement("form"), { method: "post", action: this.endUrl(id) });
-    form.append(this.csrf.cloneNode(), Object.assign(document.createElement("button"), { type: "submit", textContent: "End" }));
+    const end = Object.assign(document.createElement("button"), { type: "submit", className: "btn btn-small btn-danger", textContent: "End" });
+    end.dataset.testid = `end-${id}`;
+    form.append(this.csrf.cloneNode(), end);
     const cells = [watch, c.user, c.model, new Date(c.started).toLocaleTimeString(), c.process, form];
-    row.append(...cells.map((content) => {
+    row.append(...cells.map((content, index) => {
       const cell = document.createElement("td");
+      if (index === PROCESS_COLUMN) cell.className = "col-process";
       cell.append(content);
       return cell;
     }));
