@@ -344,7 +344,7 @@ class OfflineResponder:
 
     def _recall(self, text: str, memory: Memory, user_texts: list[str]) -> str | None:
         low = text.lower()
-        if re.search(r"\b(what(?:'s| is) my name|who am i|(know|remember) my name)\b", low):
+        if re.search(r"\b(what(?:'s| is| was) my name|who am i|(know|remember) my name)\b", low):
             if memory.name:
                 return f"Your name is {memory.name}."
             return "You haven't told me your name yet. What should I call you?"

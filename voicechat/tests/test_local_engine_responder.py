@@ -46,6 +46,7 @@ def test_memory_of_facts_stated_earlier():
     assert "haven't told me your name" in ask("What is my name?")
     # A later statement wins.
     assert ask("my name is ada", "call me Grace", "who am i") == "Your name is Grace."
+    assert ask("Hi, I'm Sam.", "What was my name again?") == "Your name is Sam."
 
 
 def test_acknowledges_what_it_learns():
