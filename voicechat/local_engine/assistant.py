@@ -70,7 +70,8 @@ class Assistant:
                 yield delta
             return
         preamble = f"{VOICE_PREAMBLE} {WITH_TOOLS if turn.tools else NO_TOOLS}"
-        instructions = "\n\n".join(p for p in (preamble, turn.instructions) if p)
+        facts = self._rules.known_facts(turn)
+        instructions = "\n\n".join(p for p in (preamble, turn.instructions, facts) if p)
         spoken = SpokenText()
         said_anything = False
         async for out in self._model.respond(dataclasses.replace(turn, instructions=instructions)):

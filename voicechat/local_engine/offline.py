@@ -299,6 +299,19 @@ class OfflineResponder:
             or self._arithmetic(text)
         )
 
+    def known_facts(self, turn: Turn) -> str:
+        """What the user has said about themselves, as a sentence for a model's instructions
+        ("" if nothing): small models lose a name said ten turns ago."""
+        memory = Memory(
+            [h["text"] for h in turn.history if h.get("role") == "user" and h.get("text")]
+        )
+        facts = [f"their name is {memory.name}"] if memory.name else []
+        facts += [f"their {key} is {value}" for key, value in memory.facts.items() if key != "home"]
+        if "home" in memory.facts:
+            facts.append(f"they live in {memory.facts['home']}")
+        facts += [f"they like {thing}" for thing in memory.likes[-3:]]
+        return f"What the user has told you: {'; '.join(facts)}." if facts else ""
+
     def _introduction_heard(self, text: str) -> str | None:
         """ "My name is Ada." gets a greeting by name (a small model often skips the name); an
         introduction with a question in it is left to the question's answerer."""

@@ -150,8 +150,12 @@ async def test_instructions_history_and_tools_reach_the_llm(llm):
     body = request["body"]
     assert body["model"] == "tiny" and body["stream"] is True
     assert body["messages"] == [
-        # The voice preamble, then the session's own instructions.
-        {"role": "system", "content": f"{VOICE_PREAMBLE} {WITH_TOOLS}\n\nYou are terse."},
+        # The voice preamble, the session's own instructions, what the user said of themselves.
+        {
+            "role": "system",
+            "content": f"{VOICE_PREAMBLE} {WITH_TOOLS}\n\nYou are terse.\n\n"
+            "What the user has told you: their name is Ada.",
+        },
         {"role": "user", "content": "I am Ada."},
         {"role": "assistant", "content": "Hello Ada!"},
         {"role": "user", "content": "Say my name back to me."},

@@ -49,6 +49,22 @@ def test_memory_of_facts_stated_earlier():
     assert ask("Hi, I'm Sam.", "What was my name again?") == "Your name is Sam."
 
 
+def test_known_facts_are_told_to_the_model_in_one_sentence():
+    turn = Turn(
+        instructions="",
+        history=[
+            {"role": "user", "text": "Hi, I'm Sam."},
+            {"role": "assistant", "text": "Hello Sam!"},
+            {"role": "user", "text": "I live in Lyon and my favorite color is green."},
+        ],
+    )
+    assert OfflineResponder().known_facts(turn) == (
+        "What the user has told you: their name is Sam; their favorite color is green; "
+        "they live in Lyon."
+    )
+    assert OfflineResponder().known_facts(Turn(instructions="", history=[])) == ""
+
+
 def test_acknowledges_what_it_learns():
     assert ask("My name is Ada.") == "Nice to meet you, Ada!"
     assert ask("I live in new york") == "Got it, you live in New York."
