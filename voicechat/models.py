@@ -98,6 +98,8 @@ class Conversation(models.Model):
     backend = models.CharField(max_length=16, choices=Backend)
     model = models.CharField(max_length=64)
     voice = models.CharField(max_length=32, blank=True)
+    # The offline engine's models when it started (voicechat/offline_models.py); "" for OpenAI.
+    engine = models.CharField(max_length=200, blank=True)
     upstream_session_id = models.CharField(max_length=128, blank=True)
     # Audit: how and from where the socket was opened.
     auth_method = models.CharField(max_length=16, blank=True)
@@ -146,7 +148,7 @@ class Conversation(models.Model):
         """What answered, in words. The offline engine stores the model name the client asked
         for (e.g. gpt-realtime), which it does not run, so it is not shown as the model."""
         if self.backend == Backend.LOCAL:
-            return "Offline assistant"
+            return f"Offline assistant ({self.engine})" if self.engine else "Offline assistant"
         return f"{self.get_backend_display()} · {self.model}"
 
     @property

@@ -14,12 +14,14 @@ from django.utils.timezone import now
 
 from voicechat.models import (
     ApiToken,
+    Backend,
     Conversation,
     EndReason,
     ItemStatus,
     TranscriptItem,
     UsageRecord,
 )
+from voicechat.offline_models import offline_models
 from voicechat.scopes import ScopeKind
 
 
@@ -100,6 +102,7 @@ def conversation_start(
             backend=backend,
             model=model,
             voice=voice,
+            engine=offline_models() if backend == Backend.LOCAL else "",
             process=process,
             channel_name=channel_name,
             started=started,

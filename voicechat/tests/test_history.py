@@ -216,3 +216,22 @@ def test_the_header_says_what_answered(client, alice, alice_talk, bob, bob_talk)
     assert (
         "OpenAI Realtime · gpt-realtime" in client.get(f"/history/{bob_talk.pk}/").content.decode()
     )
+
+
+def test_an_offline_conversation_records_which_models_answered(client, alice, settings):
+    settings.LOCAL_STT, settings.LOCAL_STT_MODEL, settings.REALTIME_LANGUAGE = (
+        "faster-whisper",
+        "auto",
+        "en",
+    )
+    settings.LOCAL_LLM, settings.LOCAL_LLM_URL, settings.LOCAL_TTS = ("embedded", "", "piper")
+    offline = conversation_start(user=alice, backend="local", model="gpt-realtime", voice="v")
+    assert offline.engine == "Whisper tiny.en, Qwen2.5-Coder-1.5B-Instruct, piper"
+    client.force_login(alice)
+    html = client.get(f"/history/{offline.pk}/").content.decode()
+    assert "Offline assistant (Whisper tiny.en, Qwen2.5-Coder-1.5B-Instruct, piper)" in html
+    settings.LOCAL_LLM = "none"
+    rules = conversation_start(user=alice, backend="local", model="gpt-realtime", voice="v")
+    assert rules.engine == "Whisper tiny.en, answers by rules, piper"
+    online = conversation_start(user=alice, backend="openai", model="gpt-realtime", voice="v")
+    assert online.engine == ""
