@@ -117,9 +117,10 @@ def bench_quality() -> dict[str, list[bytes]]:
     return sets
 
 
-async def spoken_turns(clips: list[bytes]) -> tuple[list[float], list[int], list[str]]:
-    """Each clip as a turn in real time; ms from speech_stopped to the final transcript, and
-    the partial transcripts (deltas) before speech_stopped."""
+async def spoken_turns(clips: list[bytes]) -> tuple[list[float], list[int], list[str], float]:
+    """Each clip as a turn in real time; ms from speech_stopped to the final transcript, the
+    partial transcripts (deltas) before speech_stopped, the transcripts, and the seconds spent
+    decoding per second of audio streamed to the recognizer."""
     session = {
         "type": "session.update",
         "session": {
@@ -157,19 +158,20 @@ async def spoken_turns(clips: list[bytes]) -> tuple[list[float], list[int], list
             )
             transcripts.append(done["transcript"])
             await client.wait("response.done")
-    return waits, partials, transcripts
+        busy = client.upstream._session.stats.stt_rtf()
+    return waits, partials, transcripts, busy
 
 
 def bench_turns(sets: dict[str, list[bytes]]) -> None:
     print("Turns spoken in real time (40 ms appends, 500 ms silence window):")
     for voice, clips in sets.items():
-        waits, partials, heard = asyncio.run(spoken_turns(clips))
+        waits, partials, heard, busy = asyncio.run(spoken_turns(clips))
         print(
             f"    {voice:20s} speech_stopped -> transcript"
             f" median {statistics.median(waits):4.0f} ms"
             f"  range {min(waits):.0f}-{max(waits):.0f} ms;  partials before the end"
             f" {statistics.mean(partials):.1f} per turn (max {max(partials)});"
-            f"  WER {word_error_rate(SENTENCES, heard):5.1%}"
+            f"  WER {word_error_rate(SENTENCES, heard):5.1%};  decoding {busy:.2f} s per s"
         )
 
 
