@@ -531,3 +531,35 @@ def test_a_signed_out_user_is_told_so_and_not_retried_forever(
     assert "/login/" in alert.get_by_role("link").get_attribute("href")
     assert page.get_by_test_id("reconnect").is_hidden()
     assert page.get_by_test_id("connect").is_visible()
+
+
+@pytest.mark.parametrize("who", ["alice", "staff_user"])
+def test_the_chat_page_fits_a_phone(chat_server, voice_upstream, launch_browser, request, who):
+    voice_upstream.reply_text = REPLY
+    voice_upstream.reply_ms = 300
+    user = request.getfixturevalue(who)  # staff see one more link in the top bar
+    page = signed_in_page(
+        launch_browser(),
+        chat_server,
+        user,
+        viewport={"width": 390, "height": 844},
+        is_mobile=True,
+        has_touch=True,
+    )
+    page.goto(chat_server.url)
+    assert page.evaluate("() => document.documentElement.scrollWidth") <= 390
+    assert page.get_by_test_id("logout").is_visible()
+    sign_out = page.get_by_test_id("logout").bounding_box()
+    assert sign_out["x"] + sign_out["width"] <= 390
+    page.get_by_test_id("connect").click()
+    wait_for_status(page, "listening")
+    page.get_by_test_id("text-input").fill("Hello from a phone")
+    # Playwright's click fails if another element (the sticky form) would take the tap.
+    page.get_by_test_id("send").click(timeout=5000)
+    wait_for_entry(page, "assistant", "done", REPLY)
+    for turn in range(4):  # a longer conversation scrolls the page under the sticky box
+        wait_for_status(page, "listening")
+        page.get_by_test_id("text-input").fill(f"Tap {turn}")
+        page.get_by_test_id("send").tap(timeout=5000)
+        wait_for_replies(page, turn + 2)
+    assert page.evaluate("() => document.documentElement.scrollWidth") <= 390

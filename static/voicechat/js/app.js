@@ -241,7 +241,7 @@ export class VoiceChatApp {
     el.stop.disabled = !(this.responseActive || this.player?.busy || this.audioItemId);
     el.input.disabled = !this.sessionReady;
     el.send.disabled = !this.sessionReady;
-    el.input.placeholder = this.sessionReady ? "Type a message…" : "Start a conversation to type";
+    el.input.placeholder = this.sessionReady ? "Type a message…" : "Type here once connected";
     el.ptt.disabled = !(this.sessionReady && this.recorder?.active);
     this.micWave.active =
       Boolean(this.recorder?.active) && (this.mode === "hands-free" ? live : this.pttHeld);
