@@ -103,6 +103,7 @@ class ConversationAdmin(admin.ModelAdmin):
         "user_agent",
         "backend",
         "model",
+        "engine",
         "voice",
         "upstream_session_id",
         "started",
