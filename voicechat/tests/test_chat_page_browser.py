@@ -563,3 +563,30 @@ def test_the_chat_page_fits_a_phone(chat_server, voice_upstream, launch_browser,
         page.get_by_test_id("send").tap(timeout=5000)
         wait_for_replies(page, turn + 2)
     assert page.evaluate("() => document.documentElement.scrollWidth") <= 390
+
+
+def test_the_event_log_records_while_closed_and_says_its_time_zone(
+    chat_server, voice_upstream, launch_browser, alice
+):
+    voice_upstream.reply_ms = 300
+    voice_upstream.reply_text = REPLY
+    page = signed_in_page(launch_browser(), chat_server, alice, timezone_id="Asia/Tokyo")
+    page.goto(chat_server.url)
+    page.get_by_test_id("connect").click()
+    wait_for_status(page, "listening")
+    page.get_by_test_id("text-input").fill("Something to log")
+    page.get_by_test_id("send").click()
+    wait_for_replies(page, 1)
+
+    log = page.get_by_test_id("event-log")
+    log.locator("summary").click()  # opened only now
+    lines = log.locator(".log-line code").all_inner_texts()
+    for expected in ("session.created", "conversation.item.create", "response.done"):
+        assert expected in lines
+    assert "Asia/Tokyo (UTC+09:00)" in log.locator("summary").inner_text()
+    # Open, it goes on recording as before.
+    wait_for_status(page, "listening")
+    page.get_by_test_id("text-input").fill("And more")
+    page.get_by_test_id("send").click()
+    wait_for_replies(page, 2)
+    assert log.locator(".log-line code", has_text="response.done").count() == 2

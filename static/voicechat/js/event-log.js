@@ -1,5 +1,7 @@
 // The optional event log: the protocol events in both directions, newest last. Audio deltas
-// and appends are folded into one line with a count, so the log stays readable.
+// and appends are folded into one line with a count, so the log stays readable. Events are
+// recorded all the time (a few hundred small records) and drawn only while the log is open, so
+// opening it after something went wrong shows what led up to it.
 
 const MAX_LINES = 300;
 const FOLDED = new Set([
@@ -15,46 +17,82 @@ export class EventLog {
   constructor(details) {
     this.details = details;
     this.list = details.querySelector("ol");
-    this.recent = []; // the newest few lines, where repeats of a folded type are counted
+    this.records = []; // {time, direction, type, count, detail, element}, oldest first
+    this.recent = []; // the newest few records, where repeats of a folded type are counted
+    this.showTimeZone(details.querySelector("[data-log-zone]"));
+    details.addEventListener("toggle", () => this.details.open && this.redraw());
+  }
+
+  /** The times are the browser's own clock: say which zone that is. */
+  showTimeZone(label) {
+    if (!label) return;
+    const zone = Intl.DateTimeFormat().resolvedOptions().timeZone;
+    const offset = -new Date().getTimezoneOffset();
+    const sign = offset < 0 ? "−" : "+";
+    const hours = String(Math.floor(Math.abs(offset) / 60)).padStart(2, "0");
+    const minutes = String(Math.abs(offset) % 60).padStart(2, "0");
+    label.textContent = `times in your time zone, ${zone ?? "local"} (UTC${sign}${hours}:${minutes})`;
   }
 
   /** @param {"in"|"out"} direction @param {object} event */
   add(direction, event) {
-    if (!this.details.open) return; // logging costs DOM work; only while someone is looking
     const type = event.type ?? "?";
     // Audio flows both ways at once, so a folded line absorbs its type while it is recent.
     const same = FOLDED.has(type)
-      ? this.recent.find((line) => line.type === type && line.direction === direction)
+      ? this.recent.find((record) => record.type === type && record.direction === direction)
       : null;
     if (same) {
       same.count += 1;
-      same.countNode.textContent = `×${same.count}`;
+      if (same.element) same.element.querySelector(".log-count").textContent = `×${same.count}`;
       return;
     }
+    const record = {
+      time: new Date(),
+      direction,
+      type,
+      count: 1,
+      detail: type === "error" ? (event.error?.message ?? "") : "",
+      element: null,
+    };
+    this.records.push(record);
+    if (this.records.length > MAX_LINES) this.records.shift().element?.remove();
+    this.recent.push(record);
+    if (this.recent.length > 4) this.recent.shift();
+    if (!this.details.open) return; // drawing costs DOM work; only while someone is looking
+    const follow = this.list.scrollHeight - this.list.scrollTop - this.list.clientHeight < 24;
+    this.list.append(this.render(record));
+    if (follow) this.list.scrollTop = this.list.scrollHeight;
+  }
+
+  /** Draw every record kept (on opening the log). */
+  redraw() {
+    this.list.replaceChildren(...this.records.map((record) => this.render(record)));
+    this.list.scrollTop = this.list.scrollHeight;
+  }
+
+  render(record) {
     const li = document.createElement("li");
-    li.className = `log-line log-line--${direction}`;
+    li.className = `log-line log-line--${record.direction}`;
     const time = document.createElement("time");
-    time.textContent = new Date().toLocaleTimeString([], { hour12: false });
+    time.dateTime = record.time.toISOString();
+    time.textContent = record.time.toLocaleTimeString([], { hour12: false });
     const arrow = document.createElement("span");
     arrow.className = "log-dir";
-    arrow.textContent = direction === "in" ? "↓" : "↑";
-    arrow.title = direction === "in" ? "from server" : "to server";
+    arrow.textContent = record.direction === "in" ? "↓" : "↑";
+    arrow.title = record.direction === "in" ? "from server" : "to server";
     const name = document.createElement("code");
-    name.textContent = type;
+    name.textContent = record.type;
     const count = document.createElement("span");
     count.className = "log-count";
+    if (record.count > 1) count.textContent = `×${record.count}`;
     li.append(time, arrow, name, count);
-    if (type === "error") {
+    if (record.detail) {
       const detail = document.createElement("span");
       detail.className = "log-detail";
-      detail.textContent = event.error?.message ?? "";
+      detail.textContent = record.detail;
       li.append(detail);
     }
-    const follow = this.list.scrollHeight - this.list.scrollTop - this.list.clientHeight < 24;
-    this.list.append(li);
-    while (this.list.children.length > MAX_LINES) this.list.firstElementChild.remove();
-    if (follow) this.list.scrollTop = this.list.scrollHeight;
-    this.recent.push({ type, direction, count: 1, countNode: count });
-    if (this.recent.length > 4) this.recent.shift();
+    record.element = li;
+    return li;
   }
 }
