@@ -28,9 +28,10 @@ application = ProtocolTypeRouter(
 # The offline engine's models load now, in the background, rather than in the first conversation
 # (a missing model was already reported by the start-up check, voicechat/checks.py).
 if resolve_backend() == Backend.LOCAL:
-    from voicechat.local_engine import speech
+    from voicechat.local_engine import assistant, speech
 
     speech.warm_up()
+    assistant.warm_up()
 
 # Everything alive now (Django, the apps, the URL conf) lives as long as the process. Moved out
 # of the collector's sight, it is not walked again by every full collection, which otherwise

@@ -153,6 +153,14 @@ class SpokenText:
         return spoken
 
 
+def warm_up() -> None:
+    """Load the embedded model in the background if the settings will use it (server start)."""
+    if not settings.LOCAL_LLM_URL and settings.LOCAL_LLM == "embedded":
+        from voicechat.local_engine import llm
+
+        llm.warm_up()
+
+
 def make_responder() -> Responder:
     """The assistant the settings ask for (see the module docstring)."""
     if settings.LOCAL_LLM_URL:

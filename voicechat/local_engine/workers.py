@@ -20,7 +20,7 @@ Pool = Literal["stt", "tts"]
 
 @functools.cache
 def _executor(pool: Pool) -> ThreadPoolExecutor:
-    # More threads than cores only adds contention: onnxruntime and pocketsphinx are CPU-bound.
+    # More threads than cores only adds contention: onnxruntime and CTranslate2 are CPU-bound.
     workers = getattr(settings, "LOCAL_ENGINE_WORKERS", 0) or os.cpu_count() or 2
     return ThreadPoolExecutor(max_workers=workers, thread_name_prefix=f"local-{pool}")
 
