@@ -61,3 +61,41 @@ def test_lost_conversation_never_ends_before_it_started(lost):
 def test_a_stored_end_before_the_start_is_not_a_negative_duration(lost):
     lost.ended = lost.started - timedelta(seconds=5)
     assert lost.duration == timedelta(0)
+
+
+@pytest.mark.django_db(transaction=True)
+def test_ends_stored_before_the_start_are_repaired_by_migration(alice):
+    """Rows ended the old way (before their start) are re-ended at their last line."""
+    from django.db import connection
+    from django.db.migrations.executor import MigrationExecutor
+
+    before, repair = (
+        ("voicechat", "0004_conversation_engine"),
+        ("voicechat", "0005_repair_lost_conversation_ends"),
+    )
+    executor = MigrationExecutor(connection)
+    latest = executor.loader.graph.leaf_nodes()
+    executor.migrate([before])
+    try:
+        apps = executor.loader.project_state([before]).apps
+        started = now() - timedelta(minutes=10)
+        conversation = apps.get_model("voicechat", "Conversation").objects.create(
+            user_id=alice.pk,
+            backend="local",
+            model="m",
+            started=started,
+            heartbeat=started - timedelta(milliseconds=1),
+            ended=started - timedelta(milliseconds=1),
+            end_reason=EndReason.PROCESS_LOST,
+        )
+        apps.get_model("voicechat", "TranscriptItem").objects.create(
+            conversation_id=conversation.pk,
+            item_id="u1",
+            role=Role.USER,
+            updated=started + timedelta(seconds=90),
+        )
+        MigrationExecutor(connection).migrate([repair])
+    finally:
+        MigrationExecutor(connection).migrate(latest)
+    repaired = Conversation.objects.get(pk=conversation.pk)
+    assert repaired.ended == started + timedelta(seconds=90)
