@@ -8,11 +8,11 @@ from django.db.models import Count, OuterRef, Subquery
 from django.http import HttpRequest, HttpResponse
 from django.shortcuts import get_object_or_404, redirect, render
 from django.templatetags.static import static
-from django.views.decorators.http import require_GET, require_http_methods
+from django.views.decorators.http import require_http_methods, require_safe
 
 from voicechat import services
 from voicechat.exports import attachment, conversation_as_markdown
-from voicechat.models import Backend, Conversation, Role, TranscriptItem
+from voicechat.models import Backend, Conversation, ConversationQuerySet, Role, TranscriptItem
 from voicechat.upstream import resolve_backend
 
 HISTORY_PAGE_SIZE = 20
@@ -73,7 +73,7 @@ def history(request: HttpRequest) -> HttpResponse:
     return render(request, "voicechat/history.html", {"page": page, "nav": "history"})
 
 
-def own_conversations(request: HttpRequest):
+def own_conversations(request: HttpRequest) -> ConversationQuerySet:
     """The signed-in user's conversations, less those they deleted.
 
     Every history view reads through this: someone else's conversation is a 404, not a 403, so
@@ -83,7 +83,7 @@ def own_conversations(request: HttpRequest):
 
 
 @login_required
-@require_GET
+@require_safe
 def conversation_detail(request: HttpRequest, pk: int) -> HttpResponse:
     conversation = get_object_or_404(own_conversations(request), pk=pk)
     return render(
@@ -112,7 +112,7 @@ def conversation_delete(request: HttpRequest, pk: int) -> HttpResponse:
 
 
 @login_required
-@require_GET
+@require_safe
 def conversation_export(request: HttpRequest, pk: int) -> HttpResponse:
     """The user's own transcript as a Markdown file."""
     conversation = get_object_or_404(own_conversations(request).select_related("user"), pk=pk)

@@ -86,6 +86,7 @@ def test_conversation_shows_its_transcript_in_conversation_order(client, alice, 
     client.force_login(alice)
     response = client.get(f"/history/{alice_talk.pk}/")
     assert response.status_code == 200
+    assert client.head(f"/history/{alice_talk.pk}/").status_code == 200
     html = response.content.decode()
     lines = [
         "Hello, who are you?",
