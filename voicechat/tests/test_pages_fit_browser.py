@@ -64,6 +64,23 @@ async def test_history_and_monitor_fit_a_phone_in_light_and_dark(
                     await expect(page.locator("p #monitor-status")).to_have_count(0)
                 assert await page.evaluate(OVERFLOWING) == [], f"{path} in {scheme} mode"
             await page.context.close()
+
+        # An open conversation's row fits too, its buttons on one line (not "E/n/d").
+        talking = await db(
+            conversation_start,
+            user=staff_user,
+            backend="openai",
+            model="gpt-realtime-mini",
+            voice="v",
+            process="host-1234-abcdef",
+        )
+        page = await open_page(browser, server, staff_user, viewport={"width": 390, "height": 844})
+        await page.goto(f"http://{server.address}/monitor/")
+        await expect(page.get_by_test_id("monitor-status")).to_have_text("live")
+        end = page.get_by_test_id(f"end-{talking.pk}")
+        await expect(end).to_be_visible()
+        assert (await end.bounding_box())["height"] < 48
+        assert await page.evaluate(OVERFLOWING) == []
         await browser.close()
 
 
