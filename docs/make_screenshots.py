@@ -134,6 +134,9 @@ def main() -> None:
             wait_state(page, "assistant-speaking")
             time.sleep(2.5)
             page.screenshot(path=DOCS / "chat-conversation.png")
+            page.emulate_media(color_scheme="dark")
+            time.sleep(0.5)  # colours ease over 200 ms: let them land
+            page.screenshot(path=DOCS / "chat-dark.png")
 
             # The same at phone width.
             phone = signed_in(
@@ -178,6 +181,21 @@ def main() -> None:
             page.screenshot(path=DOCS / "history.png")
             page.get_by_text("Remind me what a haiku is.").click()
             page.screenshot(path=DOCS / "history-conversation.png")
+            page.context.close()
+
+            # The server restarts: the page counts down to its next try, then is back.
+            page = signed_in(browser, server.url, cookie, viewport={"width": 1280, "height": 800})
+            page.goto(server.url)
+            page.get_by_test_id("connect").click()
+            wait_state(page, "assistant-speaking")
+            page.get_by_test_id("stop").click()
+            wait_state(page, "listening")
+            server.stop()
+            page.get_by_test_id("reconnect").wait_for()
+            time.sleep(1.2)
+            page.screenshot(path=DOCS / "chat-reconnecting.png")
+            server.start()
+            wait_state(page, "listening")
             page.context.close()
             browser.close()
 

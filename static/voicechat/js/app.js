@@ -473,10 +473,9 @@ export class VoiceChatApp {
       this.retryNow();
       return;
     }
-    const when = `Trying again in ${left} s.`;
-    this.el.reconnectText.textContent = `${this.retryMessage} ${when}`;
+    this.el.reconnectText.textContent = `${this.retryMessage} Trying again in ${left}\u00a0s.`;
     this.el.reconnect.hidden = false;
-    this.setStatus("reconnecting", `Reconnecting · ${when}`);
+    if (this.status !== "reconnecting") this.setStatus("reconnecting");
     // Tick at the next whole second of the countdown.
     const untilTick = (this.retryAt - performance.now()) % 1000 || 1000;
     this.retryTimer = setTimeout(() => this.showCountdown(), untilTick + 5);
@@ -486,7 +485,7 @@ export class VoiceChatApp {
     if (!this.wanted || this.client) return;
     clearTimeout(this.retryTimer);
     this.el.reconnect.hidden = true;
-    this.setStatus("reconnecting", "Reconnecting…");
+    this.setStatus("reconnecting");
     this.openSocket();
   }
 
