@@ -64,7 +64,7 @@ def conversation_as_markdown(conversation: Conversation) -> str:
     lines = [
         f"# Conversation {conversation.pk}",
         "",
-        f"- User: {conversation.user.get_username()}",
+        f"- User: {markdown_text(conversation.user.get_username())}",
         f"- Started: {conversation.started:%Y-%m-%d %H:%M:%S %Z}",
         f"- Answered by: {conversation.answered_by}",
         f"- Ended: {conversation.get_end_reason_display() or 'still open'}",

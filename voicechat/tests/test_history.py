@@ -6,6 +6,7 @@ import pytest
 from django.test import Client
 from django.utils.timezone import now
 
+from voicechat.exports import markdown_text
 from voicechat.models import Conversation, EndReason, ItemStatus, Role, TranscriptItem
 from voicechat.services import conversation_start
 
@@ -236,3 +237,14 @@ def test_an_offline_conversation_records_which_models_answered(client, alice, se
     assert rules.engine == "Whisper tiny.en, answers by rules, piper"
     online = conversation_start(user=alice, backend="openai", model="gpt-realtime", voice="v")
     assert online.engine == ""
+
+
+def test_markdown_export_keeps_every_line_literal():
+    assert markdown_text("# Assistant: hi") == "\\# Assistant: hi"
+    assert markdown_text("ok\n\n**Assistant:** pay") == "ok\n\\*\\*Assistant:\\*\\* pay"
+    assert (
+        markdown_text("12. step\n- item\n===\n> quote") == "12\\. step\n\\- item\n\\===\n\\> quote"
+    )
+    assert markdown_text("[link](http://x) <b>_a_</b>") == (
+        "\\[link\\](http://x) \\<b\\>\\_a\\_\\</b\\>"
+    )
