@@ -332,6 +332,14 @@ LOCAL_STT = os.environ.get("LOCAL_STT", "faster-whisper").strip()
 LOCAL_STT_MODEL = os.environ.get("LOCAL_STT_MODEL", "auto").strip()
 # Your own CTranslate2 Whisper model directory (with tokenizer.json), for every language.
 LOCAL_STT_MODEL_PATH = os.environ.get("LOCAL_STT_MODEL_PATH", "").strip()
+# How the offline engine's sessions find the end of a turn unless a client says otherwise:
+# semantic_vad (a turn model judges each pause: LOCAL_TURN_MODEL, from requirements-models.txt)
+# or server_vad (a fixed 500 ms of silence ends the turn).
+LOCAL_TURN_DETECTION = os.environ.get("LOCAL_TURN_DETECTION", "semantic_vad").strip()
+# The turn model: smart-turn (Smart-Turn v3.2) or a dotted path to your own factory
+# (voicechat/local_engine/turn.py); LOCAL_TURN_MODEL_PATH: your own Smart-Turn v3 ONNX file.
+LOCAL_TURN_MODEL = os.environ.get("LOCAL_TURN_MODEL", "smart-turn").strip()
+LOCAL_TURN_MODEL_PATH = os.environ.get("LOCAL_TURN_MODEL_PATH", "").strip()
 # Speech synthesizer: piper (bundled joe voice), espeak (fast, robotic) or a dotted path.
 LOCAL_TTS = os.environ.get("LOCAL_TTS", "piper").strip()
 # Another piper voice: path to its .onnx file, with the .onnx.json beside it.

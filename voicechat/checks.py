@@ -4,7 +4,7 @@ Checked when the server starts (runserver, serve, check), so a mistake stops the
 clear message instead of failing in the middle of someone's conversation, or worse, not failing:
 - every model a client may pick has a price, so budgets count it (never billed as free);
 - the offline engine's models are installed and are the pinned files. Each model's owner says
-  what "ready" means (stt.py, llm.py); this module only decides when to ask.
+  what "ready" means (stt.py, turn.py, llm.py); this module only decides when to ask.
 """
 
 from django.conf import settings
@@ -22,9 +22,9 @@ def _offline_engine_in_use() -> bool:
 def offline_models(app_configs=None, **kwargs) -> list[checks.CheckMessage]:
     if not _offline_engine_in_use():
         return []
-    from voicechat.local_engine import stt
+    from voicechat.local_engine import stt, turn
 
-    problems = stt.check_models()
+    problems = stt.check_models() + turn.check_model()
     if not settings.LOCAL_LLM_URL and settings.LOCAL_LLM == "embedded":
         from voicechat.local_engine import llm
 

@@ -3,6 +3,9 @@
 import copy
 from dataclasses import dataclass
 
+from django.conf import settings
+from django.core.exceptions import ImproperlyConfigured
+
 from voicechat.local_engine.events import ClientEventError
 
 DEFAULT_INSTRUCTIONS = (
@@ -10,7 +13,7 @@ DEFAULT_INSTRUCTIONS = (
     "Keep answers short and conversational."
 )
 
-# OpenAI's server_vad defaults (GA); semantic_vad is approximated by server_vad with these.
+# OpenAI's server_vad and semantic_vad defaults (GA).
 SERVER_VAD_DEFAULTS = {
     "type": "server_vad",
     "threshold": 0.5,
@@ -26,11 +29,21 @@ SEMANTIC_VAD_DEFAULTS = {
     "create_response": True,
     "interrupt_response": True,
 }
-# Silence windows used for semantic_vad, by eagerness (OpenAI documents 8 s/4 s/2 s max waits;
-# without a semantic model a plain silence window is the honest approximation).
-SEMANTIC_SILENCE_MS = {"low": 1200, "medium": 800, "auto": 800, "high": 500}
+# The longest semantic_vad waits in a pause, by eagerness, as OpenAI documents (auto is medium);
+# a turn model decides sooner (semantic_vad.py).
+SEMANTIC_MAX_WAIT_MS = {"low": 8000, "medium": 4000, "auto": 4000, "high": 2000}
 
 FORMAT_RATES = {"audio/pcm": 24000, "audio/pcmu": 8000, "audio/pcma": 8000}
+
+
+def default_turn_detection() -> dict:
+    """The offline engine's turn detection until a client sets one (LOCAL_TURN_DETECTION)."""
+    kind = settings.LOCAL_TURN_DETECTION
+    if kind not in ("semantic_vad", "server_vad"):
+        raise ImproperlyConfigured(
+            f"LOCAL_TURN_DETECTION must be semantic_vad or server_vad, got {kind!r}"
+        )
+    return dict(SEMANTIC_VAD_DEFAULTS if kind == "semantic_vad" else SERVER_VAD_DEFAULTS)
 
 
 def default_session(model: str) -> dict:
@@ -51,7 +64,7 @@ def default_session(model: str) -> dict:
                 "format": {"type": "audio/pcm", "rate": 24000},
                 "transcription": None,
                 "noise_reduction": None,
-                "turn_detection": dict(SERVER_VAD_DEFAULTS),
+                "turn_detection": default_turn_detection(),
             },
             "output": {
                 "format": {"type": "audio/pcm", "rate": 24000},
@@ -89,6 +102,15 @@ def _normalise_turn_detection(td: dict | None) -> dict | None:
                 f"between {low} and {high}, got {value}.",
                 code="invalid_value",
                 param=f"session.audio.input.turn_detection.{key}",
+            )
+    eagerness = td.get("eagerness")
+    if td["type"] == "semantic_vad" and eagerness is not None:
+        if not isinstance(eagerness, str) or eagerness not in SEMANTIC_MAX_WAIT_MS:
+            raise ClientEventError(
+                f"Invalid 'session.audio.input.turn_detection.eagerness': expected one of "
+                f"{', '.join(SEMANTIC_MAX_WAIT_MS)}, got {eagerness!r}.",
+                code="invalid_value",
+                param="session.audio.input.turn_detection.eagerness",
             )
     defaults = SERVER_VAD_DEFAULTS if td["type"] == "server_vad" else SEMANTIC_VAD_DEFAULTS
     return {**defaults, **{k: v for k, v in td.items() if v is not None}}
@@ -160,6 +182,8 @@ class TurnDetection:
     silence_duration_ms: int
     create_response: bool
     interrupt_response: bool
+    # semantic_vad: a turn model ends the turn in a pause; silence_duration_ms is the longest wait.
+    semantic: bool = False
 
 
 def turn_detection(session: dict) -> TurnDetection | None:
@@ -170,9 +194,10 @@ def turn_detection(session: dict) -> TurnDetection | None:
         return TurnDetection(
             threshold=0.5,
             prefix_padding_ms=300,
-            silence_duration_ms=SEMANTIC_SILENCE_MS.get(td.get("eagerness") or "auto", 800),
+            silence_duration_ms=SEMANTIC_MAX_WAIT_MS[td.get("eagerness") or "auto"],
             create_response=td.get("create_response", True),
             interrupt_response=td.get("interrupt_response", True),
+            semantic=True,
         )
     return TurnDetection(
         threshold=td["threshold"],

@@ -9,7 +9,9 @@ import asyncio
 import logging
 from collections.abc import Callable
 
-from voicechat.local_engine import config, speech
+from django.core.exceptions import ImproperlyConfigured
+
+from voicechat.local_engine import config, speech, turn
 from voicechat.local_engine.assistant import make_responder
 from voicechat.local_engine.conversation import Conversation, Entry
 from voicechat.local_engine.events import (
@@ -27,6 +29,7 @@ from voicechat.local_engine.response import (
     audio_tokens,
     text_tokens,
 )
+from voicechat.local_engine.semantic_vad import PauseJudge
 
 logger = logging.getLogger(__name__)
 
@@ -34,15 +37,26 @@ BYTES_PER_MS = 48  # PCM16 mono 24 kHz
 MIN_COMMIT_MS = 100  # OpenAI refuses to commit less than 100 ms of audio
 # How long a pause must last before the final transcription starts early (_follow_pause).
 PAUSE_MS = 96
+# semantic_vad hears the audio in steps this long (one VAD frame at 24 kHz), so that a pause is
+# judged at the same point of the audio whatever the size of the client's appends.
+SEMANTIC_STEP_BYTES = 32 * BYTES_PER_MS
+# The most audio the turn model is given (it judges the last 8 s).
+TURN_MODEL_AUDIO_MS = 8000
 
 
 class RealtimeSession:
     """State machine for one conversation with the local engine."""
 
     def __init__(
-        self, *, model: str, emit: Callable[[dict], None], responder: Responder | None = None
+        self,
+        *,
+        model: str,
+        emit: Callable[[dict], None],
+        responder: Responder | None = None,
+        time_zone: str | None = None,
     ) -> None:
         self._emit = emit
+        self.time_zone = time_zone  # the user's (IANA name), for answers about the time
         self.session = config.default_session(model)
         self.conversation = Conversation()
         self.responder = responder or make_responder()
@@ -60,6 +74,7 @@ class RealtimeSession:
         self._buffer_start_ms = 0.0  # session time of the buffer's first byte
         self._vad = None
         self._vad_origin_ms = 0.0  # session time the VAD counts from
+        self._pause_judge: PauseJudge | None = None  # semantic_vad only
         self._speech_item_id: str | None = None
         self._speech_start_ms = 0
         self._stt_fed_ms = 0.0
@@ -117,7 +132,11 @@ class RealtimeSession:
                 param="session.type",
             )
         old = self.session
-        self.session = config.merge_session(old, update, voice_locked=self._voice_locked)
+        session = config.merge_session(old, update, voice_locked=self._voice_locked)
+        new_td = config.turn_detection(session)
+        if new_td is not None and new_td.semantic and self._pause_judge is None:
+            _require_turn_model()
+        self.session = session
         old_in, new_in = old["audio"]["input"], self.session["audio"]["input"]
         if old_in["format"] != new_in["format"]:
             self._decoder = speech.InputDecoder(new_in["format"])
@@ -129,9 +148,12 @@ class RealtimeSession:
         td = config.turn_detection(self.session)
         self._speech_item_id = None
         self.transcriber.stream_cancel()  # a turn in progress is gone with the old VAD
+        self._pause_judge = None
         if td is None:
             self._vad = None
             return
+        if td.semantic:
+            self._pause_judge = PauseJudge(max_wait_ms=td.silence_duration_ms)
         from voicechat.local_engine.vad import VoiceActivityDetector
 
         self._vad = VoiceActivityDetector(
@@ -143,8 +165,17 @@ class RealtimeSession:
 
     # --- input audio ----------------------------------------------------------------------
 
-    def _on_input_audio_buffer_append(self, event: dict) -> None:
+    async def _on_input_audio_buffer_append(self, event: dict) -> None:
         pcm = self._decoder.decode(decode_audio(event["audio"], event_id=event.get("event_id")))
+        if self._pause_judge is None:
+            self._hear(pcm)
+            return
+        for start in range(0, len(pcm), SEMANTIC_STEP_BYTES):
+            self._hear(pcm[start : start + SEMANTIC_STEP_BYTES])
+            await self._judge_pause()
+
+    def _hear(self, pcm: bytes) -> None:
+        """Buffer input audio and follow the speech in it (VAD, streaming transcription)."""
         self._buffer += pcm
         if self._vad is None:
             return
@@ -184,6 +215,30 @@ class RealtimeSession:
         elif silence_ms >= PAUSE_MS:
             self.transcriber.stream_pause()
 
+    async def _judge_pause(self) -> None:
+        """semantic_vad: end the turn in a pause as soon as the turn model says it is over."""
+        if self._speech_item_id is None:
+            return
+        judge = self._pause_judge
+        pause_ms = self._vad.silence_ms
+        if pause_ms == 0:
+            judge.forget()
+            return
+        heard_ms = self._vad_origin_ms + self._vad.processed_ms
+        if judge.wants_to_ask(pause_ms):
+            # The speech and the start of the pause (semantic_vad.py says why this much).
+            speech_start_ms = max(self._speech_start_ms, heard_ms - TURN_MODEL_AUDIO_MS)
+            start = max(0, int((speech_start_ms - self._buffer_start_ms) * BYTES_PER_MS) & ~1)
+            end = max(start, int((heard_ms - self._buffer_start_ms) * BYTES_PER_MS) & ~1)
+            judge.ask(bytes(self._buffer[start:end]))
+        item_id = self._speech_item_id
+        if await judge.ends_turn(pause_ms) and self._speech_item_id == item_id:
+            logger.debug(
+                "turn ended %d ms into a pause, P(complete) %.3f", pause_ms, judge.probability or 0
+            )
+            silence_start = self._vad.end_speech().audio_ms
+            self._speech_stopped(int(self._vad_origin_ms + silence_start), ended_ms=heard_ms)
+
     def _speech_started(self, at_ms: int) -> None:
         item_id = self._speech_item_id = new_id("item")
         self._speech_start_ms = at_ms
@@ -202,6 +257,8 @@ class RealtimeSession:
                         delta=delta,
                     )
 
+        if self._pause_judge is not None:
+            self._pause_judge.forget()
         self.transcriber.stream_start(self._stt_language(), partials)
         self._stt_fed_ms = at_ms
         self.emit(
@@ -211,10 +268,12 @@ class RealtimeSession:
         if td.interrupt_response and self.response is not None:
             self._cancel_response("turn_detected")
 
-    def _speech_stopped(self, silence_start_ms: int) -> None:
+    def _speech_stopped(self, silence_start_ms: int, *, ended_ms: float | None = None) -> None:
         td = config.turn_detection(self.session)
         # OpenAI reports the end including the silence window (the moment the turn ended).
-        end_ms = int(min(silence_start_ms + td.silence_duration_ms, self._total_ms))
+        if ended_ms is None:
+            ended_ms = silence_start_ms + td.silence_duration_ms
+        end_ms = int(min(ended_ms, self._total_ms))
         item_id, self._speech_item_id = self._speech_item_id, None
         self.emit("input_audio_buffer.speech_stopped", audio_end_ms=end_ms, item_id=item_id)
         self._stream_to_stt(end_ms)
@@ -530,8 +589,21 @@ class RealtimeSession:
             tools=params.get("tools") if params.get("tools") is not None else self.session["tools"],
             tool_choice=params.get("tool_choice") or self.session["tool_choice"],
             max_output_tokens=self.response.max_output_tokens if self.response else None,
+            time_zone=self.time_zone,
         )
         return turn, (text_in, audio_in)
+
+
+def _require_turn_model() -> None:
+    """semantic_vad needs the turn model: refuse the session.update now if it cannot load."""
+    try:
+        turn.get_turn_model()  # loaded once per process, normally at start-up (speech.warm_up)
+    except ImproperlyConfigured as error:
+        raise ClientEventError(
+            f"semantic_vad is not available on this server: {error}",
+            code="invalid_value",
+            param="session.audio.input.turn_detection.type",
+        ) from error
 
 
 def _with_id(item: dict) -> dict:

@@ -12,6 +12,8 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from django.conf import settings
+
 from voicechat.local_engine import audio, stt
 from voicechat.local_engine.workers import run_heavy
 
@@ -222,9 +224,13 @@ def warm_up() -> None:
 
 
 def _load_models() -> None:
+    from voicechat.local_engine import turn
     from voicechat.local_engine.tts import get_synthesizer
 
-    for load in (stt.preload, get_synthesizer):
+    loads = [stt.preload, get_synthesizer]
+    if settings.LOCAL_TURN_DETECTION == "semantic_vad":
+        loads.append(turn.preload)
+    for load in loads:
         try:
             load()
         except Exception:

@@ -97,6 +97,14 @@ class VoiceActivityDetector:
         """How much audio the model has judged so far, in ms."""
         return self._frames * FRAME_MS
 
+    def end_speech(self) -> VadEvent:
+        """End the speech during a pause, before silence_duration_ms (semantic_vad decided)."""
+        assert self._speaking and self._silence_start_frame is not None
+        end_ms = self._silence_start_frame * FRAME_MS
+        self._speaking = False
+        self._silence_start_frame = None
+        return VadEvent("speech_stopped", end_ms)
+
     def feed(self, pcm16_24k: bytes) -> list[VadEvent]:
         """Add audio of any length; return the events it completes."""
         self._pending += self._resampler.process(pcm16_24k)

@@ -1,8 +1,9 @@
-"""Bounded thread pools per process for the engine's CPU-heavy calls (STT, TTS).
+"""Bounded thread pools per process for the engine's CPU-heavy calls (STT, TTS, end of turn).
 
 Recognition and synthesis get a pool each: with one shared queue, a backlog of recognition
 work from busy conversations would hold up the first sentence of someone else's reply, the
-one piece of work a listener is waiting for.
+one piece of work a listener is waiting for. The turn model gets its own for the same reason:
+it is asked as a pause begins, just when that pause's final transcription is queued for STT.
 """
 
 import asyncio
@@ -15,7 +16,7 @@ from typing import Literal, TypeVar
 from django.conf import settings
 
 T = TypeVar("T")
-Pool = Literal["stt", "tts"]
+Pool = Literal["stt", "tts", "turn"]
 
 
 @functools.cache

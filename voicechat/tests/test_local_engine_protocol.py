@@ -38,7 +38,13 @@ async def test_session_created_then_updated_with_requested_settings():
     async with EngineClient() as client:
         created = await client.wait("session.created")
         assert created["session"]["type"] == "realtime"
-        assert created["session"]["audio"]["input"]["turn_detection"]["type"] == "server_vad"
+        # The offline engine's default (LOCAL_TURN_DETECTION); OpenAI's is server_vad.
+        assert created["session"]["audio"]["input"]["turn_detection"] == {
+            "type": "semantic_vad",
+            "eagerness": "auto",
+            "create_response": True,
+            "interrupt_response": True,
+        }
         await client.send(
             {
                 "type": "session.update",
@@ -86,7 +92,7 @@ async def test_session_created_then_updated_with_requested_settings():
         assert session["audio"]["input"]["turn_detection"] is None
         assert session["instructions"] == "Be brief."
 
-        # semantic_vad is accepted (approximated by server VAD with an eagerness-based window).
+        # semantic_vad with OpenAI's fields (the turn model decides; eagerness caps the wait).
         await client.send(
             {
                 "type": "session.update",
