@@ -33,7 +33,7 @@ from voicechat.protocol import (
 )
 from voicechat.recorder import TranscriptRecorder
 from voicechat.redaction import redact
-from voicechat.upstream import Upstream, open_upstream, resolve_backend
+from voicechat.upstream import Upstream, open_upstream, resolve_backend, time_zone_or_none
 from voicechat.websocket_server import TEXT_SHORTCUT, TextShortcut
 
 logger = logging.getLogger(__name__)
@@ -160,6 +160,8 @@ class RealtimeGatewayConsumer(AsyncWebsocketConsumer):
             return
         query = parse_qs(self.scope.get("query_string", b"").decode("latin-1"))
         self.model = (query.get("model") or [settings.REALTIME_MODEL])[0][:64]
+        # The page's time zone, so "what time is it?" is answered in the user's own time.
+        self.time_zone = time_zone_or_none((query.get("tz") or [""])[0])
         self.policy = ClientEventPolicy(identity.scope, model=self.model)
         # Client frames that arrive while the upstream is still opening, replayed in order.
         self.pending: collections.deque[str] = collections.deque()
@@ -318,7 +320,7 @@ class RealtimeGatewayConsumer(AsyncWebsocketConsumer):
         then relay until the upstream ends."""
         try:
             await self._admit()
-            self.upstream = open_upstream(self.model)
+            self.upstream = open_upstream(self.model, time_zone=self.time_zone)
             await self.upstream.connect()
             await self.upstream.send(session_defaults(self.policy.scope))
             while self.pending:

@@ -8,6 +8,7 @@ passed through untouched, so audio is never decoded here.
 
 import abc
 import logging
+import zoneinfo
 from collections.abc import AsyncIterator, Callable
 from urllib.parse import urlencode
 
@@ -143,8 +144,20 @@ def resolve_backend() -> Backend:
     return Backend(settings.REALTIME_BACKEND)
 
 
-def open_upstream(model: str) -> Upstream:
-    """The upstream for a new conversation (not yet connected)."""
+def time_zone_or_none(name: str) -> str | None:
+    """`name` if it is a time zone this machine knows (IANA, e.g. "Europe/Paris"), else None."""
+    if not name or len(name) > 64:
+        return None
+    try:
+        zoneinfo.ZoneInfo(name)
+    except (zoneinfo.ZoneInfoNotFoundError, ValueError):
+        return None
+    return name
+
+
+def open_upstream(model: str, *, time_zone: str | None = None) -> Upstream:
+    """The upstream for a new conversation (not yet connected); `time_zone` is the user's, for
+    the offline engine's answers about the time (OpenAI's models are not told it)."""
     if resolve_backend() == Backend.LOCAL:
         try:
             from voicechat.local_engine import LocalUpstream
@@ -155,7 +168,7 @@ def open_upstream(model: str) -> Upstream:
                 "(the offline local engine is not installed).",
                 code="backend_not_configured",
             ) from None
-        return LocalUpstream(model=model)
+        return LocalUpstream(model=model, time_zone=time_zone)
     if not settings.OPENAI_API_KEY:
         raise UpstreamError(
             EndReason.NOT_CONFIGURED,

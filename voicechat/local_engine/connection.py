@@ -23,16 +23,19 @@ class LocalUpstream(Upstream):
 
     backend = Backend.LOCAL
 
-    def __init__(self, *, model: str, responder: Responder | None = None) -> None:
+    def __init__(
+        self, *, model: str, responder: Responder | None = None, time_zone: str | None = None
+    ) -> None:
         self._model = model
         self._responder = responder
+        self._time_zone = time_zone
         self._frames: asyncio.Queue = asyncio.Queue()
         self._session: RealtimeSession | None = None
         self._closed = False
 
     async def connect(self) -> None:
         self._session = RealtimeSession(
-            model=self._model, emit=self._emit, responder=self._responder
+            model=self._model, emit=self._emit, responder=self._responder, time_zone=self._time_zone
         )
         self._session.start()
         speech.warm_up()

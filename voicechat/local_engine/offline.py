@@ -8,6 +8,7 @@ the tool's name or description, answering from the result the client sends back.
 
 import json
 import re
+import zoneinfo
 from collections.abc import AsyncIterator
 from datetime import datetime
 
@@ -142,8 +143,8 @@ class Memory:
         return said
 
 
-def _now() -> datetime:
-    return timezone.localtime()
+def _now(time_zone: str | None = None) -> datetime:
+    return timezone.localtime(timezone=zoneinfo.ZoneInfo(time_zone) if time_zone else None)
 
 
 def _spoken_time(now: datetime) -> str:
@@ -267,7 +268,7 @@ class OfflineResponder:
         return (
             self._recall(text, memory, user_texts)
             or self._remember(text, memory)
-            or self._clock(text)
+            or self._clock(text, turn.time_zone)
             or self._arithmetic(text)
             or self._small_talk(text, memory, turn)
             or self._fallback(text, turn)
@@ -295,7 +296,7 @@ class OfflineResponder:
         return (
             self._recall(text, memory, user_texts)
             or self._introduction_heard(text)
-            or self._clock(text)
+            or self._clock(text, turn.time_zone)
             or self._arithmetic(text)
         )
 
@@ -389,9 +390,9 @@ class OfflineResponder:
         said = memory._learn(text)
         return " ".join(said) if said else None
 
-    def _clock(self, text: str) -> str | None:
+    def _clock(self, text: str, time_zone: str | None) -> str | None:
         low = text.lower()
-        now = _now()
+        now = _now(time_zone)
         if re.search(r"\bwhat(?:'s| is)? the time\b|\bwhat time\b|\btime is it\b", low):
             return f"It's {_spoken_time(now)}."
         if re.search(r"\b(date|what day|which day|day is it|day today)\b", low):

@@ -38,6 +38,7 @@ class Turn:
     tools: list[dict] = field(default_factory=list)
     tool_choice: str | dict = "auto"
     max_output_tokens: int | None = None
+    time_zone: str | None = None  # the user's (IANA name); None: the server's TIME_ZONE
 
 
 class ResponderError(Exception):

@@ -2,6 +2,8 @@
 
 import asyncio
 import base64
+from datetime import datetime, timedelta
+from zoneinfo import ZoneInfo
 
 import pytest
 from openai import AsyncOpenAI
@@ -111,3 +113,36 @@ async def test_sdk_voice_turn_with_the_local_engine(
         reply = events[-1]["response"]["output"][0]["content"][0]["transcript"]
         assert reply.startswith("It's")
         assert sum(1 for k in kinds if k == "response.output_audio.delta") > 3
+
+
+def spoken_times(zone: str) -> set[str]:
+    """The clock as the rules say it in `zone`, now and a minute ago (a minute may turn)."""
+    now = datetime.now(ZoneInfo(zone))
+    return {t.strftime("%I:%M %p").lstrip("0") for t in (now, now - timedelta(minutes=1))}
+
+
+@pytest.mark.parametrize(
+    ("tz", "zone"),
+    [("Pacific/Kiritimati", "Pacific/Kiritimati"), ("Mars/Olympus_Mons", "UTC"), ("", "UTC")],
+)
+async def test_the_time_is_told_in_the_time_zone_the_page_gives(
+    local_backend, gateway_server, alice_token, settings, tz, zone
+):
+    assert settings.TIME_ZONE == "UTC"  # the server's own, for clients that give none or nonsense
+    log = EventLog()
+    async with sdk_for(gateway_server, alice_token).realtime.connect(
+        model="gpt-realtime", extra_query={"tz": tz}
+    ) as connection:
+        await collect_until(connection, "session.created", log)
+        await connection.session.update(session={"type": "realtime", "output_modalities": ["text"]})
+        await connection.conversation.item.create(
+            item={
+                "type": "message",
+                "role": "user",
+                "content": [{"type": "input_text", "text": "What time is it?"}],
+            }
+        )
+        await connection.response.create()
+        events = await collect_until(connection, "response.done", log)
+    text = "".join(e["delta"] for e in events if e["type"] == "response.output_text.delta")
+    assert any(f"It's {t}." == text for t in spoken_times(zone)), (text, spoken_times(zone))

@@ -286,6 +286,8 @@ export class VoiceChatApp {
     const url = new URL(this.config.realtimePath, window.location.href);
     url.protocol = window.location.protocol === "https:" ? "wss:" : "ws:";
     url.searchParams.set("model", this.config.model);
+    // The offline engine answers "what time is it?" in the user's own time zone.
+    url.searchParams.set("tz", Intl.DateTimeFormat().resolvedOptions().timeZone || "");
     const client = new RealtimeClient(url.href);
     this.client = client;
     client.addEventListener("server-event", (event) => this.onServerEvent(event.detail));
