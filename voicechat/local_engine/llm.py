@@ -1,6 +1,6 @@
 """The embedded language model: a GGUF run by llama.cpp inside this process.
 
-One model per process, loaded once (about 0.6 GB of RAM for the default) and shared by every
+One model per process, loaded once (about 1.8 GB of RAM for the default) and shared by every
 conversation. A llama.cpp context holds one sequence at a time, so replies are generated one
 after another by a single worker thread: on 2 cores a second generation in parallel would only
 halve the speed of both. A reply is short (LOCAL_LLM_MAX_TOKENS), so a queued conversation
@@ -270,7 +270,7 @@ _shared_lock = threading.Lock()
 
 
 def shared() -> EmbeddedModel:
-    """The process's model, loaded on first use (thread-safe; loading takes about a second)."""
+    """The process's model, loaded on first use (thread-safe; loading takes about 2 s)."""
     global _shared
     with _shared_lock:
         if _shared is None:
