@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 from websockets.asyncio.client import connect as ws_connect
 
 from voicechat.policy import ClientEventPolicy
-from voicechat.scopes import site_default
+from voicechat.scopes import Scope, full, site_default
 from voicechat.tests.conftest import finished_conversation
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -253,12 +253,30 @@ SESSION_PATHS = [
     ("audio", "input", "transcription", "language"), ("audio", "input", "transcription", "model"),
     ("audio", "output"), ("audio", "output", "format"), ("audio", "output", "voice"),
     ("audio", "output", "voice", "id"), ("audio", "output", "speed"),
+    ("reasoning",), ("reasoning", "effort"), ("parallel_tool_calls",), ("include",),
+    ("prompt",), ("prompt", "variables"), ("truncation", "retention_ratio"),
+    ("audio", "input", "turn_detection", "idle_timeout_ms"),
+    ("audio", "input", "turn_detection", "eagerness"),
+    ("audio", "input", "transcription", "keywords"),
 ]  # fmt: skip
 RESPONSE_PATHS = [
     ("output_modalities",), ("max_output_tokens",), ("tool_choice",), ("metadata",),
     ("conversation",), ("input",), ("instructions",), ("audio", "output", "voice"),
-    ("audio", "output", "format"),
+    ("audio", "output", "format"), ("prompt",), ("reasoning",), ("parallel_tool_calls",),
 ]  # fmt: skip
+# The policy as a browser session, a full-scope token and a custom token with caps see it.
+SCOPES = {
+    "site": site_default,
+    "full": full,
+    "custom": lambda: Scope(
+        instructions=True,
+        tools=False,
+        prompt=True,
+        transcription_models=frozenset({"gpt-4o-transcribe"}),
+        realtime_models=frozenset({"gpt-realtime"}),
+        max_output_tokens=300,
+    ),
+}
 json_values = st.recursive(
     st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=20),
     lambda children: (
@@ -277,7 +295,7 @@ def _nest(path: tuple[str, ...], value) -> dict:
 
 
 @hypothesis_settings(
-    max_examples=400,
+    max_examples=800,
     deadline=None,
     derandomize=True,
     suppress_health_check=[HealthCheck.function_scoped_fixture],
@@ -289,14 +307,15 @@ def _nest(path: tuple[str, ...], value) -> dict:
     ),
     value=json_values,
     event_id=st.none() | st.text(max_size=8) | json_values,
+    scope=st.sampled_from(sorted(SCOPES)),
 )
-def test_any_value_in_any_field_is_forwarded_or_answered(field, value, event_id, settings):
+def test_any_value_in_any_field_is_forwarded_or_answered(field, value, event_id, scope, settings):
     settings.REALTIME_MAX_REFUSED_PER_MINUTE = 100_000
     etype, key, path = field
     event = {"type": etype, key: _nest(path, value)}
     if event_id is not None:
         event["event_id"] = event_id
-    verdict = ClientEventPolicy(site_default(), model=settings.REALTIME_MODEL).check(
+    verdict = ClientEventPolicy(SCOPES[scope](), model=settings.REALTIME_MODEL).check(
         json.dumps(event)
     )
     assert (verdict.frame is None) != (verdict.error is None)
