@@ -10,7 +10,8 @@ model and the rule-based one, in the same run). It prints what was heard and ans
 
 1. voice-to-voice latency per turn: from the VAD end of the user's turn (the moment the
    `speech_stopped` event arrives) to the first `response.output_audio.delta`, median and p95;
-   also from the real end of speech (last spoken chunk sent), which adds the silence window;
+   also from the real end of speech (last spoken chunk sent), which adds the silence window
+   (server_vad) or the turn model's wait (semantic_vad: --turn-detection compares the two);
 2. STT and TTS real-time factors (CPU seconds / audio seconds) per conversation;
 3. capacity: the median latency with N conversations at once, and the N at which it doubles;
 4. isolation: while one conversation transcribes a long utterance, and while one conversation's
@@ -45,7 +46,18 @@ from voicechat.local_engine.tts import get_synthesizer, local_voice_for  # noqa:
 CHUNK = 1920  # 40 ms of PCM16 24 kHz
 CHUNK_S = 0.040
 TURN_TIMEOUT_S = 120  # a turn this slow means the machine is overloaded: the run stops there
-SILENCE_MS = 500  # the session's silence window (OpenAI's default is 500 ms too)
+SILENCE_MS = 500  # server_vad's silence window (OpenAI's default is 500 ms too)
+TURN_DETECTION = {
+    "server_vad": {
+        "type": "server_vad",
+        "prefix_padding_ms": 300,
+        "silence_duration_ms": SILENCE_MS,
+    },
+    # The turn model ends a finished sentence ~0.3 s into the pause, at most 4 s (medium).
+    "semantic_vad": {"type": "semantic_vad", "eagerness": "medium"},
+}
+# Silence sent after each phrase: enough for the turn to end (semantic_vad waits at most 4 s).
+TAIL_MS = {"server_vad": SILENCE_MS + 400, "semantic_vad": 4000 + 400}
 SCRIPT = [
     "Hello there.",
     "My name is Ada.",
@@ -63,15 +75,21 @@ SESSION = {
         "audio": {
             "input": {
                 "transcription": {"model": "local", "language": "en"},
-                "turn_detection": {
-                    "type": "server_vad",
-                    "prefix_padding_ms": 300,
-                    "silence_duration_ms": SILENCE_MS,
-                },
+                "turn_detection": TURN_DETECTION["server_vad"],  # see use_turn_detection()
             }
         },
     },
 }
+
+
+def use_turn_detection(kind: str) -> None:
+    """Every conversation of this run finds the end of a turn with `kind`."""
+    global tail_ms
+    SESSION["session"]["audio"]["input"]["turn_detection"] = TURN_DETECTION[kind]
+    tail_ms = TAIL_MS[kind]
+
+
+tail_ms = TAIL_MS["server_vad"]
 
 
 def pct(values: list[float], q: float) -> float:
@@ -126,7 +144,7 @@ class Conversation:
         return speech_end
 
     async def turn(self, pcm: bytes) -> dict:
-        speaking = asyncio.create_task(self.speak(pcm, tail_ms=SILENCE_MS + 400))
+        speaking = asyncio.create_task(self.speak(pcm, tail_ms=tail_ms))
         stopped = first_audio = None
         heard = answer = ""
         while True:
@@ -168,7 +186,7 @@ async def latency(phrases: list[bytes]) -> dict:
     cpu = time.process_time() - cpu_start
     # CPU per second of conversation (what the user says plus what the engine says) does not
     # depend on how busy the machine is, unlike the latencies: capacity follows from it.
-    talk_s = sum(len(p) / 48000 + 0.2 + (SILENCE_MS + 400) / 1000 for p in phrases)
+    talk_s = sum(len(p) / 48000 + 0.2 + tail_ms / 1000 for p in phrases)
     talk_s += stats.tts_audio_seconds
     cpu_per_talk_s = cpu / talk_s
     vad = [t["vad_to_audio_ms"] for t in turns]
@@ -398,7 +416,7 @@ async def run_for_responder(args) -> dict:
             "tts": settings.LOCAL_TTS,
             "stt": settings.LOCAL_STT,
             "llm": settings.LOCAL_LLM,
-            "silence_window_ms": SILENCE_MS,
+            "turn_detection": SESSION["session"]["audio"]["input"]["turn_detection"],
         },
         "single": single,
         "capacity": rows,
@@ -431,7 +449,7 @@ def report_one(result: dict) -> str:
         "|---|---|---|",
         f"| VAD end (speech_stopped) -> first audio delta | {s['vad_to_audio_median_ms']:.0f} ms "
         f"| {s['vad_to_audio_p95_ms']:.0f} ms |",
-        f"| end of speech -> first audio delta (incl. {SILENCE_MS} ms silence window) "
+        f"| end of speech -> first audio delta (incl. the wait for the end of the turn) "
         f"| {s['speech_end_to_audio_median_ms']:.0f} ms "
         f"| {s['speech_end_to_audio_p95_ms']:.0f} ms |",
         "",
@@ -482,7 +500,14 @@ if __name__ == "__main__":
     parser.add_argument(
         "--responders", default="embedded,none", help="LOCAL_LLM values to run, in this order"
     )
+    parser.add_argument(
+        "--turn-detection",
+        choices=sorted(TURN_DETECTION),
+        default="server_vad",
+        help="how the engine finds the end of each turn (server_vad: 500 ms of silence)",
+    )
     args = parser.parse_args()
+    use_turn_detection(args.turn_detection)
     if args.quick:
         args.turns = min(args.turns, 4)
     result = asyncio.run(main(args))
