@@ -47,13 +47,16 @@ TURN_GAP_MS = 6000  # silence after each question: the reply plays out before th
 TURN_TIMEOUT_MS = 90_000
 RELEASE_AFTER_MS = 300  # push-to-talk: a person lets go a moment after their last word
 
-# Push-to-talk: resolves RELEASE_AFTER_MS after the microphone has gone quiet following speech
-# (the level read from the page's own analyser on the microphone).
-SPOKEN_AND_QUIET_JS = """async (quietMs) => {
+# Push-to-talk: true RELEASE_AFTER_MS after the microphone has gone quiet following speech
+# (the level read from the page's own analyser on the microphone); false if no question came
+# within TURN_GAP_MS + 5 s (the reply took so long that the question played unheld, unheard).
+SPOKEN_AND_QUIET_JS = """async ([quietMs, giveUpMs]) => {
     const analyser = window.voicechat.app.recorder.analyser;
     const samples = new Float32Array(analyser.fftSize);
+    const start = performance.now();
     let heard = false, quietSince = null;
     for (;;) {
+        if (!heard && performance.now() - start > giveUpMs) return false;
         await new Promise((resolve) => setTimeout(resolve, 10));
         analyser.getFloatTimeDomainData(samples);
         let sum = 0;
@@ -62,7 +65,7 @@ SPOKEN_AND_QUIET_JS = """async (quietMs) => {
         if (loud) { heard = true; quietSince = null; }
         else if (heard) {
             quietSince ??= performance.now();
-            if (performance.now() - quietSince >= quietMs) return;
+            if (performance.now() - quietSince >= quietMs) return true;
         }
     }
 }"""
@@ -152,11 +155,16 @@ def measure(url: str, cookie: str, wav: Path, turns: int, *, push_to_talk: bool)
                 page.wait_for_selector(
                     '[data-testid="push-to-talk"]:not([disabled])', timeout=TURN_TIMEOUT_MS
                 )
-                page.wait_for_selector('[data-testid="status"][data-state="listening"]')
+                page.wait_for_selector(
+                    '[data-testid="status"][data-state="listening"]', timeout=TURN_TIMEOUT_MS
+                )
                 page.evaluate("() => document.activeElement?.blur()")
                 page.keyboard.down("Space")
-                page.evaluate(SPOKEN_AND_QUIET_JS, RELEASE_AFTER_MS)
+                spoken = page.evaluate(SPOKEN_AND_QUIET_JS, [RELEASE_AFTER_MS, TURN_GAP_MS + 5000])
                 page.keyboard.up("Space")
+                if not spoken:
+                    print(f"turn {turn + 1}: missed (the last reply ran into it)", file=sys.stderr)
+                    continue
             page.wait_for_function(
                 "() => window.voicechat.stats.lastLatencyMs !== null"
                 " && window.voicechat.stats.lastPrefillWaitMs !== null",
@@ -183,6 +191,8 @@ def measure(url: str, cookie: str, wav: Path, turns: int, *, push_to_talk: bool)
 
 
 def summary(results: list[dict]) -> dict:
+    if not results:
+        return {"turns": 0}
     latencies = [r["turn_end_to_playback_ms"] for r in results]
     prefill = [r["prefill_wait_ms"] for r in results]
     return {
