@@ -1,7 +1,7 @@
 """Has the user finished their turn? Smart-Turn v3.2 (ONNX) judges the speech before a pause.
 
 semantic_vad (session.py) asks this while the user is silent: a finished sentence ends the turn
-~0.25 s into the pause, a sentence broken off ("a pizza with...") is given up to the eagerness'
+~0.3 s into the pause, a sentence broken off ("a pizza with...") is given up to the eagerness'
 maximum wait. The model ships in the `pipecat-ai` wheel (BSD-2-Clause), installed with --no-deps:
 its file is found and hash-checked by model_files.py without importing pipecat (whose imports
 pull in dozens of packages), and its feature code is copied below. One model per process, shared
