@@ -322,7 +322,9 @@ class RealtimeGatewayConsumer(AsyncWebsocketConsumer):
             await self._admit()
             self.upstream = open_upstream(self.model, time_zone=self.time_zone)
             await self.upstream.connect()
-            await self.upstream.send(session_defaults(self.policy.scope))
+            await self.upstream.send(
+                session_defaults(self.policy.scope, backend=self.upstream.backend)
+            )
             while self.pending:
                 await self.upstream.send(self.pending.popleft())
             self.upstream_ready = True

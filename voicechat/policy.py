@@ -15,6 +15,7 @@ from dataclasses import dataclass, replace
 import orjson
 from django.conf import settings
 
+from voicechat.models import Backend
 from voicechat.protocol import error_event, new_event_id
 from voicechat.scopes import Scope
 
@@ -478,10 +479,26 @@ class ClientEventPolicy:
         )
 
 
-def session_defaults(scope: Scope) -> str:
+# OpenAI's own default turn detection, sent explicitly so every OpenAI session starts the same.
+OPENAI_TURN_DETECTION = {
+    "type": "server_vad",
+    "threshold": 0.5,
+    "prefix_padding_ms": 300,
+    "silence_duration_ms": 500,
+    "create_response": True,
+    "interrupt_response": True,
+}
+
+
+def session_defaults(scope: Scope, *, backend: Backend) -> str:
     """The session.update the gateway sends as soon as an upstream opens, for a client with
-    this scope (whose output-token cap, if any, the upstream then enforces from the start)."""
+    this scope (whose output-token cap, if any, the upstream then enforces from the start).
+
+    The offline engine keeps its own turn detection (LOCAL_TURN_DETECTION: semantic_vad, which
+    it can do well offline); OpenAI sessions get OpenAI's server_vad defaults.
+    """
     limits = {"max_output_tokens": scope.max_output_tokens} if scope.max_output_tokens else {}
+    turn = {} if backend == Backend.LOCAL else {"turn_detection": OPENAI_TURN_DETECTION}
     return orjson.dumps(
         {
             "type": "session.update",
@@ -496,14 +513,7 @@ def session_defaults(scope: Scope) -> str:
                             "model": settings.REALTIME_TRANSCRIPTION_MODEL,
                             "language": settings.REALTIME_LANGUAGE,
                         },
-                        "turn_detection": {
-                            "type": "server_vad",
-                            "threshold": 0.5,
-                            "prefix_padding_ms": 300,
-                            "silence_duration_ms": 500,
-                            "create_response": True,
-                            "interrupt_response": True,
-                        },
+                        **turn,
                         "noise_reduction": {"type": "near_field"},
                     },
                     "output": {"voice": settings.REALTIME_VOICE},

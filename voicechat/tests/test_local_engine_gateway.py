@@ -146,3 +146,20 @@ async def test_the_time_is_told_in_the_time_zone_the_page_gives(
         events = await collect_until(connection, "response.done", log)
     text = "".join(e["delta"] for e in events if e["type"] == "response.output_text.delta")
     assert any(f"It's {t}." == text for t in spoken_times(zone)), (text, spoken_times(zone))
+
+
+async def test_offline_sessions_keep_the_engines_semantic_turn_detection(
+    local_backend, gateway_server, alice_token, settings
+):
+    """The gateway's defaults set OpenAI's server_vad for OpenAI only; offline, the engine's
+    own LOCAL_TURN_DETECTION (semantic_vad) stays, and the client sees it."""
+    assert settings.LOCAL_TURN_DETECTION == "semantic_vad"
+    log = EventLog()
+    async with sdk_for(gateway_server, alice_token).realtime.connect(
+        model="gpt-realtime"
+    ) as connection:
+        updated = (await collect_until(connection, "session.updated", log))[-1]
+    turn_detection = updated["session"]["audio"]["input"]["turn_detection"]
+    assert turn_detection["type"] == "semantic_vad"
+    # The rest of the gateway's defaults still apply (transcription for the transcript).
+    assert updated["session"]["audio"]["input"]["transcription"]["model"]
