@@ -503,8 +503,7 @@ def test_a_server_restart_is_survived_without_touching_anything(
     # The same mode and voice, sent to the new session.
     assert page.get_by_test_id("mode-push-to-talk").is_checked()
     assert page.get_by_test_id("voice").input_value() == "verse"
-    updates = [e for e in voice_upstream.received if e["type"] == "session.update"]
-    resumed = updates[updates_before:]
+    resumed = received(voice_upstream, "session.update", updates_before + 1)[updates_before:]
     assert any(
         u["session"]["audio"].get("input", {}).get("turn_detection", "") is None for u in resumed
     )
@@ -586,6 +585,10 @@ def test_the_event_log_records_while_closed_and_says_its_time_zone(
 
     log = page.get_by_test_id("event-log")
     log.locator("summary").click()  # opened only now
+    # (response.done follows the reply's last line by a moment)
+    log_has_response_done = """count => [...document.querySelectorAll('.log-line code')]
+        .filter(c => c.textContent === 'response.done').length >= count"""
+    page.wait_for_function(log_has_response_done, arg=1)
     lines = log.locator(".log-line code").all_inner_texts()
     for expected in ("session.created", "conversation.item.create", "response.done"):
         assert expected in lines
@@ -595,4 +598,4 @@ def test_the_event_log_records_while_closed_and_says_its_time_zone(
     page.get_by_test_id("text-input").fill("And more")
     page.get_by_test_id("send").click()
     wait_for_replies(page, 2)
-    assert log.locator(".log-line code", has_text="response.done").count() == 2
+    page.wait_for_function(log_has_response_done, arg=2)
