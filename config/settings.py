@@ -151,9 +151,16 @@ LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,
     # The provider key must never reach a log line, whoever logs it (ours, daphne, websockets).
-    "filters": {"redact_secrets": {"()": "voicechat.redaction.RedactingFilter"}},
+    # Every line logged for a conversation names it and its user (JSON lines carry both).
+    "filters": {
+        "conversation_context": {"()": "voicechat.logformat.ConversationContext"},
+        "redact_secrets": {"()": "voicechat.redaction.RedactingFilter"},
+    },
     "handlers": {
-        "console": {"class": "logging.StreamHandler", "filters": ["redact_secrets"]},
+        "console": {
+            "class": "logging.StreamHandler",
+            "filters": ["conversation_context", "redact_secrets"],
+        },
     },
     "root": {"handlers": ["console"], "level": os.environ.get("LOG_LEVEL", "INFO")},
 }

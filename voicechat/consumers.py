@@ -16,7 +16,7 @@ from channels.sessions import InstanceSessionWrapper
 from django.conf import settings
 from websockets.exceptions import ConnectionClosed
 
-from voicechat import lifecycle, ratelimit, services
+from voicechat import lifecycle, logformat, ratelimit, services
 from voicechat.auth import authenticate, header
 from voicechat.budgets import budget_problem, watch_budget
 from voicechat.limits import TOO_MANY_CODE, DurationLimit
@@ -148,6 +148,7 @@ class RealtimeGatewayConsumer(AsyncWebsocketConsumer):
             return
         await self.accept()
         self.user = identity.user
+        logformat.bind(user_id=self.user.pk)
         if not await ratelimit.allow(
             f"user:{self.user.pk}", limit=settings.REALTIME_CONNECTS_PER_MINUTE_PER_USER
         ):
@@ -191,6 +192,7 @@ class RealtimeGatewayConsumer(AsyncWebsocketConsumer):
             await self._refuse(str(exc), TOO_MANY_CODE, CloseCode.TOO_MANY_CONVERSATIONS)
             return
         self.conversation_id = self.conversation.pk
+        logformat.bind(conversation_id=self.conversation_id)
         audit.info(
             "conversation %s opened by %s (%s) from %s",
             self.conversation.pk,

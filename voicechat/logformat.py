@@ -1,5 +1,6 @@
 """JSON-lines log records (LOG_FORMAT=json), for log shippers that parse each line."""
 
+import contextvars
 import logging
 from datetime import UTC, datetime
 
@@ -13,6 +14,26 @@ _STANDARD = frozenset(vars(logging.LogRecord("", 0, "", 0, "", None, None))) | {
     # uvicorn repeats its message with terminal colours.
     "color_message",
 }
+
+
+# The conversation and user this task serves: set by the gateway, copied into the tasks and
+# database threads it starts (asyncio and asgiref copy context variables).
+_ids: contextvars.ContextVar[dict | None] = contextvars.ContextVar("voicechat_ids", default=None)
+
+
+def bind(**ids: int | str | None) -> None:
+    """Name the conversation or user (conversation_id=, user_id=) on this task's log lines."""
+    _ids.set({**(_ids.get() or {}), **ids})
+
+
+class ConversationContext(logging.Filter):
+    """Adds the bound conversation_id and user_id to every record logged in that context."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        for key, value in (_ids.get() or {}).items():
+            if not hasattr(record, key):
+                setattr(record, key, value)
+        return True
 
 
 class JsonFormatter(logging.Formatter):
