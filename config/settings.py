@@ -483,6 +483,10 @@ for _handler in LOGGING["handlers"].values():
     if "redact_secrets" not in _handler["filters"]:
         _handler["filters"].append("redact_secrets")
 
+# /metrics (Prometheus) for staff sessions, and for `Authorization: Bearer <METRICS_TOKEN>`
+# (a scraper); empty = token access off. Anyone else is refused with 403.
+METRICS_TOKEN = os.environ.get("METRICS_TOKEN", "")
+
 # Limits that hold across processes (counted in the shared database).
 # Conversations one user may hold at once (0 = no limit).
 REALTIME_MAX_CONCURRENT_PER_USER = envint("REALTIME_MAX_CONCURRENT_PER_USER", 3)

@@ -16,7 +16,7 @@ from channels.sessions import InstanceSessionWrapper
 from django.conf import settings
 from websockets.exceptions import ConnectionClosed
 
-from voicechat import lifecycle, logformat, ratelimit, services
+from voicechat import lifecycle, logformat, metrics, ratelimit, services
 from voicechat.auth import authenticate, header
 from voicechat.budgets import budget_problem, watch_budget
 from voicechat.limits import TOO_MANY_CODE, DurationLimit
@@ -193,6 +193,8 @@ class RealtimeGatewayConsumer(AsyncWebsocketConsumer):
             return
         self.conversation_id = self.conversation.pk
         logformat.bind(conversation_id=self.conversation_id)
+        self.meter = metrics.ConversationMeter(self.conversation.backend)
+        self.meter.started()
         audit.info(
             "conversation %s opened by %s (%s) from %s",
             self.conversation.pk,
@@ -225,6 +227,7 @@ class RealtimeGatewayConsumer(AsyncWebsocketConsumer):
             return
         verdict = self.policy.check(text_data)
         if verdict.error is not None:
+            metrics.refused(verdict.error)
             await self.send(text_data=verdict.error)
             if verdict.abusive:
                 await self._end(
@@ -233,9 +236,11 @@ class RealtimeGatewayConsumer(AsyncWebsocketConsumer):
                     code="too_many_invalid_events",
                 )
         elif self.upstream_ready:
+            self.meter.to_upstream(verdict.frame)
             with contextlib.suppress(ConnectionClosed):  # the relay task reports the close
                 await self.upstream.send(verdict.frame)
         elif len(self.pending) < settings.REALTIME_PENDING_FRAMES:
+            self.meter.to_upstream(verdict.frame)
             self.pending.append(verdict.frame)
         else:
             await self.send(
@@ -281,6 +286,8 @@ class RealtimeGatewayConsumer(AsyncWebsocketConsumer):
             audit.info("conversation %s ended: %s", self.conversation.pk, reason)
         with self._cleanup_step("tell the monitor"):
             await self.monitor.close(reason=reason)
+        with self._cleanup_step("count the end"):
+            self.meter.ended(reason)
         lifecycle.unregister(self)
 
     @contextlib.contextmanager
@@ -323,7 +330,8 @@ class RealtimeGatewayConsumer(AsyncWebsocketConsumer):
         try:
             await self._admit()
             self.upstream = open_upstream(self.model, time_zone=self.time_zone)
-            await self.upstream.connect()
+            with self.meter.connecting():
+                await self.upstream.connect()
             await self.upstream.send(
                 session_defaults(self.policy.scope, backend=self.upstream.backend)
             )
@@ -360,6 +368,7 @@ class RealtimeGatewayConsumer(AsyncWebsocketConsumer):
             self.budget_wake.set()
         self.recorder.observe(etype, frame)
         self.monitor.observe(etype, frame)
+        self.meter.to_client(etype, frame)
         return frame
 
     # --- the shortcut: the common case relayed without a task switch ----------------------
@@ -385,6 +394,7 @@ class RealtimeGatewayConsumer(AsyncWebsocketConsumer):
         if frame is None:
             return False  # refused: receive() tells the client why and counts it
         self.upstream.send_now(frame)
+        self.meter.to_upstream(frame)
         return True
 
     def _relay_server_frame_now(self, frame: str) -> bool:

@@ -8,11 +8,16 @@ and the kernel spreads new connections evenly over them.
 """
 
 import multiprocessing
+import multiprocessing.connection
 import os
+import shutil
 import signal
 import socket
+import tempfile
+from pathlib import Path
 
 from django.core.management.base import BaseCommand
+from prometheus_client import multiprocess
 
 
 def _listen(host: str, port: int) -> socket.socket:
@@ -46,6 +51,23 @@ def serve_one(host: str, port: int, log_level: str) -> None:
     uvicorn.Server(config).run(sockets=[sock])
 
 
+def _metrics_dir() -> tuple[str, bool]:
+    """PROMETHEUS_MULTIPROC_DIR for the workers, emptied (the given one, or a new temporary one).
+
+    prometheus-client's multiprocess mode: each worker writes its values to files there, and
+    /metrics on any worker sums them. Files left by an earlier run would be counted again.
+    Returns the directory and whether it is ours to remove at exit.
+    """
+    given = os.environ.get("PROMETHEUS_MULTIPROC_DIR", "")
+    if not given:
+        return tempfile.mkdtemp(prefix="voicechat-metrics-"), True
+    path = Path(given)
+    path.mkdir(parents=True, exist_ok=True)
+    for stale in path.glob("*.db"):
+        stale.unlink()
+    return given, False
+
+
 class Command(BaseCommand):
     help = "Serve the site and the gateway with one uvicorn process per core (SO_REUSEPORT)."
 
@@ -59,6 +81,9 @@ class Command(BaseCommand):
 
     def handle(self, *args, host: str, port: int, workers: int, log_level: str, **options) -> None:
         _listen(host, port).close()  # fail here, once, if the port is taken
+        # Before the workers start: they read it when they import prometheus_client.
+        metrics_dir, ours = _metrics_dir()
+        os.environ["PROMETHEUS_MULTIPROC_DIR"] = metrics_dir
         # spawn: each worker starts from a clean interpreter (no inherited DB connections).
         context = multiprocessing.get_context("spawn")
         procs = [
@@ -76,5 +101,12 @@ class Command(BaseCommand):
 
         signal.signal(signal.SIGTERM, forward)
         signal.signal(signal.SIGINT, forward)
-        for proc in procs:
-            proc.join()
+        # A worker that dies takes its open conversations out of the live gauges at once.
+        running = {proc.sentinel: proc for proc in procs}
+        while running:
+            for sentinel in multiprocessing.connection.wait(list(running)):
+                proc = running.pop(sentinel)
+                proc.join()
+                multiprocess.mark_process_dead(proc.pid, metrics_dir)
+        if ours:
+            shutil.rmtree(metrics_dir, ignore_errors=True)

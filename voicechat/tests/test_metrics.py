@@ -1,0 +1,162 @@
+"""/metrics: refused to all but staff and the token; a scripted conversation moves every metric."""
+
+import asyncio
+import base64
+import json
+import subprocess
+import sys
+import urllib.request
+from pathlib import Path
+
+import pytest
+from django.test import AsyncClient
+from prometheus_client.parser import text_string_to_metric_families
+
+from voicechat.models import Conversation
+from voicechat.tests.conftest import db, free_port
+from voicechat.tests.servers import server_env
+from voicechat.tests.test_serve_command import _wait_port
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+ROOT = Path(__file__).resolve().parents[2]
+AUDIO = base64.b64encode(b"\x01\x00" * 960).decode()  # 40 ms of 24 kHz PCM16
+TOKEN = "metrics-scraper-token"
+
+
+def samples(text: str) -> dict[tuple[str, frozenset], float]:
+    """Every sample of an exposition, keyed by name and labels."""
+    return {
+        (sample.name, frozenset(sample.labels.items())): sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+    }
+
+
+def value(found: dict, name: str, **labels: str) -> float:
+    return found.get((name, frozenset(labels.items())), 0.0)
+
+
+async def scrape() -> dict:
+    response = await AsyncClient().get("/metrics", headers={"authorization": f"Bearer {TOKEN}"})
+    assert response.status_code == 200
+    assert response["Content-Type"].startswith("text/plain")
+    return samples(response.content.decode())
+
+
+@pytest.fixture
+def metrics_token(settings):
+    settings.METRICS_TOKEN = TOKEN
+
+
+def test_anonymous_and_ordinary_users_are_refused(client, alice, settings):
+    settings.METRICS_TOKEN = TOKEN
+    assert client.get("/metrics").status_code == 403
+    assert client.get("/metrics", headers={"authorization": "Bearer wrong"}).status_code == 403
+    client.force_login(alice)
+    assert client.get("/metrics").status_code == 403
+
+
+def test_an_empty_token_setting_turns_token_access_off(client, settings):
+    settings.METRICS_TOKEN = ""
+    assert client.get("/metrics", headers={"authorization": "Bearer "}).status_code == 403
+
+
+def test_staff_and_the_token_are_served(client, staff_user, settings):
+    settings.METRICS_TOKEN = TOKEN
+    response = client.get("/metrics", headers={"authorization": f"Bearer {TOKEN}"})
+    assert response.status_code == 200
+    assert "voicechat_conversations_started_total" in response.content.decode()
+    client.force_login(staff_user)
+    assert client.get("/metrics").status_code == 200
+
+
+async def test_a_conversation_moves_the_metrics(fake_upstream, alice_token, connect, metrics_token):
+    before = await scrape()
+    connected, client = await connect(token=alice_token)
+    assert connected
+    assert (await client.receive())["type"] == "session.created"
+    during = await scrape()
+    assert value(during, "voicechat_open_conversations", backend="openai") == (
+        value(before, "voicechat_open_conversations", backend="openai") + 1
+    )
+    for n in range(3):
+        await client.send(
+            {"type": "input_audio_buffer.append", "event_id": f"e{n}", "audio": AUDIO}
+        )
+    await client.send({"type": "no.such.event"})
+    refusal = (await client.receive_until("error"))[-1]
+    assert refusal["error"]["code"] == "unknown_event_type"
+    await fake_upstream.wait_for("input_audio_buffer.append", 3)
+    await fake_upstream.push([{"type": "input_audio_buffer.speech_stopped", "item_id": "i1"}])
+    await fake_upstream.push([{"type": "response.output_audio.delta", "delta": AUDIO}] * 2)
+    await client.receive_until("response.output_audio.delta")
+    await client.receive_until("response.output_audio.delta")
+    await client.communicator.disconnect()
+
+    after = await scrape()
+
+    def moved(name: str, **labels: str) -> float:
+        return value(after, name, **labels) - value(before, name, **labels)
+
+    assert moved("voicechat_conversations_started_total", backend="openai") == 1
+    assert (
+        moved("voicechat_conversations_ended_total", backend="openai", reason="client_closed") == 1
+    )
+    assert moved("voicechat_open_conversations", backend="openai") == 0
+    assert moved("voicechat_client_events_refused_total", code="unknown_event_type") == 1
+    assert moved("voicechat_relayed_frames_total", direction="to_upstream") == 3
+    assert moved("voicechat_relayed_bytes_total", direction="to_upstream") > 3 * len(AUDIO)
+    # session.created, session.updated (the defaults), speech_stopped, two deltas.
+    assert moved("voicechat_relayed_frames_total", direction="to_client") == 5
+    assert moved("voicechat_relayed_bytes_total", direction="to_client") > 2 * len(AUDIO)
+    assert moved("voicechat_upstream_connect_seconds_count", backend="openai") == 1
+    # One turn: the first delta after speech_stopped is measured, the second is not.
+    assert moved("voicechat_voice_to_voice_seconds_count", backend="openai") == 1
+    assert 0 < moved("voicechat_voice_to_voice_seconds_sum", backend="openai") < 5
+
+
+def _processes() -> set[str]:
+    return set(Conversation.objects.values_list("process", flat=True))
+
+
+def _get(url: str) -> str:
+    request = urllib.request.Request(url, headers={"Authorization": f"Bearer {TOKEN}"})
+    with urllib.request.urlopen(request, timeout=10) as response:
+        return response.read().decode()
+
+
+async def test_two_workers_report_one_set(fake_upstream, alice_token, tmp_path):
+    from websockets.asyncio.client import connect
+
+    port = free_port()
+    # A directory left with an earlier run's values: serve empties it before the workers start.
+    (tmp_path / "counter_1.db").write_bytes(b"stale")
+    env = server_env(
+        upstream_url=fake_upstream.url, METRICS_TOKEN=TOKEN, PROMETHEUS_MULTIPROC_DIR=str(tmp_path)
+    )
+    proc = subprocess.Popen(
+        [sys.executable, "manage.py", "serve", "--workers", "2", "--port", str(port)],
+        cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+    )  # fmt: skip
+    try:
+        await _wait_port(port, proc)
+        # Sockets until both workers hold some (the kernel spreads them over the workers).
+        opened = 0
+        while opened < 40 and len(await db(_processes)) < 2:
+            async with connect(
+                f"ws://127.0.0.1:{port}/v1/realtime",
+                additional_headers={"Authorization": f"Bearer {alice_token}"},
+            ) as ws:
+                assert json.loads(await ws.recv())["type"] == "session.created"
+            opened += 1
+        assert len(await db(_processes)) == 2
+        for _ in range(10):  # whichever worker answers, the same totals: every process's
+            found = samples(await asyncio.to_thread(_get, f"http://127.0.0.1:{port}/metrics"))
+            assert value(found, "voicechat_conversations_started_total", backend="openai") == (
+                opened
+            )
+    finally:
+        proc.terminate()
+        output = proc.communicate(timeout=20)[0].decode()
+    assert proc.returncode == 0, output
