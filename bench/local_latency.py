@@ -106,6 +106,7 @@ class Conversation:
         self.upstream = LocalUpstream(model="gpt-realtime")
         self.events: asyncio.Queue = asyncio.Queue()
         self.turns: list[dict] = []
+        self.cut_short = 0  # replies cancelled because the user (as the engine judged) went on
 
     async def __aenter__(self):
         await self.upstream.connect()
@@ -158,13 +159,18 @@ class Conversation:
             elif event["type"] == "response.output_audio_transcript.done":
                 answer = event["transcript"]
             elif event["type"] == "response.done":
-                break
+                if event["response"]["status"] == "completed" and first_audio is not None:
+                    break
+                # A reply cut short (the turn detector heard the user go on): wait for the next.
+                self.cut_short += 1
+                first_audio = None
         speech_end = await speaking
         result = {
             "vad_to_audio_ms": (first_audio - stopped) * 1000,
             "speech_end_to_audio_ms": (first_audio - speech_end) * 1000,
             "heard": heard,
             "answer": answer,
+            "replies_cut_short": self.cut_short,  # so far in this conversation
         }
         self.turns.append(result)
         return result
