@@ -4,6 +4,7 @@ import { EventLog } from "./event-log.js";
 import { fromBase64, pcm16Ms } from "./pcm.js";
 import { Player } from "./player.js";
 import { RealtimeClient } from "./realtime-client.js";
+import { Reconnect } from "./reconnect.js";
 import { Recorder } from "./recorder.js";
 import { Transcript } from "./transcript.js";
 import { Waveform } from "./waveform.js";
@@ -53,7 +54,6 @@ const CLOSE_REASONS = {
 // time limits, an administrator's hang-up. A socket that never opened is retried too, unless
 // the user turns out to be signed out (checkSignedIn).
 const RETRY_CODES = new Set([1001, 1006, 1011, 1012, 1013, 4001, 4003, 4007]);
-const MAX_RETRY_DELAY_S = 30; // 1, 2, 4, ... 30, 30, ... for as long as the page is open
 // Harmless races (cancelling a reply that just finished); logged, never shown.
 const QUIET_ERRORS = new Set(["response_cancel_not_active", "input_audio_buffer_commit_empty"]);
 // A press shorter than this is a tap (a slip, a test of the button): it is ignored, and it
@@ -85,9 +85,6 @@ export class VoiceChatApp {
       statusText: $("status").querySelector(".status-text"),
       alert: $("alert"),
       alertText: $("alert").querySelector(".alert-text"),
-      reconnect: $("reconnect"),
-      reconnectText: $("reconnect-countdown"),
-      retryNow: $("retry-now"),
       ptt: $("push-to-talk"),
       voice: $("voice"),
       composer: $("composer"),
@@ -120,10 +117,8 @@ export class VoiceChatApp {
     this.recorder = null;
     this.player = null;
     this.wanted = false; // the user wants to be connected (drives reconnects)
-    this.retries = 0; // failed attempts since the last session began
-    this.retryTimer = 0;
-    this.retryAt = 0; // when the next attempt starts (performance.now() time)
-    this.retryMessage = "";
+    this.reconnect = new Reconnect($("reconnect"), $("reconnect-countdown"), $("retry-now"));
+    this.reconnect.addEventListener("retry", () => this.retryNow());
     this.reconnectNotice = null; // the transcript's "reconnecting…" line, removed once back
     this.sessionReady = false;
     this.sessionVoice = null;
@@ -170,7 +165,6 @@ export class VoiceChatApp {
     el.connect.addEventListener("click", () => this.connect());
     el.disconnect.addEventListener("click", () => this.disconnect());
     el.stop.addEventListener("click", () => this.stopReply());
-    el.retryNow.addEventListener("click", () => this.retryNow());
     el.alert.querySelector(".alert-close").addEventListener("click", () => this.hideAlert());
     el.composer.addEventListener("submit", (event) => {
       event.preventDefault();
@@ -274,7 +268,7 @@ export class VoiceChatApp {
   async connect() {
     if (this.wanted) return;
     this.wanted = true;
-    this.retries = 0;
+    this.reconnect.reset();
     this.hideAlert();
     this.setStatus("connecting");
     // The socket and the audio graph start together; the session takes longer than the audio.
@@ -365,7 +359,7 @@ export class VoiceChatApp {
   disconnect() {
     if (!this.wanted && !this.client) return;
     this.wanted = false;
-    this.cancelRetry();
+    this.reconnect.stop();
     const client = this.client;
     this.endSession();
     this.stopAudio();
@@ -428,7 +422,7 @@ export class VoiceChatApp {
 
   giveUp(reason, message, link = null) {
     this.wanted = false;
-    this.cancelRetry();
+    this.reconnect.stop();
     this.stopAudio();
     this.setStatus("ended", reason);
     this.showAlert(message, "error", { link });
@@ -457,43 +451,20 @@ export class VoiceChatApp {
     return `${this.root.dataset.loginUrl}?next=${next}`;
   }
 
-  /** Try again after 1, 2, 4, ... up to MAX_RETRY_DELAY_S seconds, with a countdown. */
+  /** Wait (1, 2, 4, ... 30 s, with a countdown) and try again. */
   scheduleRetry(message) {
-    this.retries += 1;
-    const delayS = Math.min(MAX_RETRY_DELAY_S, 2 ** (this.retries - 1));
-    this.retryAt = performance.now() + delayS * 1000;
-    this.retryMessage = message;
-    if (!this.reconnectNotice) this.reconnectNotice = this.transcript.notice("Connection lost — reconnecting…");
-    this.hideAlert();
-    clearTimeout(this.retryTimer);
-    this.showCountdown();
-  }
-
-  showCountdown() {
-    const left = Math.max(0, Math.ceil((this.retryAt - performance.now()) / 1000));
-    if (left === 0) {
-      this.retryNow();
-      return;
+    if (!this.reconnectNotice) {
+      this.reconnectNotice = this.transcript.notice("Connection lost — reconnecting…");
     }
-    this.el.reconnectText.textContent = `${this.retryMessage} Trying again in ${left}\u00a0s.`;
-    this.el.reconnect.hidden = false;
+    this.hideAlert();
+    this.reconnect.schedule(message);
     if (this.status !== "reconnecting") this.setStatus("reconnecting");
-    // Tick at the next whole second of the countdown.
-    const untilTick = (this.retryAt - performance.now()) % 1000 || 1000;
-    this.retryTimer = setTimeout(() => this.showCountdown(), untilTick + 5);
   }
 
   retryNow() {
     if (!this.wanted || this.client) return;
-    clearTimeout(this.retryTimer);
-    this.el.reconnect.hidden = true;
     this.setStatus("reconnecting");
     this.openSocket();
-  }
-
-  cancelRetry() {
-    clearTimeout(this.retryTimer);
-    this.el.reconnect.hidden = true;
   }
 
   // ---- server events ---------------------------------------------------------------------
@@ -579,10 +550,9 @@ export class VoiceChatApp {
   }
 
   onSessionCreated(session) {
-    const reconnected = this.retries > 0 || this.transcript.entries.size > 0;
+    const reconnected = this.reconnect.attempts > 0 || this.transcript.entries.size > 0;
     this.sessionReady = true;
-    this.retries = 0;
-    this.cancelRetry();
+    this.reconnect.reset();
     if (this.reconnectNotice) {
       this.transcript.remove(this.reconnectNotice);
       this.reconnectNotice = null;
