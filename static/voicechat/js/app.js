@@ -324,10 +324,14 @@ export class VoiceChatApp {
   }
 
   async startMicrophone() {
-    const recorder = new Recorder(this.context, { chunkMs: 40 });
+    const context = this.context;
+    const recorder = new Recorder(context, { chunkMs: 40 });
     try {
       await recorder.start();
     } catch (error) {
+      // The session ended while the microphone was opening (its context is closed, so the
+      // recorder's node can't be made): the reason it ended is the news, not this.
+      if (this.context !== context) return;
       this.showAlert(error.message, "warning");
       this.micWave.attach(null);
       this.refreshControls();
