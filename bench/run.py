@@ -30,6 +30,8 @@ ROOT = Path(__file__).resolve().parent.parent
 BENCH = ROOT / "bench"
 CACHE = BENCH / ".cache"
 PROJECT_PY = Path(os.environ.get("PROJECT_PYTHON", sys.executable))
+
+
 def _own_env() -> dict[str, str]:
     """This environment minus DATABASE_URL/REDIS_URL: the bench has its own SQLite database."""
     return {k: v for k, v in os.environ.items() if k not in ("DATABASE_URL", "REDIS_URL")}
@@ -191,8 +193,13 @@ class Bench:
             log("creating the harness venv (bench/.cache/venv)")
             subprocess.run([sys.executable, "-m", "venv", str(CACHE / "venv")], check=True)
             subprocess.run(
-                [str(CACHE / "venv/bin/pip"), "install", "-q", "-r",
-                 str(self.harness / "requirements.txt")],
+                [
+                    str(CACHE / "venv/bin/pip"),
+                    "install",
+                    "-q",
+                    "-r",
+                    str(self.harness / "requirements.txt"),
+                ],
                 check=True,
             )
         needs_node = any(t.kind == "node" for t in self.targets())
@@ -203,7 +210,8 @@ class Bench:
                 shutil.copyfile(self.harness / "node_relay" / name, CACHE / "node" / name)
             subprocess.run(
                 ["npm", "ci", "--no-audit", "--no-fund", "--loglevel=error"],
-                cwd=CACHE / "node", check=True,
+                cwd=CACHE / "node",
+                check=True,
             )
         for cwd in {t.cwd for t in self.targets() if t.kind == "gateway"}:
             self.tokens[cwd] = self.make_token(cwd)
@@ -235,7 +243,9 @@ class Bench:
         if migrate:
             subprocess.run(
                 [str(PROJECT_PY), "manage.py", "migrate", "--noinput", "-v", "0"],
-                cwd=cwd, env=env, check=True,
+                cwd=cwd,
+                env=env,
+                check=True,
             )
         code = (
             "from django.contrib.auth import get_user_model as G;"
@@ -245,7 +255,11 @@ class Bench:
         )
         out = subprocess.run(
             [str(PROJECT_PY), "manage.py", "shell", "-c", code],
-            cwd=cwd, env=env, check=True, capture_output=True, text=True,
+            cwd=cwd,
+            env=env,
+            check=True,
+            capture_output=True,
+            text=True,
         ).stdout
         return out.strip().splitlines()[-1]
 
@@ -257,18 +271,23 @@ class Bench:
         known = {
             "direct": Target("direct", "direct"),
             "node": Target(
-                "node", "node",
+                "node",
+                "node",
                 f"node {shlex.quote(str(self.harness / 'node_relay' / 'server.js'))}",
                 {"NODE_PATH": str(self.node_modules)},
             ),
             "python": Target(
-                "python", "python",
+                "python",
+                "python",
                 f"{self.hpy} {shlex.quote(str(self.harness / 'python_relay_ref.py'))} "
                 f"--upstream {self.upstream_url} --port {{port}}",
             ),
             # The development server (`make run`): daphne inside runserver, DEBUG on.
             "gw-runserver": Target(
-                "gw-runserver", "gateway", RUNSERVER_CMD, {**self.gateway_env(), "DEBUG": "True"},
+                "gw-runserver",
+                "gateway",
+                RUNSERVER_CMD,
+                {**self.gateway_env(), "DEBUG": "True"},
                 "/v1/realtime",
             ),
         }
@@ -278,7 +297,10 @@ class Bench:
                 name, "gateway", UVICORN_CMD.replace("{workers}", str(workers)), gw, "/v1/realtime"
             )
             known[f"gw-serve{workers}"] = Target(
-                f"gw-serve{workers}", "gateway", SERVE_CMD.replace("{workers}", str(workers)), gw,
+                f"gw-serve{workers}",
+                "gateway",
+                SERVE_CMD.replace("{workers}", str(workers)),
+                gw,
                 "/v1/realtime",
             )
         for spec in self.args.target:  # --target NAME=COMMAND: any relay, e.g. another server
@@ -293,8 +315,9 @@ class Bench:
             if rev:  # the gateway as of another commit, for before/after rows in the same run
                 if target.kind != "gateway":
                     raise SystemExit(f"{spec}: only gateway targets take @<git rev>")
-                target = Target(spec, target.kind, target.command, target.env, target.path,
-                                snapshot(rev))
+                target = Target(
+                    spec, target.kind, target.command, target.env, target.path, snapshot(rev)
+                )
             targets.append(target)
         return targets
 
@@ -308,15 +331,24 @@ class Bench:
             ws = "websockets-sansio"  # a commit from before the gateway had its own
         cmd = target.command.format(py=PROJECT_PY, port=port, upstream=self.upstream_url, ws=ws)
         env = {
-            **_own_env(), **target.env, "PORT": str(port), "UPSTREAM_URL": self.upstream_url,
+            **_own_env(),
+            **target.env,
+            "PORT": str(port),
+            "UPSTREAM_URL": self.upstream_url,
         }
         if target.kind == "gateway":
             env["SQLITE_PATH"] = str(self.db_for(target.cwd))
         logf = open(self.out / f"{target.name}.server.log", "ab")  # noqa: SIM115
-        proc = track(subprocess.Popen(
-            [*self.prefix_relay, *shlex.split(cmd)], cwd=target.cwd, env=env,
-            stdout=logf, stderr=subprocess.STDOUT, start_new_session=True,
-        ))
+        proc = track(
+            subprocess.Popen(
+                [*self.prefix_relay, *shlex.split(cmd)],
+                cwd=target.cwd,
+                env=env,
+                stdout=logf,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+        )
         logf.close()
         raise_priority(proc, self.args.nice)
         if not wait_port(port, self.args.start_timeout, proc):
@@ -328,24 +360,45 @@ class Bench:
 
     def start_fake(self) -> None:
         cmd = [
-            *self.prefix_load, str(self.hpy), str(self.harness / "fake_upstream.py"),
-            "--port", str(self.upstream_port), "--engine", "raw",
-            "--transcript-every", str(self.args.transcript_every),
+            *self.prefix_load,
+            str(self.hpy),
+            str(self.harness / "fake_upstream.py"),
+            "--port",
+            str(self.upstream_port),
+            "--engine",
+            "raw",
+            "--transcript-every",
+            str(self.args.transcript_every),
         ]
         with open(self.out / "fake_upstream.log", "ab") as logf:
-            self.fake = track(subprocess.Popen(
-                cmd, stdout=logf, stderr=subprocess.STDOUT, start_new_session=True
-            ))
+            self.fake = track(
+                subprocess.Popen(cmd, stdout=logf, stderr=subprocess.STDOUT, start_new_session=True)
+            )
         raise_priority(self.fake, self.args.nice)
         if not wait_port(self.upstream_port, 15, self.fake):
             raise SystemExit("the fake upstream did not start (see fake_upstream.log)")
 
     def loadgen_cmd(self, target: Target, url: str, n: int) -> list[str]:
         cmd = [
-            *self.prefix_load, str(self.hpy), str(self.harness / "loadgen.py"), url,
-            "-n", str(n), "-d", str(self.args.duration), "--chunk-ms", str(self.args.chunk_ms),
-            "--engine", "raw", "--label", target.name, "-q",
-            "--connect-timeout", "30", "--wait-timeout", "30",
+            *self.prefix_load,
+            str(self.hpy),
+            str(self.harness / "loadgen.py"),
+            url,
+            "-n",
+            str(n),
+            "-d",
+            str(self.args.duration),
+            "--chunk-ms",
+            str(self.args.chunk_ms),
+            "--engine",
+            "raw",
+            "--label",
+            target.name,
+            "-q",
+            "--connect-timeout",
+            "30",
+            "--wait-timeout",
+            "30",
         ]
         if self.args.pin:
             cmd += ["--procs", "1"]
@@ -372,15 +425,26 @@ class Bench:
                 open(f"{base}.loadgen.json", "w") as lg_out,
                 open(f"{base}.loadgen.log", "w") as lg_log,
             ):
-                loadgen = track(subprocess.Popen(
-                    self.loadgen_cmd(target, url, n), stdout=lg_out, stderr=lg_log,
-                    start_new_session=True,
-                ))
+                loadgen = track(
+                    subprocess.Popen(
+                        self.loadgen_cmd(target, url, n),
+                        stdout=lg_out,
+                        stderr=lg_log,
+                        start_new_session=True,
+                    )
+                )
             raise_priority(loadgen, self.args.nice)
             mon = [
-                str(self.hpy), str(self.harness / "procmon.py"), "--out", f"{base}.samples.jsonl",
-                "--interval", "0.5", "--proc", f"upstream={self.fake.pid}",
-                "--proc", f"loadgen={loadgen.pid}",
+                str(self.hpy),
+                str(self.harness / "procmon.py"),
+                "--out",
+                f"{base}.samples.jsonl",
+                "--interval",
+                "0.5",
+                "--proc",
+                f"upstream={self.fake.pid}",
+                "--proc",
+                f"loadgen={loadgen.pid}",
             ]
             if server is not None:
                 mon += ["--proc", f"relay={server.pid}"]
@@ -437,16 +501,23 @@ class Bench:
             "command": " ".join(shlex.quote(a) for a in sys.argv),
             "nproc": os.cpu_count(),
             "loadavg_start": os.getloadavg(),
-            "ns": self.args.ns, "duration_s": self.args.duration, "repeat": self.args.repeat,
-            "targets": [t.name for t in targets], "pin": self.args.pin,
-            "nice": self.args.nice, "transcript_every": self.args.transcript_every,
+            "ns": self.args.ns,
+            "duration_s": self.args.duration,
+            "repeat": self.args.repeat,
+            "targets": [t.name for t in targets],
+            "pin": self.args.pin,
+            "nice": self.args.nice,
+            "transcript_every": self.args.transcript_every,
             "kernel": os.uname().release,
             "node": subprocess.run(
                 ["node", "--version"], capture_output=True, text=True
             ).stdout.strip(),
-            "uvicorn_cmd": UVICORN_CMD, "runserver_cmd": RUNSERVER_CMD, "serve_cmd": SERVE_CMD,
-            "git_head": subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT,
-                                       capture_output=True, text=True).stdout.strip(),
+            "uvicorn_cmd": UVICORN_CMD,
+            "runserver_cmd": RUNSERVER_CMD,
+            "serve_cmd": SERVE_CMD,
+            "git_head": subprocess.run(
+                ["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True
+            ).stdout.strip(),
         }
         (self.out / "meta.json").write_text(json.dumps(meta, indent=1))
         self.start_fake()
@@ -474,7 +545,10 @@ class Bench:
 def snapshot(rev: str) -> Path:
     """The project's files at git revision `rev`, exported once under bench/.cache/."""
     sha = subprocess.run(
-        ["git", "rev-parse", "--short=10", rev], cwd=ROOT, check=True, capture_output=True,
+        ["git", "rev-parse", "--short=10", rev],
+        cwd=ROOT,
+        check=True,
+        capture_output=True,
         text=True,
     ).stdout.strip()
     dest = CACHE / f"rev-{sha}"
@@ -499,12 +573,16 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     p.add_argument(
-        "--targets", default="direct,node,python,gw-runserver,gw-uvicorn,gw-serve2",
+        "--targets",
+        default="direct,node,python,gw-runserver,gw-uvicorn,gw-serve2",
         help="comma-separated: direct, node, python, gw-runserver, gw-uvicorn[K], gw-serve[K], "
         "a gateway target @<git rev> (that commit's code), or a --target name",
     )
     p.add_argument(
-        "--target", action="append", default=[], metavar="NAME=COMMAND",
+        "--target",
+        action="append",
+        default=[],
+        metavar="NAME=COMMAND",
         help="an extra relay started per run; COMMAND may use {port}, {upstream} and {py}",
     )
     p.add_argument("--summarize", metavar="DIR", help="only rebuild DIR/summary.md")
@@ -514,8 +592,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--duration", type=float, default=8, help="seconds of streaming per run")
     p.add_argument("--repeat", type=int, default=2, help="interleaved repeats (medians)")
     p.add_argument("--chunk-ms", type=float, default=40)
-    p.add_argument("--transcript-every", type=int, default=5,
-                   help="the fake upstream adds a transcript delta after every K-th audio echo")
+    p.add_argument(
+        "--transcript-every",
+        type=int,
+        default=5,
+        help="the fake upstream adds a transcript delta after every K-th audio echo",
+    )
     p.add_argument("--quick", action="store_true", help="N=50, 8 s, one repeat")
     p.add_argument(
         "--pin", action="store_true", help="taskset: relay on --relay-cpus, harness on --load-cpus"

@@ -61,8 +61,14 @@ def marginal_rss_kb(rows: list[dict], target: str, up_to_n: int | None) -> float
     """Memory each extra conversation costs: peak RSS growth from the smallest N to `up_to_n`
     (the capacity: beyond it, backlogged frames inflate RSS)."""
     mine = sorted(
-        (r for r in rows if r["target"] == target and r.get("relay_rss")
-         and up_to_n is not None and r["n"] <= up_to_n),
+        (
+            r
+            for r in rows
+            if r["target"] == target
+            and r.get("relay_rss")
+            and up_to_n is not None
+            and r["n"] <= up_to_n
+        ),
         key=lambda r: r["n"],
     )
     if len(mine) < 2 or mine[-1]["n"] == mine[0]["n"]:
@@ -134,7 +140,8 @@ def write_summary(results_dir: Path, harness: Path, max_added_p99_ms: float = 20
     (results_dir / "summary.json").write_text(
         json.dumps(
             {"meta": meta, "rows": rows, "capacity": caps, "rss_per_extra_conv_kb": marginal},
-            indent=1, default=str,
+            indent=1,
+            default=str,
         )
     )
     # The harness's own per-run table, for the raw view.

@@ -63,9 +63,18 @@ class HandshakeRefused(HandshakeError):
 class UpstreamConnection(asyncio.Protocol):
     """An open client WebSocket. Use `connect()`; iterate it for text messages."""
 
-    def __init__(self, *, host: str, target: str, headers: dict[str, str], max_size: int,
-                 max_queue: int, ping_interval: float, ping_timeout: float,
-                 close_timeout: float) -> None:
+    def __init__(
+        self,
+        *,
+        host: str,
+        target: str,
+        headers: dict[str, str],
+        max_size: int,
+        max_queue: int,
+        ping_interval: float,
+        ping_timeout: float,
+        close_timeout: float,
+    ) -> None:
         self._key = base64.b64encode(os.urandom(16)).decode()
         self._request = _upgrade_request(host, target, self._key, headers)
         self._reader = FrameReader(masked=False, max_size=max_size)
@@ -344,10 +353,18 @@ def _upgrade_request(host: str, target: str, key: str, headers: dict[str, str]) 
     return ("\r\n".join(lines) + "\r\n\r\n").encode()
 
 
-async def connect(url: str, *, headers: dict[str, str], open_timeout: float, max_size: int,
-                  max_queue: int, close_timeout: float, ping_interval: float = 20.0,
-                  ping_timeout: float = 20.0, tls: ssl.SSLContext | None = None,
-                  ) -> UpstreamConnection:
+async def connect(
+    url: str,
+    *,
+    headers: dict[str, str],
+    open_timeout: float,
+    max_size: int,
+    max_queue: int,
+    close_timeout: float,
+    ping_interval: float = 20.0,
+    ping_timeout: float = 20.0,
+    tls: ssl.SSLContext | None = None,
+) -> UpstreamConnection:
     """Open a WebSocket to `url` (ws:// or wss://, verified against `tls` or else the system's
     trust store). Raises OSError or TimeoutError when the server cannot be reached,
     HandshakeRefused or HandshakeError when it will not upgrade."""
@@ -365,8 +382,13 @@ async def connect(url: str, *, headers: dict[str, str], open_timeout: float, max
 
     def protocol() -> UpstreamConnection:
         return UpstreamConnection(
-            host=host_header, target=target, headers=headers, max_size=max_size,
-            max_queue=max_queue, ping_interval=ping_interval, ping_timeout=ping_timeout,
+            host=host_header,
+            target=target,
+            headers=headers,
+            max_size=max_size,
+            max_queue=max_queue,
+            ping_interval=ping_interval,
+            ping_timeout=ping_timeout,
             close_timeout=close_timeout,
         )
 
@@ -380,7 +402,9 @@ async def connect(url: str, *, headers: dict[str, str], open_timeout: float, max
         else:
             tunnel = await _connect_tunnel(proxy, parts.hostname, port)
             _transport, connection = await loop.create_connection(
-                protocol, sock=tunnel, ssl=tls_context,
+                protocol,
+                sock=tunnel,
+                ssl=tls_context,
                 server_hostname=parts.hostname if secure else None,
             )
         try:

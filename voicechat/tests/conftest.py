@@ -270,6 +270,8 @@ async def start_server(transactional_db):
         # Shown by pytest only when the test failed.
         print(f"--- {server.kind} on {server.address} ---\n{server.log()}")
         server.stop()
+
+
 async def finished_conversation(user, timeout: float = 15):
     """The user's latest conversation once the server has stored its end (and so every line).
 

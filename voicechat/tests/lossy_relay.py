@@ -1,6 +1,6 @@
 """A relay that loses every other audio append: the benchmark must notice (test_bench_run.py).
 
-    python lossy_relay.py PORT UPSTREAM_URL
+python lossy_relay.py PORT UPSTREAM_URL
 """
 
 import asyncio

@@ -16,7 +16,8 @@ from bench.run import DEFAULT_HARNESS, ROOT
 pytestmark = [
     pytest.mark.slow,
     pytest.mark.skipif(
-        not (DEFAULT_HARNESS / "loadgen.py").exists(), reason="shared harness not beside the project"
+        not (DEFAULT_HARNESS / "loadgen.py").exists(),
+        reason="shared harness not beside the project",
     ),
 ]
 
@@ -29,7 +30,10 @@ def bench(tmp_path: Path, *args: str) -> tuple[int, dict, str]:
     out = tmp_path / "results"
     proc = subprocess.run(
         [sys.executable, "bench/run.py", *QUICK, "--out", str(out), *args],
-        cwd=ROOT, capture_output=True, text=True, timeout=300,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     summary = out / "summary.json"
     data = json.loads(summary.read_text()) if summary.exists() else {}

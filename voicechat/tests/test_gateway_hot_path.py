@@ -38,7 +38,9 @@ async def test_frames_flow_both_ways_while_the_database_thread_is_busy(client, f
     held = asyncio.ensure_future(sync_to_async(hold_database_thread)())
     await holding.wait()
     try:
-        await client.send({"type": "input_audio_buffer.append", "event_id": "evt_1", "audio": AUDIO})
+        await client.send(
+            {"type": "input_audio_buffer.append", "event_id": "evt_1", "audio": AUDIO}
+        )
         appended = await fake_upstream.wait_for("input_audio_buffer.append", timeout=10)
         await fake_upstream.push([{"type": "response.output_audio.delta", "delta": AUDIO}])
         delta = await client.receive(timeout=10)
@@ -132,7 +134,10 @@ async def test_under_its_own_server_the_gateway_relays_the_common_case_synchrono
 
         return relay_now
 
-    for name, side in (("_relay_client_frame_now", "client"), ("_relay_server_frame_now", "server")):
+    for name, side in (
+        ("_relay_client_frame_now", "client"),
+        ("_relay_server_frame_now", "server"),
+    ):
         monkeypatch.setattr(
             RealtimeGatewayConsumer, name, counting(getattr(RealtimeGatewayConsumer, name), side)
         )

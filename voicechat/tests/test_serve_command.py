@@ -40,7 +40,10 @@ async def test_two_workers_share_the_port_and_relay(fake_upstream, alice_token):
     env = server_env(upstream_url=fake_upstream.url)
     proc = subprocess.Popen(
         [sys.executable, "manage.py", "serve", "--workers", "2", "--port", str(port)],
-        cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
     )
     try:
         await _wait_port(port, proc)

@@ -315,7 +315,9 @@ async def test_no_proxy_hosts_are_reached_directly(no_proxy_env):
 
 async def test_a_proxy_that_refuses_the_tunnel_is_an_unreachable_provider(no_proxy_env):
     requests: list[bytes] = []
-    proxy, proxy_address = await connect_proxy(requests, answer=b"407 Proxy Authentication Required")
+    proxy, proxy_address = await connect_proxy(
+        requests, answer=b"407 Proxy Authentication Required"
+    )
     no_proxy_env.setenv("http_proxy", f"http://{proxy_address}")
     async with proxy:
         with pytest.raises(OSError, match="407"):
