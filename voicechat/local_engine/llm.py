@@ -206,50 +206,59 @@ class EmbeddedModel:
         city Paris") instead of making it. The question shares the conversation's prompt, so
         llama.cpp re-uses its evaluated prefix and the choice costs ~0.1-0.2 s.
         """
-        from llama_cpp import LlamaGrammar
-
         names = [t["function"]["name"] for t in tools]
-        ask = {
-            "role": "system",
-            "content": "If one of your functions is needed to answer the user's last message, "
-            "write its name; otherwise write none.",
-        }
         rule = " | ".join(json.dumps(n) for n in [*names, "none"])
-
-        def choose() -> str:
-            grammar = LlamaGrammar.from_string(f"root ::= {rule}", verbose=False)
-            prompt = self.prompt([*messages, ask], tools, ARGUMENT_TOKENS)
-            out = self._llama.create_completion(
-                prompt, max_tokens=16, temperature=0.0, grammar=grammar
-            )
-            return out["choices"][0]["text"].strip()
-
-        choice = await asyncio.get_running_loop().run_in_executor(self._worker, choose)
+        choice = await self._constrained(
+            [
+                *messages,
+                _system(
+                    "If one of your functions is needed to answer the user's last "
+                    "message, write its name; otherwise write none."
+                ),
+            ],
+            tools,
+            lambda grammar: grammar.from_string(f"root ::= {rule}", verbose=False),
+            max_tokens=16,
+        )
+        choice = choice.strip()
         return choice if choice in names else None
 
     async def arguments(self, messages: list[dict], tool: dict) -> str:
         """Arguments for `tool` as the model fills them from the conversation: JSON that its
         parameters schema allows, by construction (llama.cpp grammar from the schema)."""
+        schema = json.dumps(tool.get("parameters") or {"type": "object", "properties": {}})
+        ask = _system(
+            f"Call the function {tool['name']} ({tool.get('description') or ''}) for the "
+            "user's last request. Write only its arguments, as a JSON object."
+        )
+        text = await self._constrained(
+            [*messages, ask],
+            None,
+            lambda grammar: grammar.from_json_schema(schema, verbose=False),
+            max_tokens=ARGUMENT_TOKENS,
+        )
+        json.loads(text)  # a reply cut at ARGUMENT_TOKENS is not JSON: the caller falls back
+        return text
+
+    async def _constrained(self, messages, tools, make_grammar, *, max_tokens: int) -> str:
+        """One greedy completion under a llama.cpp grammar, on the model's worker thread."""
         from llama_cpp import LlamaGrammar
 
-        schema = tool.get("parameters") or {"type": "object", "properties": {}}
-        ask = {
-            "role": "system",
-            "content": f"Call the function {tool['name']} ({tool.get('description') or ''}) "
-            "for the user's last request. Write only its arguments, as a JSON object.",
-        }
-
-        def fill() -> str:
-            grammar = LlamaGrammar.from_json_schema(json.dumps(schema), verbose=False)
-            prompt = self.prompt([*messages, ask], None, ARGUMENT_TOKENS)
+        def complete() -> str:
+            prompt = self.prompt(messages, tools, max_tokens)
             out = self._llama.create_completion(
-                prompt, max_tokens=ARGUMENT_TOKENS, temperature=0.0, grammar=grammar
+                prompt,
+                max_tokens=max_tokens,
+                temperature=0.0,
+                grammar=make_grammar(LlamaGrammar),
             )
             return out["choices"][0]["text"]
 
-        text = await asyncio.get_running_loop().run_in_executor(self._worker, fill)
-        json.loads(text)  # a reply cut at ARGUMENT_TOKENS is not JSON: the caller falls back
-        return text
+        return await asyncio.get_running_loop().run_in_executor(self._worker, complete)
+
+
+def _system(content: str) -> dict:
+    return {"role": "system", "content": content}
 
 
 def _drop_oldest_turn(messages: list[dict]) -> bool:
