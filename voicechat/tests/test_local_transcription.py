@@ -23,9 +23,11 @@ class ScriptedRecognizer:
         self.calls: list[tuple[float, str]] = []  # (seconds of audio, prefix)
         self.hold = threading.Event()
         self.hold.set()
+        self.entered = threading.Event()  # a decode has reached the recognizer
 
     def transcribe(self, pcm16_24k: bytes, *, language: str, prefix: str = "") -> str:
         self.calls.append((len(pcm16_24k) / BYTES_PER_SECOND, prefix))
+        self.entered.set()
         self.hold.wait(10)
         return " ".join(WORDS[: int(len(pcm16_24k) / BYTES_PER_SECOND * 4)])
 
@@ -81,6 +83,8 @@ async def test_a_partial_never_waits_for_another_decode(recognizer, transcriber)
     recognizer.hold.clear()
     running = other.transcribe(audio(2.0), "en")
     try:
+        # The decode runs in a worker thread: wait until it holds the model.
+        assert await asyncio.to_thread(recognizer.entered.wait, 10)
         transcriber.stream_start("en", lambda delta: None)
         for _ in range(50):  # 2 s of speech while the other decode runs
             transcriber.stream_feed(audio(0.04))
