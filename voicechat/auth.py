@@ -6,12 +6,12 @@ ambient, so a foreign page could otherwise ride a logged-in user's session (cros
 hijacking); a bearer token is never attached by a browser on its own, and the SDK sends no Origin.
 """
 
+import io
 from dataclasses import dataclass
-from urllib.parse import urlsplit
 
 from channels.db import database_sync_to_async
-from django.conf import settings
-from django.http.request import validate_host
+from django.core.handlers.asgi import ASGIRequest
+from django.middleware.csrf import CsrfViewMiddleware
 from django.utils.timezone import now
 
 from voicechat import scopes
@@ -40,15 +40,27 @@ def bearer_token(scope: dict) -> str | None:
 
 
 def same_origin(scope: dict) -> bool:
-    """True when the socket's Origin names one of this server's allowed hosts."""
-    origin = header(scope, b"origin")
-    if not origin:
+    """True when the socket's Origin passes Django's own CSRF origin check for this handshake.
+
+    That is: the Origin is this request's scheme, host and port (the Host header, an allowed
+    host), or is listed in CSRF_TRUSTED_ORIGINS. A page on another port or scheme of the same
+    host is another origin (a browser sends its cookies there all the same).
+    """
+    if not header(scope, b"origin"):
         return False
-    host = urlsplit(origin).netloc.rsplit("@", 1)[-1]
-    hostname = host.rsplit(":", 1)[0] if not host.endswith("]") else host
-    return (
-        validate_host(hostname, settings.ALLOWED_HOSTS) or origin in settings.CSRF_TRUSTED_ORIGINS
-    )
+    # Django's check itself, not a copy of it (private, so test_origin_check.py pins it).
+    csrf = CsrfViewMiddleware(get_response=lambda request: None)
+    return csrf._origin_verified(_handshake_as_http_request(scope))
+
+
+def _handshake_as_http_request(scope: dict) -> ASGIRequest:
+    """The WebSocket handshake as the HTTP request it is: ws is http, wss is https (RFC 6455).
+
+    Django then reads the Host header, SECURE_PROXY_SSL_HEADER and ALLOWED_HOSTS as it does for
+    every page, so a socket and a form post from the same page pass or fail together.
+    """
+    scheme = "https" if scope.get("scheme") == "wss" else "http"
+    return ASGIRequest({**scope, "type": "http", "method": "GET", "scheme": scheme}, io.BytesIO())
 
 
 @database_sync_to_async

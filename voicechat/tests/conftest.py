@@ -198,7 +198,7 @@ def gateway_communicator(
 ) -> WebsocketCommunicator:
     from config.asgi import application
 
-    headers = []
+    headers = [(b"host", b"127.0.0.1:8000")]  # as a browser sends it: the origin checks read it
     if token is not None:
         headers.append((b"authorization", f"Bearer {token}".encode()))
     if cookie is not None:

@@ -55,7 +55,11 @@ async def open_monitor():
         communicator = WebsocketCommunicator(
             application,
             "/ws/monitor",
-            headers=[(b"cookie", cookie.encode()), (b"origin", origin.encode())],
+            headers=[
+                (b"host", b"localhost"),
+                (b"cookie", cookie.encode()),
+                (b"origin", origin.encode()),
+            ],
         )
         communicators.append(communicator)
         connected, _ = await communicator.connect(timeout=5)
