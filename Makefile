@@ -46,6 +46,8 @@ llama-runtime:
 
 install: $(VENV)/.installed
 
+# Development asks for DEBUG (debug pages, the development SECRET_KEY); production never does.
+run: export DEBUG ?= 1
 run: install
 	$(PY) manage.py migrate --noinput
 	$(PY) manage.py first_run

@@ -12,8 +12,12 @@ django_asgi_app = get_asgi_application()
 from channels.auth import AuthMiddlewareStack  # noqa: E402
 from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402
 
+from voicechat.checks import refuse_development_key  # noqa: E402
 from voicechat.routing import websocket_urlpatterns  # noqa: E402
 from voicechat.upstream import Backend, resolve_backend  # noqa: E402
+
+# No server starts with DEBUG off and the public development key (uvicorn runs no system checks).
+refuse_development_key()
 
 # No AllowedHostsOriginValidator here: it refuses every handshake without an Origin header,
 # which is every script and OpenAI's SDK. The consumer checks the origin of cookie-authenticated

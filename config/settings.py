@@ -39,17 +39,13 @@ def envlist(name: str, default: str) -> list[str]:
     return [part.strip() for part in os.environ.get(name, default).split(",") if part.strip()]
 
 
-# A deployment on a shared database (DATABASE_URL) is production unless it asks for DEBUG;
-# the embedded defaults stay convenient for one developer's machine.
-DEBUG = envbool("DEBUG", "False" if os.environ.get("DATABASE_URL") else "True")
-# A fixed development key keeps sessions valid across restarts; production must set its own.
-SECRET_KEY = os.environ.get("SECRET_KEY", "")
-if not SECRET_KEY:
-    if not DEBUG:
-        raise ImproperlyConfigured(
-            "SECRET_KEY must be set when DEBUG is off (DEBUG is off by default with DATABASE_URL)."
-        )
-    SECRET_KEY = "django-insecure-voicechat-development-only"
+# Debug pages show settings and code to anyone: only when asked for (`make run` asks).
+DEBUG = envbool("DEBUG", "False")
+# A fixed development key keeps sessions valid across restarts on a developer's machine. It is
+# public, so anyone could forge a session signed with it: with DEBUG off the servers refuse to
+# start with it (voicechat.E301 in voicechat/checks.py); production sets its own SECRET_KEY.
+DEVELOPMENT_SECRET_KEY = "django-insecure-voicechat-development-only"
+SECRET_KEY = os.environ.get("SECRET_KEY", "") or DEVELOPMENT_SECRET_KEY
 
 ALLOWED_HOSTS = envlist("ALLOWED_HOSTS", "127.0.0.1,localhost,[::1]")
 CSRF_TRUSTED_ORIGINS = envlist("CSRF_TRUSTED_ORIGINS", "")
@@ -457,12 +453,19 @@ MIDDLEWARE.insert(
 # Behind a TLS-terminating proxy: trust its X-Forwarded-Proto (only if it always sets it).
 if envbool("SECURE_PROXY_SSL_HEADER", "False"):
     SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
-# Served over HTTPS: cookies only over TLS, and browsers told to stay on HTTPS (HSTS).
+# Served over HTTPS (HTTPS=true): cookies only over TLS, plain HTTP redirected, and browsers
+# told to stay on HTTPS (HSTS), which `manage.py check --deploy` asks for. Off by default, so
+# plain http://127.0.0.1 keeps working. Behind a TLS proxy, the redirect needs the proxy's
+# X-Forwarded-Proto trusted (SECURE_PROXY_SSL_HEADER, or uvicorn's FORWARDED_ALLOW_IPS).
 HTTPS = envbool("HTTPS", "False")
 SESSION_COOKIE_SECURE = CSRF_COOKIE_SECURE = HTTPS
+SECURE_SSL_REDIRECT = envbool("SECURE_SSL_REDIRECT", str(HTTPS))
 SECURE_HSTS_SECONDS = envint("SECURE_HSTS_SECONDS", 31536000) if HTTPS else 0
-SECURE_HSTS_INCLUDE_SUBDOMAINS = envbool("SECURE_HSTS_INCLUDE_SUBDOMAINS", "False")
-SECURE_SSL_REDIRECT = envbool("SECURE_SSL_REDIRECT", "False")
+SECURE_HSTS_INCLUDE_SUBDOMAINS = envbool("SECURE_HSTS_INCLUDE_SUBDOMAINS", str(HTTPS))
+SECURE_HSTS_PRELOAD = envbool("SECURE_HSTS_PRELOAD", "False")
+# security.W021 (no preload) is silenced on purpose: preloading asks browser vendors to hard-code
+# HTTPS for a whole registrable domain (hstspreload.org), its owner's choice, and slow to undo.
+SILENCED_SYSTEM_CHECKS = ["security.W021"]
 # Load balancers probe plain HTTP on the inside.
 SECURE_REDIRECT_EXEMPT = [r"^healthz$"]
 

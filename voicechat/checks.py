@@ -5,6 +5,8 @@ clear message instead of failing in the middle of someone's conversation, or wor
 - every model a client may pick has a price, so budgets count it (never billed as free);
 - the offline engine's models are installed and are the pinned files. Each model's owner says
   what "ready" means (stt.py, turn.py, llm.py); this module only decides when to ask.
+- a server with DEBUG off never starts with the public development SECRET_KEY (a deployment
+  check, also asked for by every server start, since uvicorn runs no system checks).
 """
 
 from django.conf import settings
@@ -57,3 +59,36 @@ def every_allowed_model_priced(app_configs=None, **kwargs) -> list[checks.CheckM
         )
         for model in unpriced_models(settings.REALTIME_ALLOWED_MODELS)
     ]
+
+
+def development_key_in_production() -> list[checks.CheckMessage]:
+    """An error when DEBUG is off and SECRET_KEY is still the public development key."""
+    if settings.DEBUG or settings.SECRET_KEY != settings.DEVELOPMENT_SECRET_KEY:
+        return []
+    return [
+        checks.Error(
+            "SECRET_KEY is the public development key (none was set) and DEBUG is off: anyone "
+            "could sign themselves a session as any user.",
+            hint="Set SECRET_KEY to a long random value, the same for every process (python -c "
+            '"import secrets; print(secrets.token_urlsafe(50))"); or, on your own machine for '
+            "development, DEBUG=1 (`make run` sets it).",
+            id="voicechat.E301",
+        )
+    ]
+
+
+# With the deployment checks: the servers ask for it themselves (refuse_development_key), and
+# other commands (migrate, createsuperuser) may run with the development key.
+@checks.register(checks.Tags.security, deploy=True)
+def secret_key_is_not_the_development_key(app_configs=None, **kwargs) -> list:
+    return development_key_in_production()
+
+
+def refuse_development_key() -> None:
+    """Stop a server from starting with the development key when DEBUG is off.
+
+    Called where a server loads the application (config/asgi.py, so uvicorn, daphne and every
+    `serve` worker; and `serve` itself, once, before its workers): uvicorn runs no system checks.
+    """
+    for error in development_key_in_production():
+        raise ImproperlyConfigured(str(error))

@@ -21,6 +21,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from django.conf import settings
 from django.db import connection
 from django.test import Client
 
@@ -138,6 +139,7 @@ def server_env(**overrides: str) -> dict[str, str]:
         "DJANGO_SETTINGS_MODULE": "config.settings",
         **scaled_out_env(),
         "DEBUG": "True",
+        "SECRET_KEY": settings.SECRET_KEY,  # the test's own, so its sessions are valid there
         "PYTHONUNBUFFERED": "1",
         "OPENAI_API_KEY": "",
         "REALTIME_BACKEND": "auto",

@@ -36,6 +36,16 @@ def _services_reachable():
 
 
 @pytest.fixture(autouse=True, scope="session")
+def _a_secret_key_of_our_own():
+    """Tests run with DEBUG off, as production does, where no server starts with the public
+    development key (voicechat.E301): the suite and the servers it starts share one of its own."""
+    from django.test import override_settings
+
+    with override_settings(SECRET_KEY=f"tests-{secrets.token_urlsafe(40)}"):
+        yield
+
+
+@pytest.fixture(autouse=True, scope="session")
 def _drop_the_test_database_cleanly(django_db_setup, django_db_blocker):
     """PostgreSQL will not drop the test database while a session still uses it.
 

@@ -16,8 +16,11 @@ import socket
 import tempfile
 from pathlib import Path
 
-from django.core.management.base import BaseCommand
+from django.core.exceptions import ImproperlyConfigured
+from django.core.management.base import BaseCommand, CommandError
 from prometheus_client import multiprocess
+
+from voicechat.checks import refuse_development_key
 
 
 def _listen(host: str, port: int) -> socket.socket:
@@ -80,6 +83,10 @@ class Command(BaseCommand):
         parser.add_argument("--log-level", default="warning")
 
     def handle(self, *args, host: str, port: int, workers: int, log_level: str, **options) -> None:
+        try:
+            refuse_development_key()  # once, here, rather than by every worker as it starts
+        except ImproperlyConfigured as exc:
+            raise CommandError(str(exc)) from None
         _listen(host, port).close()  # fail here, once, if the port is taken
         # Before the workers start: they read it when they import prometheus_client.
         metrics_dir, ours = _metrics_dir()
