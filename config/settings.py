@@ -502,3 +502,6 @@ REALTIME_STALE_AFTER = envint("REALTIME_STALE_AFTER", 120)
 # On SIGTERM/SIGINT, seconds to tell clients, close upstreams and store transcripts
 # before the server's own shutdown goes on.
 REALTIME_SHUTDOWN_TIMEOUT = envint("REALTIME_SHUTDOWN_TIMEOUT", 10)
+# Where a conversation's transcript goes when the database is still away at its end (one JSONL
+# file per conversation); `manage.py replay_spilled_transcripts` stores it once it is back.
+TRANSCRIPT_SPILL_DIR = os.environ.get("TRANSCRIPT_SPILL_DIR", str(BASE_DIR / "var" / "spill"))

@@ -7,15 +7,22 @@ While a batch is being written, new changes collect in the next one (natural bat
 """
 
 import asyncio
+import contextlib
 import logging
+import os
+from datetime import datetime
 from decimal import Decimal
+from pathlib import Path
 
 import orjson
 from channels.db import database_sync_to_async
+from django.conf import settings
+from django.db import InterfaceError, OperationalError
+from django.utils.timezone import now
 
-from voicechat import services
-from voicechat.models import ItemStatus, Role
-from voicechat.services import ItemChange, RecorderBatch, TokenCounts
+from voicechat import services, upstream_fields
+from voicechat.models import Conversation, ItemStatus, Role
+from voicechat.services import ItemChange, RecorderBatch, TokenCounts, UsageChange
 
 logger = logging.getLogger(__name__)
 
@@ -30,19 +37,48 @@ _ITEM_STATUSES = {
 def _content_text(item: dict) -> str | None:
     """The readable text of an item's content parts, or None when it has none yet."""
     if item.get("type") == "function_call":
-        return f"{item.get('name', '')}({item.get('arguments') or ''})"
+        name, arguments = (
+            upstream_fields.text(item.get(key)) or "" for key in ("name", "arguments")
+        )
+        return f"{name}({arguments})"
     if item.get("type") == "function_call_output":
-        return item.get("output") or ""
+        return upstream_fields.text(item.get("output")) or ""
     parts = [
-        part.get("text") or part.get("transcript")
-        for part in item.get("content") or ()
+        upstream_fields.text(part.get("text") or part.get("transcript"))
+        for part in _list(item.get("content"))
         if isinstance(part, dict)
     ]
     parts = [part for part in parts if part]
     return " ".join(parts) if parts else None
 
 
+def _dict(value) -> dict:
+    return value if isinstance(value, dict) else {}
+
+
+def _list(value) -> list:
+    return value if isinstance(value, list) else []
+
+
+def _status(value) -> str | None:
+    return _ITEM_STATUSES.get(value) if isinstance(value, str) else None
+
+
 class TranscriptRecorder:
+    """Never drops a line: a write the database refuses is retried with growing pauses (the
+    changes held meanwhile are bounded by MAX_HELD, each line's text by upstream_fields.MAX_TEXT,
+    so at most about 8 MB per conversation); past MAX_HELD, or when the conversation is over and
+    the database still does not answer, the changes go to a JSONL file in TRANSCRIPT_SPILL_DIR
+    (`spilled_to`) that `manage.py replay_spilled_transcripts` stores later."""
+
+    MAX_HELD = 256
+    RETRY_PAUSE = 0.2
+    MAX_RETRY_PAUSE = 5.0
+    # How long one write may take before it counts as failed: during the conversation, and once
+    # it is over (the end, and a server's shutdown, must not wait on a database that is away).
+    WRITE_TIMEOUT = 30.0
+    FINAL_WRITE_TIMEOUT = 3.0
+
     def __init__(self, *, conversation_id: int, price_model: str) -> None:
         """`price_model` names the REALTIME_PRICES entry usage is billed at ("" = free)."""
         self.conversation_id = conversation_id
@@ -52,6 +88,11 @@ class TranscriptRecorder:
         self.cost_usd = Decimal(0)
         self._dirty = asyncio.Event()
         self._closing = False
+        self._close_requested = asyncio.Event()
+        self._failures = 0
+        # The file this conversation's transcript went to because the database was away (None
+        # while everything is stored): the end detail should say so.
+        self.spilled_to: Path | None = None
         self._writer: asyncio.Task | None = None
         self._handlers = {
             "session.created": self._on_session,
@@ -87,25 +128,57 @@ class TranscriptRecorder:
         self._dirty.set()
 
     async def close(self) -> None:
-        """Store everything observed so far; returns when it is in the database."""
+        """Store everything observed so far; returns when it is in the database or, if the
+        database does not answer within FINAL_WRITE_TIMEOUT, in the spill file (`spilled_to`)."""
         self._closing = True
+        self._close_requested.set()
         self._dirty.set()
         if self._writer is not None:
             await self._writer
 
     # --- event handlers ----------------------------------------------------------------
 
-    def _change(self, item_id: str, **fields) -> None:
-        if item_id:
-            self._batch.items.append(ItemChange(item_id=item_id, **fields))
+    def _change(
+        self,
+        item_id,
+        *,
+        previous_item_id=None,
+        role=None,
+        kind=None,
+        text=None,
+        status: str | None = None,
+        audio_end_ms=None,
+    ) -> None:
+        """Note what was learned about one item, each raw field checked and clamped first."""
+        item_id = upstream_fields.identifier(item_id)
+        if item_id is None:
+            return
+        self._batch.items.append(
+            ItemChange(
+                item_id=item_id,
+                previous_item_id=(
+                    None
+                    if previous_item_id is None
+                    else upstream_fields.identifier(previous_item_id) or ""
+                ),
+                role=upstream_fields.role(role),
+                kind=upstream_fields.label(kind, length=upstream_fields.KIND_LENGTH),
+                text=upstream_fields.text(text),
+                status=status,
+                audio_end_ms=upstream_fields.whole_number(audio_end_ms),
+            )
+        )
 
     def _on_session(self, event: dict) -> None:
-        session = event.get("session") or {}
-        voice = ((session.get("audio") or {}).get("output") or {}).get("voice")
-        if isinstance(voice, str):
-            self._batch.voice = voice
-        if isinstance(session.get("id"), str):
-            self._batch.upstream_session_id = session["id"]
+        session = _dict(event.get("session"))
+        voice = _dict(_dict(session.get("audio")).get("output")).get("voice")
+        self._batch.voice = (
+            upstream_fields.label(voice, length=upstream_fields.VOICE_LENGTH) or self._batch.voice
+        )
+        self._batch.upstream_session_id = (
+            upstream_fields.identifier(session.get("id"), length=upstream_fields.SESSION_ID_LENGTH)
+            or self._batch.upstream_session_id
+        )
 
     def _on_committed(self, event: dict) -> None:
         self._change(
@@ -116,8 +189,8 @@ class TranscriptRecorder:
         )
 
     def _on_item(self, event: dict) -> None:
-        item = event.get("item") or {}
-        kind = item.get("type") or "message"
+        item = _dict(event.get("item"))
+        kind = item.get("type") if isinstance(item.get("type"), str) else "message"
         fields = {"kind": kind, "role": item.get("role") or _ITEM_ROLES.get(kind, Role.ASSISTANT)}
         if "previous_item_id" in event:
             fields["previous_item_id"] = event.get("previous_item_id") or ""
@@ -125,7 +198,7 @@ class TranscriptRecorder:
         if text is not None:
             fields["text"] = text
         # conversation.item.added announces an item before its content: only .done is final.
-        status = _ITEM_STATUSES.get(item.get("status"))
+        status = _status(item.get("status"))
         if status and (
             event["type"] != "conversation.item.added" or status != ItemStatus.COMPLETED
         ):
@@ -153,25 +226,32 @@ class TranscriptRecorder:
         self._change(
             event.get("item_id"),
             status=ItemStatus.TRUNCATED,
-            audio_end_ms=int(event.get("audio_end_ms") or 0),
+            audio_end_ms=event.get("audio_end_ms"),
         )
 
     def _on_deleted(self, event: dict) -> None:
         self._change(event.get("item_id"), status=ItemStatus.DELETED)
 
     def _on_response_done(self, event: dict) -> None:
-        response = event.get("response") or {}
-        for item in response.get("output") or ():
+        response = _dict(event.get("response"))
+        for item in _list(response.get("output")):
             if isinstance(item, dict) and item.get("status") == "incomplete":
                 self._change(item.get("id"), status=ItemStatus.INTERRUPTED)
         if response.get("usage"):
-            self.cost_usd += TokenCounts.from_usage(response["usage"]).cost(self.price_model)
+            counts = TokenCounts.from_usage(response["usage"])
+            self.cost_usd += counts.cost(self.price_model)
             self._batch.usage.append(
-                {
-                    "response_id": response.get("id") or "",
-                    "status": response.get("status") or "",
-                    "usage": response["usage"],
-                }
+                UsageChange(
+                    response_id=upstream_fields.identifier(
+                        response.get("id"), length=upstream_fields.RESPONSE_ID_LENGTH
+                    )
+                    or "",
+                    status=upstream_fields.label(
+                        response.get("status"), length=upstream_fields.RESPONSE_STATUS_LENGTH
+                    )
+                    or "",
+                    counts=counts,
+                )
             )
 
     # --- the writer ----------------------------------------------------------------------
@@ -181,19 +261,142 @@ class TranscriptRecorder:
             await self._dirty.wait()
             self._dirty.clear()
             batch, self._batch = self._batch, RecorderBatch()
-            if batch.items or batch.usage or batch.voice or batch.upstream_session_id:
-                await self._write(batch)
+            if not batch.is_empty():
+                await self._store_or_hold(batch)
             if self._closing and not self._dirty.is_set():
                 return
 
-    async def _write(self, batch: RecorderBatch) -> None:
-        for attempt in range(3):
+    async def _store_or_hold(self, batch: RecorderBatch) -> None:
+        """Store `batch`; what the database cannot take now is held ahead of what came since
+        and retried after a pause, or spilled to disk when too much is held or it is over."""
+        if self.spilled_to is not None:
+            # Once part of a conversation is on disk, the rest follows it there, so the replay
+            # applies every change in the order it was learned.
+            await self._spill(batch)
+            return
+        held = await self._store(batch)
+        if held.is_empty():
+            self._failures = 0
+            return
+        self._failures += 1
+        self._batch = held.followed_by(self._batch)
+        if self._closing or self._batch.size() > self.MAX_HELD:
+            batch, self._batch = self._batch, RecorderBatch()
+            await self._spill(batch)
+            return
+        pause = min(self.RETRY_PAUSE * 2 ** (self._failures - 1), self.MAX_RETRY_PAUSE)
+        with contextlib.suppress(TimeoutError):  # a close cuts the pause short
+            await asyncio.wait_for(self._close_requested.wait(), pause)
+        self._dirty.set()
+
+    async def _store(self, batch: RecorderBatch) -> RecorderBatch:
+        """Write `batch`, row by row if the database refuses it whole; returns what it could
+        not take because it is unavailable (a row it refuses on its own is set aside)."""
+        try:
+            await self._write(batch)
+            return RecorderBatch()
+        except DATABASE_UNAVAILABLE:
+            logger.warning("transcript batch held: the database is unavailable", exc_info=True)
+            return batch
+        except Exception:
+            logger.exception("the database refused a transcript batch; storing it row by row")
+        rows = batch.rows()
+        for index, row in enumerate(rows):
             try:
-                await database_sync_to_async(services.recorder_batch_write)(
-                    conversation_id=self.conversation_id, model=self.price_model, batch=batch
-                )
-                return
+                await self._write(row)
+            except DATABASE_UNAVAILABLE:
+                held = RecorderBatch()
+                for rest in rows[index:]:
+                    held = held.followed_by(rest)
+                return held
             except Exception:
-                # A locked SQLite file or a failover: worth another try before giving up.
-                logger.exception("storing transcript batch failed (attempt %d)", attempt + 1)
-                await asyncio.sleep(0.2 * (attempt + 1))
+                logger.exception("the database refused a transcript row; set aside on disk")
+                await self._append(self._spill_path(REFUSED_SUFFIX), row)
+        return RecorderBatch()
+
+    async def _write(self, batch: RecorderBatch) -> None:
+        # A write still running after its timeout, and the retry (or the replay of the spill),
+        # both apply the batch; that is harmless: services.recorder_batch_write is idempotent.
+        await asyncio.wait_for(
+            database_sync_to_async(services.recorder_batch_write)(
+                conversation_id=self.conversation_id, model=self.price_model, batch=batch
+            ),
+            self.FINAL_WRITE_TIMEOUT if self._closing else self.WRITE_TIMEOUT,
+        )
+
+    async def _spill(self, batch: RecorderBatch) -> None:
+        path = self._spill_path(SPILL_SUFFIX)
+        if self.spilled_to is None:
+            logger.error(
+                "the database is unavailable: conversation %s's transcript goes to %s "
+                "(manage.py replay_spilled_transcripts stores it)",
+                self.conversation_id,
+                path,
+            )
+        self.spilled_to = path
+        await self._append(path, batch)
+
+    def _spill_path(self, suffix: str) -> Path:
+        return Path(settings.TRANSCRIPT_SPILL_DIR) / f"conversation-{self.conversation_id}{suffix}"
+
+    async def _append(self, path: Path, batch: RecorderBatch) -> None:
+        record = {
+            "conversation_id": self.conversation_id,
+            "model": self.price_model,
+            "at": now().isoformat(),
+            "batch": batch.as_dict(),
+        }
+        try:
+            await asyncio.to_thread(_append_line, path, orjson.dumps(record))
+        except OSError:
+            # Nowhere left to keep it: the log is the last copy.
+            logger.exception("could not spill a transcript batch: %s", orjson.dumps(record))
+
+
+# A spilled conversation's file, and the file of rows the database refused on their own (kept
+# for a person to look at; the replay leaves them alone).
+SPILL_SUFFIX = ".jsonl"
+REFUSED_SUFFIX = ".refused.jsonl"
+# Raised while the database cannot be reached or is locked; anything else is about the data.
+DATABASE_UNAVAILABLE = (OperationalError, InterfaceError, TimeoutError)
+
+
+def _append_line(path: Path, line: bytes) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("ab") as file:
+        file.write(line + b"\n")
+        file.flush()
+        os.fsync(file.fileno())
+
+
+def replay_spill_file(path: Path, *, source: str) -> int:
+    """Store a spill file's batches in order (sync; manage.py replay_spilled_transcripts), and
+    note `source` (its name) in each conversation's end detail.
+
+    Returns how many batches it applied. Safe to run twice: the writes are idempotent.
+    """
+    applied = 0
+    conversation_ids = set()
+    with path.open("rb") as file:
+        for number, line in enumerate(file, 1):
+            try:
+                record = orjson.loads(line)
+            except orjson.JSONDecodeError:
+                # Only a line cut short by a crash while it was written: it was never whole.
+                logger.warning("%s:%d is not a whole batch; skipped", path, number)
+                continue
+            if not Conversation.objects.filter(
+                pk=record["conversation_id"], deleted__isnull=True
+            ).exists():
+                continue  # its owner deleted it (and its transcript) meanwhile
+            conversation_ids.add(record["conversation_id"])
+            services.recorder_batch_write(
+                conversation_id=record["conversation_id"],
+                model=record["model"],
+                batch=RecorderBatch.from_dict(record["batch"]),
+                stamp=datetime.fromisoformat(record["at"]),
+            )
+            applied += 1
+    for conversation_id in conversation_ids:
+        services.conversation_note_replayed(conversation_id=conversation_id, source=source)
+    return applied

@@ -2,16 +2,18 @@
 
 import secrets
 from collections.abc import Iterable
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
+from datetime import datetime
 from decimal import Decimal
 
 from django.conf import settings
 from django.contrib.auth import get_user_model
 from django.db import transaction
 from django.db.models import F, OuterRef, Subquery
-from django.db.models.functions import Coalesce, Greatest
+from django.db.models.functions import Coalesce, Greatest, Least
 from django.utils.timezone import now
 
+from voicechat import upstream_fields
 from voicechat.models import (
     ApiToken,
     Backend,
@@ -181,24 +183,27 @@ class TokenCounts:
     audio_out: int
 
     @classmethod
-    def from_usage(cls, usage: dict) -> "TokenCounts":
-        inp = usage.get("input_token_details") or {}
-        out = usage.get("output_token_details") or {}
-        cached = inp.get("cached_tokens_details") or {}
-        cached_audio = cached.get("audio_tokens") or 0
+    def from_usage(cls, usage) -> "TokenCounts":
+        """The counts of an upstream `usage` object; a count that is not a number counts 0."""
+        usage = _mapping(usage)
+        inp = _mapping(usage.get("input_token_details"))
+        out = _mapping(usage.get("output_token_details"))
+        cached = _mapping(inp.get("cached_tokens_details"))
+        cached_audio = _count(cached.get("audio_tokens"))
         # Older payloads give only the cached total; treat the rest of it as text.
-        cached_text = cached.get("text_tokens")
-        if cached_text is None:
-            cached_text = max((inp.get("cached_tokens") or 0) - cached_audio, 0)
+        if cached.get("text_tokens") is None:
+            cached_text = max(_count(inp.get("cached_tokens")) - cached_audio, 0)
+        else:
+            cached_text = _count(cached.get("text_tokens"))
         return cls(
-            input_tokens=usage.get("input_tokens") or 0,
-            output_tokens=usage.get("output_tokens") or 0,
-            text_in=inp.get("text_tokens") or 0,
-            audio_in=inp.get("audio_tokens") or 0,
+            input_tokens=_count(usage.get("input_tokens")),
+            output_tokens=_count(usage.get("output_tokens")),
+            text_in=_count(inp.get("text_tokens")),
+            audio_in=_count(inp.get("audio_tokens")),
             cached_text_in=cached_text,
             cached_audio_in=cached_audio,
-            text_out=out.get("text_tokens") or 0,
-            audio_out=out.get("audio_tokens") or 0,
+            text_out=_count(out.get("text_tokens")),
+            audio_out=_count(out.get("audio_tokens")),
         )
 
     def cost(self, model: str) -> Decimal:
@@ -218,6 +223,14 @@ class TokenCounts:
         return (total / Decimal(1_000_000)).quantize(Decimal("0.000001"))
 
 
+def _mapping(value) -> dict:
+    return value if isinstance(value, dict) else {}
+
+
+def _count(value) -> int:
+    return upstream_fields.whole_number(value) or 0
+
+
 @dataclass
 class ItemChange:
     """What the recorder learned about one conversation item; None fields are left as they are."""
@@ -232,11 +245,63 @@ class ItemChange:
 
 
 @dataclass
+class UsageChange:
+    """The usage of one response, as its response.done reported it."""
+
+    response_id: str
+    status: str
+    counts: TokenCounts
+
+
+@dataclass
 class RecorderBatch:
+    """Changes to one conversation, applied in order; a batch held for a retry is followed by
+    what was learned since (`followed_by`), so a late write never undoes a newer one."""
+
     items: list[ItemChange] = field(default_factory=list)
-    usage: list[dict] = field(default_factory=list)
+    usage: list[UsageChange] = field(default_factory=list)
     voice: str | None = None
     upstream_session_id: str | None = None
+
+    def is_empty(self) -> bool:
+        return not (self.items or self.usage or self.voice or self.upstream_session_id)
+
+    def size(self) -> int:
+        """How many changes it holds (each line's text is at most upstream_fields.MAX_TEXT)."""
+        return len(self.items) + len(self.usage)
+
+    def followed_by(self, later: "RecorderBatch") -> "RecorderBatch":
+        return RecorderBatch(
+            items=self.items + later.items,
+            usage=self.usage + later.usage,
+            voice=later.voice or self.voice,
+            upstream_session_id=later.upstream_session_id or self.upstream_session_id,
+        )
+
+    def rows(self) -> list["RecorderBatch"]:
+        """One batch per change, in order, so a row the database refuses costs no other."""
+        rows = [RecorderBatch(items=[item]) for item in self.items]
+        rows += [RecorderBatch(usage=[usage]) for usage in self.usage]
+        if self.voice or self.upstream_session_id:
+            rows.append(
+                RecorderBatch(voice=self.voice, upstream_session_id=self.upstream_session_id)
+            )
+        return rows
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "RecorderBatch":
+        return cls(
+            items=[ItemChange(**item) for item in data["items"]],
+            usage=[
+                UsageChange(**{**usage, "counts": TokenCounts(**usage["counts"])})
+                for usage in data["usage"]
+            ],
+            voice=data["voice"],
+            upstream_session_id=data["upstream_session_id"],
+        )
 
 
 # An item's status only moves forward, so late events (a transcript arriving after the
@@ -252,9 +317,16 @@ _STATUS_RANK = {
 
 
 @transaction.atomic
-def recorder_batch_write(*, conversation_id: int, model: str, batch: RecorderBatch) -> None:
-    """Apply a batch of transcript changes and usage to one conversation, in one transaction."""
-    stamp = now()
+def recorder_batch_write(
+    *, conversation_id: int, model: str, batch: RecorderBatch, stamp: datetime | None = None
+) -> None:
+    """Apply a batch of transcript changes and usage to one conversation, in one transaction.
+
+    Writing the same batch twice changes nothing more (a retry after a write whose commit was
+    not confirmed, a replayed spill file): items are keyed by their id, usage by its response.
+    `stamp` is when the changes were learned (a replay's), else now.
+    """
+    stamp = stamp or now()
     existing = {
         item.item_id: item
         for item in TranscriptItem.objects.filter(
@@ -272,7 +344,7 @@ def recorder_batch_write(*, conversation_id: int, model: str, batch: RecorderBat
         item.updated = stamp
         item.save()
     for usage in batch.usage:
-        _usage_add(conversation_id=conversation_id, model=model, **usage)
+        _usage_add(conversation_id=conversation_id, model=model, usage=usage)
     fields = {}
     if batch.voice:
         fields["voice"] = batch.voice
@@ -280,6 +352,12 @@ def recorder_batch_write(*, conversation_id: int, model: str, batch: RecorderBat
         fields["upstream_session_id"] = batch.upstream_session_id
     if fields:
         Conversation.objects.filter(pk=conversation_id).update(**fields)
+    if batch.items:
+        # Ended as process_lost while its process was in fact still recording (the database
+        # was out of its reach): the end is its last sign of life, never before a line.
+        Conversation.objects.filter(
+            pk=conversation_id, end_reason=EndReason.PROCESS_LOST, ended__lt=stamp
+        ).update(ended=stamp)
 
 
 def _apply(item: TranscriptItem, change: ItemChange) -> None:
@@ -297,18 +375,23 @@ def _apply(item: TranscriptItem, change: ItemChange) -> None:
         item.status = change.status
 
 
-def _usage_add(
-    *, conversation_id: int, model: str, response_id: str, status: str, usage: dict
-) -> None:
-    counts = TokenCounts.from_usage(usage)
+def _usage_add(*, conversation_id: int, model: str, usage: UsageChange) -> None:
+    if (
+        usage.response_id
+        and UsageRecord.objects.filter(
+            conversation_id=conversation_id, response_id=usage.response_id
+        ).exists()
+    ):
+        return  # already counted (a retried or replayed write)
+    counts = usage.counts
     cost = counts.cost(model)
     UsageRecord.objects.create(
         conversation_id=conversation_id,
-        response_id=response_id,
-        status=status,
+        response_id=usage.response_id,
+        status=usage.status,
         input_text_tokens=counts.text_in,
         input_audio_tokens=counts.audio_in,
-        input_cached_tokens=counts.cached_text_in + counts.cached_audio_in,
+        input_cached_tokens=_total(counts.cached_text_in + counts.cached_audio_in),
         input_cached_audio_tokens=counts.cached_audio_in,
         output_text_tokens=counts.text_out,
         output_audio_tokens=counts.audio_out,
@@ -317,11 +400,28 @@ def _usage_add(
         cost_usd=cost,
     )
     Conversation.objects.filter(pk=conversation_id).update(
-        input_tokens=F("input_tokens") + counts.input_tokens,
-        output_tokens=F("output_tokens") + counts.output_tokens,
-        cached_tokens=F("cached_tokens") + counts.cached_text_in + counts.cached_audio_in,
+        input_tokens=_total(F("input_tokens") + counts.input_tokens),
+        output_tokens=_total(F("output_tokens") + counts.output_tokens),
+        cached_tokens=_total(F("cached_tokens") + counts.cached_text_in + counts.cached_audio_in),
         cost_usd=F("cost_usd") + cost,
     )
+
+
+def _total(value):
+    """A running total capped at what its column holds (absurd counts must not fail the write)."""
+    if isinstance(value, int):
+        return min(value, upstream_fields.MAX_WHOLE_NUMBER)
+    return Least(value, upstream_fields.MAX_WHOLE_NUMBER)
+
+
+def conversation_note_replayed(*, conversation_id: int, source: str) -> None:
+    """Say in the conversation's end detail that part of its transcript was stored late."""
+    note = f"transcript stored late from {source}"
+    conversation = Conversation.objects.filter(pk=conversation_id).first()
+    if conversation is None or note in conversation.end_detail:
+        return
+    detail = f"{conversation.end_detail}; {note}" if conversation.end_detail else note
+    Conversation.objects.filter(pk=conversation_id).update(end_detail=detail[:2000])
 
 
 def conversations_heartbeat(*, conversation_ids: list[int]) -> None:

@@ -6,7 +6,14 @@ import pytest
 from django.urls import reverse
 
 from voicechat.models import ApiToken, Conversation, EndReason, TranscriptItem, UserLimits
-from voicechat.services import ItemChange, RecorderBatch, api_token_create, recorder_batch_write
+from voicechat.services import (
+    ItemChange,
+    RecorderBatch,
+    TokenCounts,
+    UsageChange,
+    api_token_create,
+    recorder_batch_write,
+)
 from voicechat.tests.fake_upstream import USAGE
 
 pytestmark = pytest.mark.django_db
@@ -44,7 +51,7 @@ def conversation(alice) -> Conversation:
             "item_u2", previous_item_id="item_a1", role="user", text="Thanks!", status="completed"
         ),
     ]
-    batch.usage = [{"response_id": "resp_1", "status": "completed", "usage": USAGE}]
+    batch.usage = [UsageChange("resp_1", "completed", TokenCounts.from_usage(USAGE))]
     recorder_batch_write(conversation_id=conversation.pk, model="gpt-realtime", batch=batch)
     return conversation
 
