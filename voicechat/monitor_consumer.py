@@ -34,6 +34,15 @@ class MonitorConsumer(AsyncJsonWebsocketConsumer):
             await self.channel_layer.group_discard(monitor.MONITOR_GROUP, self.channel_name)
             await self._unwatch()
 
+    async def receive(self, text_data=None, bytes_data=None, **kwargs) -> None:
+        # Anything but a JSON text frame is answered as any other wrong message is, and the
+        # socket stays open (the base class raised, which dropped it with no close code).
+        try:
+            content = await self.decode_json(text_data) if text_data is not None else None
+        except (ValueError, RecursionError):  # not JSON, or nested past the parser's depth
+            content = None
+        await self.receive_json(content)
+
     async def receive_json(self, content, **kwargs) -> None:
         kind = content.get("type") if isinstance(content, dict) else None
         conversation_id = content.get("conversation") if isinstance(content, dict) else None
