@@ -4,10 +4,11 @@ import re
 
 from django.http import HttpResponse
 
-from voicechat.models import Conversation
+from voicechat.models import Conversation, EndReason
 
-# Characters that are Markdown markup anywhere in a line (emphasis, code, links, HTML, tables).
-_INLINE_MARKUP = re.compile(r"([\\`*_{}\[\]<>|~])")
+# Characters that are Markdown markup anywhere in a line (emphasis, code, links, HTML, tables,
+# and entities: "&#35;" would show as "#").
+_INLINE_MARKUP = re.compile(r"([\\`*_{}\[\]<>|~&])")
 # Markup that counts only at the start of a line and can interrupt a paragraph: headings,
 # quotes, lists, rules and setext underlines. Only the punctuation is escaped ("12\." for
 # "12."): a backslash before a digit is not an escape in Markdown.
@@ -22,12 +23,20 @@ def attachment(content: str, filename: str, content_type: str) -> HttpResponse:
     return response
 
 
+def model_used(conversation: Conversation) -> str | None:
+    """The model that answered, or None when the client's ?model= was refused (it is stored as
+    asked, for the audit, but nothing ran it)."""
+    if conversation.end_reason == EndReason.MODEL_NOT_ALLOWED:
+        return None
+    return conversation.model
+
+
 def conversation_as_dict(conversation: Conversation) -> dict:
     return {
         "id": conversation.pk,
         "user": conversation.user.get_username(),
         "backend": conversation.backend,
-        "model": conversation.model,
+        "model": model_used(conversation),
         "voice": conversation.voice,
         "started": conversation.started.isoformat(),
         "ended": conversation.ended.isoformat() if conversation.ended else None,
@@ -55,18 +64,25 @@ def conversation_as_dict(conversation: Conversation) -> dict:
 def markdown_text(text: str) -> str:
     """Transcript text as literal Markdown: what someone said can never become a heading, a
     list or a forged "**Assistant:**" label, and a multi-line line stays one paragraph."""
-    text = _INLINE_MARKUP.sub(r"\\\1", text.strip())
+    # Every line break first becomes "\n": a Markdown reader also starts a new line at "\r",
+    # which the line-start escaping below would not see.
+    text = "\n".join(text.strip().splitlines())
+    text = _INLINE_MARKUP.sub(r"\\\1", text)
     text = _LINE_START_MARKUP.sub(r"\1\\\2", text)
     return _BLANK_LINES.sub("\n", text)
 
 
 def conversation_as_markdown(conversation: Conversation) -> str:
+    if model_used(conversation) is None:
+        answered_by = "nothing (the model asked for was refused)"
+    else:
+        answered_by = markdown_text(conversation.answered_by)
     lines = [
         f"# Conversation {conversation.pk}",
         "",
         f"- User: {markdown_text(conversation.user.get_username())}",
         f"- Started: {conversation.started:%Y-%m-%d %H:%M:%S %Z}",
-        f"- Answered by: {conversation.answered_by}",
+        f"- Answered by: {answered_by}",
         f"- Ended: {conversation.get_end_reason_display() or 'still open'}",
         f"- Tokens: {conversation.input_tokens} in, {conversation.output_tokens} out;"
         f" estimated cost ${conversation.cost_usd:.4f}",
