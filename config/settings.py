@@ -132,7 +132,18 @@ LOGIN_URL = "login"
 LOGIN_REDIRECT_URL = "chat"
 LOGOUT_REDIRECT_URL = "login"
 
-LANGUAGE_CODE = "en-us"
+# The pages speak English, Simplified Chinese and Japanese: LocaleMiddleware picks one from the
+# language cookie (the picker in the top bar, Django's set_language) or else Accept-Language.
+# Catalogs live in locale/ (templates and Python: django.po; the page scripts: djangojs.po).
+LANGUAGE_CODE = "en"
+LANGUAGES = [("en", "English"), ("zh-hans", "简体中文"), ("ja", "日本語")]
+LOCALE_PATHS = [BASE_DIR / "locale"]
+# The choice outlives the browser session (Django's default cookie ends with it).
+LANGUAGE_COOKIE_AGE = 365 * 24 * 60 * 60
+MIDDLEWARE.insert(
+    MIDDLEWARE.index("django.contrib.sessions.middleware.SessionMiddleware") + 1,
+    "django.middleware.locale.LocaleMiddleware",
+)
 TIME_ZONE = os.environ.get("TIME_ZONE", "UTC")
 USE_I18N = True
 USE_TZ = True

@@ -1,5 +1,6 @@
 from django.contrib import admin
 from django.urls import include, path
+from django.views.i18n import JavaScriptCatalog
 
 from voicechat import health, metrics
 
@@ -10,5 +11,13 @@ urlpatterns = [
     # Prometheus metrics, for staff and a scraper holding METRICS_TOKEN (voicechat/metrics.py).
     path("metrics", metrics.metrics_view, name="metrics"),
     path("monitor/", include("voicechat.monitor_urls")),
+    # The language picker posts to set_language (i18n/setlang/); the page scripts' strings come
+    # from jsi18n/ (locale/*/djangojs.po), loaded before their modules.
+    path("i18n/", include("django.conf.urls.i18n")),
+    path(
+        "jsi18n/",
+        JavaScriptCatalog.as_view(packages=["voicechat"], domain="djangojs"),
+        name="javascript-catalog",
+    ),
     path("", include("voicechat.urls")),
 ]

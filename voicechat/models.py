@@ -7,6 +7,7 @@ from django.db import models
 from django.db.models import Q
 from django.db.models.functions import Coalesce
 from django.utils.timezone import now
+from django.utils.translation import gettext, gettext_lazy
 
 from voicechat.scopes import ScopeKind
 
@@ -38,22 +39,22 @@ class EndReason(models.TextChoices):
 
 # How each end reads on the user's own history page; the labels above are for staff.
 END_REASON_WORDS = {
-    EndReason.CLIENT_CLOSED: "You ended it",
-    EndReason.NOT_CONFIGURED: "The server is not set up to answer",
-    EndReason.MODEL_NOT_ALLOWED: "That model is not allowed here",
-    EndReason.UPSTREAM_UNREACHABLE: "The assistant could not be reached",
-    EndReason.UPSTREAM_REFUSED: "The assistant refused to connect",
-    EndReason.UPSTREAM_CLOSED: "The assistant hung up",
-    EndReason.UPSTREAM_ERROR: "The assistant ran into an error",
-    EndReason.TIME_LIMIT: "It reached the session time limit",
-    EndReason.BUDGET_EXCEEDED: "Today's allowance ran out",
-    EndReason.RATE_LIMITED: "Too many connections at once",
-    EndReason.ABUSE: "Stopped after too many refused messages",
-    EndReason.SERVER_ERROR: "Something went wrong on the server",
-    EndReason.ENDED_BY_STAFF: "An administrator ended it",
-    EndReason.SERVER_SHUTDOWN: "The server restarted",
-    EndReason.DURATION_LIMIT: "It reached the length limit",
-    EndReason.PROCESS_LOST: "The server stopped unexpectedly",
+    EndReason.CLIENT_CLOSED: gettext_lazy("You ended it"),
+    EndReason.NOT_CONFIGURED: gettext_lazy("The server is not set up to answer"),
+    EndReason.MODEL_NOT_ALLOWED: gettext_lazy("That model is not allowed here"),
+    EndReason.UPSTREAM_UNREACHABLE: gettext_lazy("The assistant could not be reached"),
+    EndReason.UPSTREAM_REFUSED: gettext_lazy("The assistant refused to connect"),
+    EndReason.UPSTREAM_CLOSED: gettext_lazy("The assistant hung up"),
+    EndReason.UPSTREAM_ERROR: gettext_lazy("The assistant ran into an error"),
+    EndReason.TIME_LIMIT: gettext_lazy("It reached the session time limit"),
+    EndReason.BUDGET_EXCEEDED: gettext_lazy("Today's allowance ran out"),
+    EndReason.RATE_LIMITED: gettext_lazy("Too many connections at once"),
+    EndReason.ABUSE: gettext_lazy("Stopped after too many refused messages"),
+    EndReason.SERVER_ERROR: gettext_lazy("Something went wrong on the server"),
+    EndReason.ENDED_BY_STAFF: gettext_lazy("An administrator ended it"),
+    EndReason.SERVER_SHUTDOWN: gettext_lazy("The server restarted"),
+    EndReason.DURATION_LIMIT: gettext_lazy("It reached the length limit"),
+    EndReason.PROCESS_LOST: gettext_lazy("The server stopped unexpectedly"),
 }
 
 
@@ -148,7 +149,9 @@ class Conversation(models.Model):
         """What answered, in words. The offline engine stores the model name the client asked
         for (e.g. gpt-realtime), which it does not run, so it is not shown as the model."""
         if self.backend == Backend.LOCAL:
-            return f"Offline assistant ({self.engine})" if self.engine else "Offline assistant"
+            if self.engine:
+                return gettext("Offline assistant (%(models)s)") % {"models": self.engine}
+            return gettext("Offline assistant")
         return f"{self.get_backend_display()} · {self.model}"
 
     @property

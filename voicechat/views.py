@@ -8,6 +8,8 @@ from django.db.models import Count, OuterRef, Subquery
 from django.http import HttpRequest, HttpResponse
 from django.shortcuts import get_object_or_404, redirect, render
 from django.templatetags.static import static
+from django.utils.translation import get_language
+from django.utils.translation import gettext as _
 from django.views.decorators.http import require_http_methods, require_safe
 
 from voicechat import services
@@ -26,11 +28,25 @@ def chat_config() -> dict:
         "voices": list(settings.REALTIME_VOICES),
         "voice": settings.REALTIME_VOICE,
         "voiceDescriptions": voice_descriptions(),
+        "transcription": transcription_for_page(),
         "worklets": {
             "capture": static("voicechat/worklets/capture-processor.js"),
             "playback": static("voicechat/worklets/playback-processor.js"),
         },
     }
+
+
+def transcription_for_page() -> dict | None:
+    """The input transcription the page asks for, so the assistant listens for the language the
+    page speaks (zh-hans -> zh); None when that is the server's own REALTIME_LANGUAGE.
+
+    The whole object, with the server's model: a session.update replaces the transcription
+    settings as a whole (the offline engine does; OpenAI documents no merge).
+    """
+    language = (get_language() or settings.LANGUAGE_CODE).split("-")[0]
+    if language == settings.REALTIME_LANGUAGE:
+        return None
+    return {"model": settings.REALTIME_TRANSCRIPTION_MODEL, "language": language}
 
 
 def voice_descriptions() -> dict[str, str]:
@@ -105,9 +121,9 @@ def conversation_delete(request: HttpRequest, pk: int) -> HttpResponse:
             {"conversation": conversation, "nav": "history"},
         )
     if not services.conversation_delete(conversation=conversation):
-        messages.warning(request, "This conversation is still going: end it before deleting it.")
+        messages.warning(request, _("This conversation is still going: end it before deleting it."))
         return redirect("conversation_detail", pk=pk)
-    messages.success(request, "Conversation deleted.")
+    messages.success(request, _("Conversation deleted."))
     return redirect("history")
 
 

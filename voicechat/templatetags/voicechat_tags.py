@@ -4,6 +4,7 @@ from datetime import timedelta
 from decimal import Decimal
 
 from django import template
+from django.utils.translation import gettext, gettext_lazy
 
 from voicechat.models import EndReason
 
@@ -17,12 +18,12 @@ def duration_short(value: timedelta | None) -> str:
         return ""
     seconds = max(0, int(value.total_seconds()))
     if seconds < 60:
-        return f"{seconds} s"
+        return gettext("%(seconds)d s") % {"seconds": seconds}
     minutes, seconds = divmod(seconds, 60)
     if minutes < 60:
-        return f"{minutes} min {seconds:02d} s"
+        return gettext("%(minutes)d min %(seconds)02d s") % {"minutes": minutes, "seconds": seconds}
     hours, minutes = divmod(minutes, 60)
-    return f"{hours} h {minutes:02d} min"
+    return gettext("%(hours)d h %(minutes)02d min") % {"hours": hours, "minutes": minutes}
 
 
 @register.filter
@@ -34,7 +35,7 @@ def usd(value: Decimal | None) -> str:
     return f"${value:,.4f}" if value < 1 else f"${value:,.2f}"
 
 
-_SPEAKERS = {"user": "You", "assistant": "Assistant"}
+_SPEAKERS = {"user": gettext_lazy("You"), "assistant": gettext_lazy("Assistant")}
 
 
 @register.filter
@@ -48,5 +49,5 @@ def length_said(conversation) -> str:
     """How long a conversation lasted, "at least" when its end is only its last sign of life."""
     length = duration_short(conversation.duration)
     if conversation.end_reason == EndReason.PROCESS_LOST:
-        return f"at least {length}"
+        return gettext("at least %(length)s") % {"length": length}
     return length

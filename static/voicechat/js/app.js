@@ -1,6 +1,7 @@
 // The chat page: wires the gateway client, microphone, player, waveforms and transcript to the
 // DOM. Configuration comes from the #chat-config json_script element, never templated JS.
 import { EventLog } from "./event-log.js";
+import { gettext, interpolate } from "./i18n.js";
 import { fromBase64, pcm16Ms } from "./pcm.js";
 import { Player } from "./player.js";
 import { RealtimeClient } from "./realtime-client.js";
@@ -12,43 +13,45 @@ import { Waveform } from "./waveform.js";
 // The gateway sends an `error` event with a readable message before closing with one of these
 // (voicechat/protocol.py CloseCode).
 const CLOSE_MESSAGES = {
-  1001: "The server is restarting.",
-  1006: "The connection to the server was lost.",
-  1011: "The server hit an unexpected problem.",
-  4001: "The AI service couldn't be reached. Please try again in a moment.",
-  4002: "The AI service refused the connection.",
-  4003: "The AI service ended the conversation.",
-  4004: "The AI service reported a problem it can't recover from.",
-  4005: "This conversation reached its time limit. Start a new one to keep talking.",
-  4006: "An administrator ended this conversation.",
-  4007: "The server is restarting.",
-  4008: "This conversation reached its time limit. Start a new one to keep talking.",
-  4010: "Voice chat isn't set up on this server yet.",
-  4011: "This server doesn't allow that model.",
-  4012: "You already have as many conversations open as allowed. End one to start another.",
-  4020: "The usage budget for voice chat has been reached.",
-  4029: "Too many new conversations in the last minute. Wait a moment and try again.",
-  4500: "The server hit an unexpected problem.",
+  1001: gettext("The server is restarting."),
+  1006: gettext("The connection to the server was lost."),
+  1011: gettext("The server hit an unexpected problem."),
+  4001: gettext("The AI service couldn't be reached. Please try again in a moment."),
+  4002: gettext("The AI service refused the connection."),
+  4003: gettext("The AI service ended the conversation."),
+  4004: gettext("The AI service reported a problem it can't recover from."),
+  4005: gettext("This conversation reached its time limit. Start a new one to keep talking."),
+  4006: gettext("An administrator ended this conversation."),
+  4007: gettext("The server is restarting."),
+  4008: gettext("This conversation reached its time limit. Start a new one to keep talking."),
+  4010: gettext("Voice chat isn't set up on this server yet."),
+  4011: gettext("This server doesn't allow that model."),
+  4012: gettext(
+    "You already have as many conversations open as allowed. End one to start another.",
+  ),
+  4020: gettext("The usage budget for voice chat has been reached."),
+  4029: gettext("Too many new conversations in the last minute. Wait a moment and try again."),
+  4500: gettext("The server hit an unexpected problem."),
 };
 // The status line's short "why" next to "Ended"; the alert carries the full sentence.
 const CLOSE_REASONS = {
-  1001: "the server restarted",
-  1006: "connection lost",
-  1011: "server error",
-  4001: "AI service unreachable",
-  4002: "the AI service refused",
-  4003: "the AI service hung up",
-  4004: "AI service error",
-  4005: "time limit reached",
-  4006: "ended by an administrator",
-  4007: "the server restarted",
-  4008: "time limit reached",
-  4010: "not set up on this server",
-  4011: "model not allowed",
-  4012: "too many conversations",
-  4020: "budget reached",
-  4029: "too many new conversations",
-  4500: "server error",
+  1001: gettext("the server restarted"),
+  1006: gettext("connection lost"),
+  1011: gettext("server error"),
+  4001: gettext("AI service unreachable"),
+  4002: gettext("the AI service refused"),
+  4003: gettext("the AI service hung up"),
+  4004: gettext("AI service error"),
+  4005: gettext("time limit reached"),
+  4006: gettext("ended by an administrator"),
+  4007: gettext("the server restarted"),
+  4008: gettext("time limit reached"),
+  4010: gettext("not set up on this server"),
+  4011: gettext("model not allowed"),
+  4012: gettext("too many conversations"),
+  4020: gettext("budget reached"),
+  4029: gettext("too many new conversations"),
+  4500: gettext("server error"),
 };
 // Worth trying again: the network, the server or the provider blinked. Not: refusals, quotas,
 // time limits, an administrator's hang-up. A socket that never opened is retried too, unless
@@ -61,14 +64,14 @@ const QUIET_ERRORS = new Set(["response_cancel_not_active", "input_audio_buffer_
 const MIN_PTT_HOLD_MS = 300;
 
 const STATUS_TEXT = {
-  idle: "Not connected",
-  connecting: "Connecting…",
-  listening: "Listening",
-  "user-speaking": "You're speaking",
-  thinking: "Thinking…",
-  "assistant-speaking": "Speaking",
-  reconnecting: "Reconnecting…",
-  ended: "Ended",
+  idle: gettext("Not connected"),
+  connecting: gettext("Connecting…"),
+  listening: gettext("Listening"),
+  "user-speaking": gettext("You're speaking"),
+  thinking: gettext("Thinking…"),
+  "assistant-speaking": gettext("Speaking"),
+  reconnecting: gettext("Reconnecting…"),
+  ended: gettext("Ended"),
 };
 
 export class VoiceChatApp {
@@ -213,8 +216,11 @@ export class VoiceChatApp {
   setStatus(state, detail = "") {
     this.status = state;
     let text = STATUS_TEXT[state];
-    if (state === "listening" && !this.recorder?.active) text = "Connected — type a message";
-    else if (state === "listening" && this.mode === "push-to-talk") text = "Ready — hold to talk";
+    if (state === "listening" && !this.recorder?.active) {
+      text = gettext("Connected — type a message");
+    } else if (state === "listening" && this.mode === "push-to-talk") {
+      text = gettext("Ready — hold to talk");
+    }
     if (detail) text = state === "reconnecting" ? detail : `${text} · ${detail}`;
     this.el.status.dataset.state = state;
     this.el.statusText.textContent = text;
@@ -235,7 +241,9 @@ export class VoiceChatApp {
     el.stop.disabled = !(this.responseActive || this.player?.busy || this.audioItemId);
     el.input.disabled = !this.sessionReady;
     el.send.disabled = !this.sessionReady;
-    el.input.placeholder = this.sessionReady ? "Type a message…" : "Type here once connected";
+    el.input.placeholder = this.sessionReady
+      ? gettext("Type a message…")
+      : gettext("Type here once connected");
     el.ptt.disabled = !(this.sessionReady && this.recorder?.active);
     this.micWave.active =
       Boolean(this.recorder?.active) && (this.mode === "hands-free" ? live : this.pttHeld);
@@ -293,7 +301,10 @@ export class VoiceChatApp {
   async startAudio() {
     if (this.context) return;
     if (!window.AudioContext || !window.AudioWorkletNode) {
-      this.showAlert("This browser can't record or play audio here. You can still type.", "warning");
+      this.showAlert(
+        gettext("This browser can't record or play audio here. You can still type."),
+        "warning",
+      );
       return;
     }
     // No sampleRate: the device's native rate, so the microphone stream connects everywhere
@@ -308,7 +319,12 @@ export class VoiceChatApp {
     } catch (error) {
       // Closing the context (the session ended meanwhile) also fails the load: not news.
       if (this.context === context) {
-        this.showAlert(`Audio couldn't start (${error.message}). You can still type.`, "warning");
+        this.showAlert(
+          interpolate(gettext("Audio couldn't start (%(error)s). You can still type."), {
+            error: error.message,
+          }),
+          "warning",
+        );
       }
       return;
     }
@@ -354,7 +370,9 @@ export class VoiceChatApp {
     this.micWave.attach(null);
     this.pttHeld = false;
     this.showAlert(
-      "The microphone was disconnected. Plug it back in and start a new conversation — you can keep typing meanwhile.",
+      gettext(
+        "The microphone was disconnected. Plug it back in and start a new conversation — you can keep typing meanwhile.",
+      ),
       "warning",
     );
     this.refreshControls();
@@ -367,7 +385,7 @@ export class VoiceChatApp {
     const client = this.client;
     this.endSession();
     this.stopAudio();
-    this.setStatus("ended", "you hung up");
+    this.setStatus("ended", gettext("you hung up"));
     client?.close(1000, "user ended the conversation");
   }
 
@@ -399,29 +417,32 @@ export class VoiceChatApp {
     const message =
       (code >= 4000 && error?.message) ||
       CLOSE_MESSAGES[code] ||
-      (wasOpen ? "The connection closed unexpectedly." : "Couldn't reach the server.");
+      (wasOpen
+        ? gettext("The connection closed unexpectedly.")
+        : gettext("Couldn't reach the server."));
     if (wasOpen ? RETRY_CODES.has(code) : true) {
       // A socket refused before it opened looks the same for a server that is down and for a
       // user who was signed out (the handshake is refused with no reason): ask the site.
       const signedIn = wasOpen ? "yes" : await this.checkSignedIn();
       if (!this.wanted || this.client) return; // hung up, or retried by hand, meanwhile
       if (signedIn === "no") {
-        this.giveUp("signed out", "You were signed out, so the conversation can't continue.", {
-          href: this.signInUrl(),
-          text: "Sign in again",
-        });
+        this.giveUp(
+          gettext("signed out"),
+          gettext("You were signed out, so the conversation can't continue."),
+          { href: this.signInUrl(), text: gettext("Sign in again") },
+        );
         return;
       }
       const why =
         signedIn === "unreachable"
-          ? "Couldn't reach the server. You're still signed in."
+          ? gettext("Couldn't reach the server. You're still signed in.")
           : wasOpen
             ? message
-            : "Couldn't connect to the voice service. You're still signed in.";
+            : gettext("Couldn't connect to the voice service. You're still signed in.");
       this.scheduleRetry(why);
       return;
     }
-    this.giveUp(CLOSE_REASONS[code] ?? "connection closed", message);
+    this.giveUp(CLOSE_REASONS[code] ?? gettext("connection closed"), message);
   }
 
   giveUp(reason, message, link = null) {
@@ -458,7 +479,7 @@ export class VoiceChatApp {
   /** Wait (1, 2, 4, ... 30 s, with a countdown) and try again. */
   scheduleRetry(message) {
     if (!this.reconnectNotice) {
-      this.reconnectNotice = this.transcript.notice("Connection lost — reconnecting…");
+      this.reconnectNotice = this.transcript.notice(gettext("Connection lost — reconnecting…"));
     }
     this.hideAlert();
     this.reconnect.schedule(message);
@@ -510,7 +531,7 @@ export class VoiceChatApp {
         this.transcript.setText(event.item_id, "user", (event.transcript ?? "").trim() || "…");
         break;
       case "conversation.item.input_audio_transcription.failed":
-        this.transcript.setText(event.item_id, "user", "(couldn't transcribe this)");
+        this.transcript.setText(event.item_id, "user", gettext("(couldn't transcribe this)"));
         break;
       case "conversation.item.truncated":
         this.transcript.setState(event.item_id, "interrupted");
@@ -565,18 +586,21 @@ export class VoiceChatApp {
     this.sessionVoice = session.audio?.output?.voice ?? null;
     const turnDetection = session.audio?.input?.turn_detection;
     if (turnDetection) this.serverTurnDetection = turnDetection;
-    if (reconnected) this.transcript.notice("New conversation");
+    if (reconnected) this.transcript.notice(gettext("New conversation"));
     const update = {};
     if (this.mode === "push-to-talk") update.turnDetection = null;
     if (this.voice && this.voice !== this.sessionVoice) update.voice = this.voice;
+    // Listen for the language the page speaks (set only when it is not the server's default).
+    if (this.config.transcription) update.transcription = this.config.transcription;
     if (Object.keys(update).length) this.updateSession(update);
     this.settle();
   }
 
   /** session.update with only the fields that change (the server keeps its defaults). */
-  updateSession({ turnDetection, voice }) {
+  updateSession({ turnDetection, voice, transcription }) {
     const audio = {};
     if (turnDetection !== undefined) audio.input = { turn_detection: turnDetection };
+    if (transcription !== undefined) audio.input = { ...audio.input, transcription };
     if (voice !== undefined) audio.output = { voice };
     this.client?.send({ type: "session.update", session: { type: "realtime", audio } });
   }
@@ -625,9 +649,10 @@ export class VoiceChatApp {
     }
     if (response.status === "failed") {
       const reason = response.status_details?.error?.message;
-      this.showAlert(reason ? `The reply failed: ${reason}` : "The reply failed.", "error", {
-        transient: true,
-      });
+      const message = reason
+        ? interpolate(gettext("The reply failed: %(reason)s"), { reason })
+        : gettext("The reply failed.");
+      this.showAlert(message, "error", { transient: true });
     }
     if (!this.player?.busy && !this.audioItemId && this.status !== "user-speaking") this.settle();
     this.refreshControls();
@@ -636,7 +661,7 @@ export class VoiceChatApp {
   onError(error) {
     if (QUIET_ERRORS.has(error.code)) return;
     // A close that follows shows the final word; a recoverable error is a passing notice.
-    this.showAlert(error.message || "Something went wrong.", "error", { transient: true });
+    this.showAlert(error.message || gettext("Something went wrong."), "error", { transient: true });
   }
 
   // ---- audio -----------------------------------------------------------------------------
@@ -707,7 +732,7 @@ export class VoiceChatApp {
   pttDown() {
     if (this.mode !== "push-to-talk" || this.pttHeld || !this.sessionReady) return;
     if (!this.recorder?.active) {
-      this.showAlert("The microphone isn't available. You can type instead.", "warning", {
+      this.showAlert(gettext("The microphone isn't available. You can type instead."), "warning", {
         transient: true,
       });
       return;
@@ -734,7 +759,7 @@ export class VoiceChatApp {
     if (performance.now() - this.pttPressedAt < MIN_PTT_HOLD_MS) {
       // A tap: drop its audio, leave the reply (pending or playing) alone.
       this.client?.send({ type: "input_audio_buffer.clear" });
-      this.showAlert("Hold the button (or Space) while you speak.", "info", { transient: true });
+      this.showAlert(gettext("Hold the button (or Space) while you speak."), "info", { transient: true });
       this.setStatus(this.currentActivity());
       return;
     }
@@ -799,7 +824,7 @@ export class VoiceChatApp {
     localStorage.setItem("voicechat.voice", voice);
     if (!this.sessionReady) return;
     if (this.voiceLocked) {
-      this.showAlert("The new voice will be used from your next conversation.", "info", {
+      this.showAlert(gettext("The new voice will be used from your next conversation."), "info", {
         transient: true,
       });
     } else {

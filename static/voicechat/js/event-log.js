@@ -3,6 +3,8 @@
 // recorded all the time (a few hundred small records) and drawn only while the log is open, so
 // opening it after something went wrong shows what led up to it.
 
+import { gettext, interpolate } from "./i18n.js";
+
 const MAX_LINES = 300;
 const FOLDED = new Set([
   "input_audio_buffer.append",
@@ -31,7 +33,10 @@ export class EventLog {
     const sign = offset < 0 ? "−" : "+";
     const hours = String(Math.floor(Math.abs(offset) / 60)).padStart(2, "0");
     const minutes = String(Math.abs(offset) % 60).padStart(2, "0");
-    label.textContent = `times in your time zone, ${zone ?? "local"} (UTC${sign}${hours}:${minutes})`;
+    label.textContent = interpolate(gettext("times in your time zone, %(zone)s (UTC%(offset)s)"), {
+      zone: zone ?? gettext("local"),
+      offset: `${sign}${hours}:${minutes}`,
+    });
   }
 
   /** @param {"in"|"out"} direction @param {object} event */
@@ -79,7 +84,7 @@ export class EventLog {
     const arrow = document.createElement("span");
     arrow.className = "log-dir";
     arrow.textContent = record.direction === "in" ? "↓" : "↑";
-    arrow.title = record.direction === "in" ? "from server" : "to server";
+    arrow.title = record.direction === "in" ? gettext("from server") : gettext("to server");
     const name = document.createElement("code");
     name.textContent = record.type;
     const count = document.createElement("span");

@@ -1,5 +1,7 @@
 // Why the microphone could not be opened, in words a person can act on.
 
+import { gettext, interpolate } from "./i18n.js";
+
 export class MicrophoneError extends Error {
   constructor(kind, message) {
     super(message);
@@ -14,24 +16,33 @@ export function describeMicrophoneError(error) {
     case "SecurityError":
       return new MicrophoneError(
         "denied",
-        "Microphone access is blocked. Allow it in your browser's site settings and reconnect — or type your messages below.",
+        gettext(
+          "Microphone access is blocked. Allow it in your browser's site settings and reconnect — or type your messages below.",
+        ),
       );
     case "NotFoundError":
     case "OverconstrainedError":
       return new MicrophoneError(
         "missing",
-        "No microphone was found. Plug one in and reconnect — or type your messages below.",
+        gettext("No microphone was found. Plug one in and reconnect — or type your messages below."),
       );
     case "NotReadableError":
     case "AbortError":
       return new MicrophoneError(
         "busy",
-        "The microphone couldn't be started; another app may be using it. You can type your messages below.",
+        gettext(
+          "The microphone couldn't be started; another app may be using it. You can type your messages below.",
+        ),
       );
     default:
       return new MicrophoneError(
         "unknown",
-        `The microphone couldn't be opened (${error?.message || error}). You can type your messages below.`,
+        interpolate(
+          gettext(
+            "The microphone couldn't be opened (%(error)s). You can type your messages below.",
+          ),
+          { error: error?.message || error },
+        ),
       );
   }
 }

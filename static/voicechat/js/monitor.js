@@ -1,16 +1,23 @@
 // The staff live monitor: follows /ws/monitor, keeps the list of open conversations current,
 // and shows the transcript of the watched one as its lines arrive (from any server process).
 
+import { gettext, interpolate } from "./i18n.js";
+
 // The process column is hidden on narrow screens (app.css, .col-process).
 const PROCESS_COLUMN = 4;
-const SPEAKERS = { user: "User", assistant: "Assistant" };
+const SPEAKERS = { user: gettext("User"), assistant: gettext("Assistant") };
 
 const STATUS_TEXT = {
-  speech_started: "user is speaking…",
-  speech_stopped: "user stopped speaking",
-  response_started: "assistant is answering…",
-  response_done: "assistant finished",
+  speech_started: gettext("user is speaking…"),
+  speech_stopped: gettext("user stopped speaking"),
+  response_started: gettext("assistant is answering…"),
+  response_done: gettext("assistant finished"),
 };
+
+/** "ended: <reason code>", for the watched conversation's activity line. */
+function ended(reason) {
+  return interpolate(gettext("ended: %(reason)s"), { reason });
+}
 
 class MonitorPage {
   constructor(root) {
@@ -35,10 +42,10 @@ class MonitorPage {
   connect() {
     const scheme = location.protocol === "https:" ? "wss" : "ws";
     this.socket = new WebSocket(`${scheme}://${location.host}${this.root.dataset.socketPath}`);
-    this.socket.onopen = () => { this.setStatus("live", "live"); if (this.watching) this.watch(this.watching); };
+    this.socket.onopen = () => { this.setStatus("live", gettext("live")); if (this.watching) this.watch(this.watching); };
     this.socket.onmessage = (message) => this.handle(JSON.parse(message.data));
     this.socket.onclose = () => {
-      this.setStatus("reconnecting", "disconnected, retrying…");
+      this.setStatus("reconnecting", gettext("disconnected, retrying…"));
       setTimeout(() => this.connect(), 2000);
     };
   }
@@ -52,7 +59,7 @@ class MonitorPage {
     this.watching = id;
     this.transcript.replaceChildren();
     this.activity.textContent = "";
-    this.watchingLabel.textContent = `(conversation ${id})`;
+    this.watchingLabel.textContent = interpolate(gettext("(conversation %(id)s)"), { id });
     this.watchHint.hidden = true;
     for (const row of this.list.querySelectorAll("tr")) {
       row.classList.toggle("watched", row.dataset.conversation === String(id));
@@ -74,11 +81,11 @@ class MonitorPage {
         break;
       case "ended":
         this.list.querySelector(`tr[data-conversation="${event.conversation}"]`)?.classList.add("ended");
-        if (event.conversation === this.watching) this.activity.textContent = `ended: ${event.end_reason}`;
+        if (event.conversation === this.watching) this.activity.textContent = ended(event.end_reason);
         break;
       case "transcript":
         for (const line of event.lines) this.line(line);
-        if (event.ended) this.activity.textContent = `ended: ${event.end_reason}`;
+        if (event.ended) this.activity.textContent = ended(event.end_reason);
         break;
       case "line":
         this.line(event);
@@ -114,9 +121,9 @@ class MonitorPage {
     const id = row.dataset.conversation;
     const watch = Object.assign(document.createElement("button"), { type: "button", className: "btn btn-small", textContent: id });
     watch.dataset.watch = id;
-    watch.setAttribute("aria-label", `Follow conversation ${id}`);
+    watch.setAttribute("aria-label", interpolate(gettext("Follow conversation %(id)s"), { id }));
     const form = Object.assign(document.createElement("form"), { method: "post", action: this.endUrl(id) });
-    const end = Object.assign(document.createElement("button"), { type: "submit", className: "btn btn-small btn-danger", textContent: "End" });
+    const end = Object.assign(document.createElement("button"), { type: "submit", className: "btn btn-small btn-danger", textContent: gettext("End") });
     end.dataset.testid = `end-${id}`;
     form.append(this.csrf.cloneNode(), end);
     const cells = [watch, c.user, c.model, new Date(c.started).toLocaleTimeString(), c.process, form];

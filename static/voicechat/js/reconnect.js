@@ -1,6 +1,8 @@
 // Reconnecting for as long as the page is open: waits of 1, 2, 4, ... up to 30 seconds, a
 // countdown in the reconnect box, and Retry now. What a retry does is the app's business.
 
+import { gettext, interpolate } from "./i18n.js";
+
 const MAX_DELAY_S = 30;
 
 export class Reconnect extends EventTarget {
@@ -35,7 +37,8 @@ export class Reconnect extends EventTarget {
       this.retry();
       return;
     }
-    this.text.textContent = `${this.message} Trying again in ${left}\u00a0s.`;
+    const countdown = interpolate(gettext("Trying again in %(seconds)s\u00a0s."), { seconds: left });
+    this.text.textContent = `${this.message} ${countdown}`;
     this.box.hidden = false;
     // The next tick at the next whole second of the countdown.
     const untilTick = (this.at - performance.now()) % 1000 || 1000;

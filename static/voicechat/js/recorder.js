@@ -1,6 +1,7 @@
 // The microphone: getUserMedia into the capture worklet (PCM16, 24 kHz, 40 ms chunks) and an
 // AnalyserNode for the level/waveform. Runs in the page's one AudioContext at the device's
 // native rate; the worklet resamples (Firefox cannot connect a stream to a context of another rate).
+import { gettext } from "./i18n.js";
 import { describeMicrophoneError, MicrophoneError } from "./microphone-error.js";
 
 export class Recorder extends EventTarget {
@@ -21,7 +22,9 @@ export class Recorder extends EventTarget {
     if (!navigator.mediaDevices?.getUserMedia) {
       throw new MicrophoneError(
         "insecure",
-        "This browser only allows the microphone on a secure (https) page. You can type your messages below.",
+        gettext(
+          "This browser only allows the microphone on a secure (https) page. You can type your messages below.",
+        ),
       );
     }
     try {

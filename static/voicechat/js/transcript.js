@@ -1,7 +1,9 @@
 // The live transcript: one entry per conversation item, kept in conversation order by
 // previous_item_id (a user's transcription often arrives after the assistant has started).
 
-const LABELS = { user: "You", assistant: "Assistant" };
+import { gettext } from "./i18n.js";
+
+const LABELS = { user: gettext("You"), assistant: gettext("Assistant") };
 
 export class Transcript {
   /** @param {HTMLOListElement} list @param {HTMLElement} scroller @param {HTMLElement} empty */
@@ -44,7 +46,7 @@ export class Transcript {
     text.className = "turn-text";
     const badge = document.createElement("span");
     badge.className = "turn-badge";
-    badge.textContent = "Interrupted";
+    badge.textContent = gettext("Interrupted");
     element.append(who, text, badge);
     return { id: itemId, role, element, textNode: text, previous: null };
   }
@@ -117,7 +119,7 @@ export class Transcript {
       if (el.dataset.state !== "in-progress") continue;
       el.dataset.state = entry.role === "assistant" ? "interrupted" : "done";
       if (!entry.textNode.textContent) {
-        entry.textNode.textContent = entry.role === "user" ? "(not transcribed)" : "";
+        entry.textNode.textContent = entry.role === "user" ? gettext("(not transcribed)") : "";
       }
     }
   }
