@@ -412,13 +412,9 @@ class ClientEventPolicy:
                     event_id=event_id,
                     param="audio",
                 )
-            if not self.pacer.take(len(audio)):
-                return _refuse(
-                    "Audio is arriving faster than real time; this chunk was dropped.",
-                    code="audio_rate_exceeded",
-                    event_id=event_id,
-                    param="audio",
-                )
+            refused = self._pace(event, len(audio), "audio")
+            if refused:
+                return refused
         if etype == "input_audio_buffer.append" and _unambiguous_append(text):
             # Audio appends are most of the traffic: forward them as received.
             return Verdict(frame=text)
@@ -429,15 +425,9 @@ class ClientEventPolicy:
         if refused:
             return refused
         session = event["session"]
-        voice = ((session.get("audio") or {}).get("output") or {}).get("voice")
-        if voice is not None and not (isinstance(voice, str) and voice in self._voices):
-            named = f"Voice {voice[:32]!r}" if isinstance(voice, str) else "A custom voice"
-            return _refuse(
-                f"{named} is not available here; choose one of: " + ", ".join(sorted(self._voices)),
-                code="voice_not_allowed",
-                event_id=event.get("event_id"),
-                param="session.audio.output.voice",
-            )
+        refused = self._refuse_voice(event, session, "session")
+        if refused:
+            return refused
         input_format = ((session.get("audio") or {}).get("input") or {}).get("format")
         if isinstance(input_format, dict) and isinstance(input_format.get("type"), str):
             self.pacer.set_format(input_format["type"])
@@ -448,11 +438,17 @@ class ClientEventPolicy:
             refused = _refuse_fields(event, "response", self._response_fields)
             if refused:
                 return refused
-            # An out-of-band response's own input may hold system messages too.
-            for index, item in enumerate(event["response"].get("input") or ()):
-                refused = self._refuse_system_message(event, item, f"response.input[{index}]")
-                if refused:
-                    return refused
+            response = event["response"]
+            refused = self._refuse_voice(event, response, "response")
+            if refused:
+                return refused
+            # An out-of-band response's own input holds conversation items, as item.create does.
+            items = response.get("input") or ()
+            refused = self._refuse_items(
+                event, [(f"response.input[{index}]", item) for index, item in enumerate(items)]
+            )
+            if refused:
+                return refused
         return _reencoded(event)
 
     def _check_item_create(self, event: dict) -> Verdict:
@@ -464,12 +460,64 @@ class ClientEventPolicy:
                 event_id=event.get("event_id"),
                 param="item",
             )
-        return self._refuse_system_message(event, item, "item") or _reencoded(event)
+        return self._refuse_items(event, [("item", item)]) or _reencoded(event)
 
-    def _refuse_system_message(self, event: dict, item: object, path: str) -> Verdict | None:
+    def _refuse_voice(self, event: dict, fields: dict, path: str) -> Verdict | None:
+        """A refusal when `fields` (a type-checked session or response) asks for an unlisted
+        voice: each voice is priced and vetted by the deployer, a custom one never is."""
+        voice = ((fields.get("audio") or {}).get("output") or {}).get("voice")
+        if voice is None or (isinstance(voice, str) and voice in self._voices):
+            return None
+        named = f"Voice {voice[:32]!r}" if isinstance(voice, str) else "A custom voice"
+        return _refuse(
+            f"{named} is not available here; choose one of: " + ", ".join(sorted(self._voices)),
+            code="voice_not_allowed",
+            event_id=event.get("event_id"),
+            param=f"{path}.audio.output.voice",
+        )
+
+    def _refuse_items(self, event: dict, items: list[tuple[str, object]]) -> Verdict | None:
+        """A refusal when conversation items (each with its path) hold a system message this
+        client may not add, or audio faster than real time: audio sent inside an item reaches
+        the model as surely as an append does, so the pacer counts it the same way."""
+        audio_chars, audio_path = 0, None
+        for path, item in items:
+            if not isinstance(item, dict):
+                continue  # the upstream refuses it; it carries nothing we meter
+            refused = self._refuse_system_message(event, item, path)
+            if refused:
+                return refused
+            content = item.get("content")
+            for index, part in enumerate(content if isinstance(content, list) else ()):
+                if not isinstance(part, dict) or part.get("type") != "input_audio":
+                    continue
+                audio, part_path = part.get("audio"), f"{path}.content[{index}].audio"
+                problem = STRING.problem(part_path, audio)
+                if problem:
+                    code, message = problem
+                    return _refuse(
+                        message, code=code, event_id=event.get("event_id"), param=part_path
+                    )
+                if audio:
+                    audio_chars += len(audio)
+                    audio_path = audio_path or part_path
+        return self._pace(event, audio_chars, audio_path) if audio_chars else None
+
+    def _pace(self, event: dict, audio_chars: int, param: str) -> Verdict | None:
+        """A refusal when `audio_chars` of base64 audio come faster than the pacer allows."""
+        if self.pacer.take(audio_chars):
+            return None
+        return _refuse(
+            "Audio is arriving faster than real time; this chunk was dropped.",
+            code="audio_rate_exceeded",
+            event_id=event.get("event_id"),
+            param=param,
+        )
+
+    def _refuse_system_message(self, event: dict, item: dict, path: str) -> Verdict | None:
         """A refusal when `item` is a system message, a second set of instructions, and this
         client may not set instructions."""
-        if self.scope.instructions or not isinstance(item, dict) or item.get("role") != "system":
+        if self.scope.instructions or item.get("role") != "system":
             return None
         return _refuse(
             "This server does not let clients add system messages.",
