@@ -5,6 +5,7 @@ from django.contrib import messages
 from django.contrib.admin.views.decorators import staff_member_required
 from django.http import HttpRequest, HttpResponse
 from django.shortcuts import redirect, render
+from django.utils.translation import gettext as _
 from django.views.decorators.http import require_POST
 
 from voicechat import monitor
@@ -29,7 +30,9 @@ def monitor_page(request: HttpRequest) -> HttpResponse:
 def monitor_end(request: HttpRequest, pk: int) -> HttpResponse:
     """End one conversation, whichever server process holds it."""
     if async_to_sync(monitor.request_end)(pk, by=request.user.get_username()):
-        messages.success(request, f"Asked conversation {pk} to end.")
+        messages.success(request, _("Asked conversation %(id)s to end.") % {"id": pk})
     else:
-        messages.warning(request, f"Conversation {pk} is not open (or its server is gone).")
+        messages.warning(
+            request, _("Conversation %(id)s is not open (or its server is gone).") % {"id": pk}
+        )
     return redirect("monitor")

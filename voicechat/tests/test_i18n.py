@@ -202,3 +202,16 @@ def test_the_page_scripts_catalog_follows_the_language(client, lang, text):
     assert json.dumps(text)[1:-1] in script or text in script
     # Only this project's strings: not the admin's whole JavaScript catalog.
     assert "Available %s" not in script
+
+
+# The monitor ends a conversation through the channel layer, from another thread.
+@pytest.mark.django_db(transaction=True)
+def test_flash_messages_speak_the_page_language(client, staff_user):
+    talk = ended_conversation(staff_user)
+    client.force_login(staff_user)
+    client.cookies[settings.LANGUAGE_COOKIE_NAME] = "zh-hans"
+    page = client.post(f"/monitor/{talk.pk}/end", follow=True).content.decode()
+    assert f"对话 {talk.pk} 当前未在进行" in page
+    client.cookies[settings.LANGUAGE_COOKIE_NAME] = "ja"
+    page = client.post(f"/history/{talk.pk}/delete/", follow=True).content.decode()
+    assert "会話を削除しました。" in page

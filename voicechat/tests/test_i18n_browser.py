@@ -70,6 +70,20 @@ def test_chinese_from_accept_language(chat_server, voice_upstream, launch_browse
     assert status_text(page) == "已结束 · 你已挂断"
 
 
+@pytest.mark.parametrize("voice_upstream", [{"reject_status": 401}], indirect=True)
+def test_why_it_ended_is_said_in_the_page_language(
+    chat_server, voice_upstream, launch_browser, alice
+):
+    """The gateway's close reasons are English sentences: the page says them in its own words."""
+    page = signed_in_page(launch_browser(), chat_server, alice, locale="ja-JP")
+    page.goto(chat_server.url)
+    page.get_by_test_id("connect").click()
+    page.wait_for_selector('[data-testid="status"][data-state="ended"]')
+    alert = page.get_by_test_id("alert").locator(".alert-text")
+    assert alert.inner_text().strip() == "AI サービスが接続を拒否しました。"
+    assert status_text(page) == "終了 · AI サービスが拒否しました"
+
+
 def test_japanese_chosen_with_the_picker_stays_chosen(
     chat_server, voice_upstream, launch_browser, alice
 ):

@@ -1,7 +1,7 @@
 // The chat page: wires the gateway client, microphone, player, waveforms and transcript to the
 // DOM. Configuration comes from the #chat-config json_script element, never templated JS.
 import { EventLog } from "./event-log.js";
-import { gettext, interpolate } from "./i18n.js";
+import { gettext, interpolate, speaksEnglish } from "./i18n.js";
 import { fromBase64, pcm16Ms } from "./pcm.js";
 import { Player } from "./player.js";
 import { RealtimeClient } from "./realtime-client.js";
@@ -414,9 +414,12 @@ export class VoiceChatApp {
     this.endSession();
     this.player?.interrupt();
     if (!this.wanted) return;
+    // The gateway explains a close in English: a page in another language says it in its own.
+    const serverWords = code >= 4000 && error?.message;
     const message =
-      (code >= 4000 && error?.message) ||
+      (speaksEnglish && serverWords) ||
       CLOSE_MESSAGES[code] ||
+      serverWords ||
       (wasOpen
         ? gettext("The connection closed unexpectedly.")
         : gettext("Couldn't reach the server."));

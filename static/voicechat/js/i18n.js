@@ -5,6 +5,9 @@
 
 const catalog = globalThis.django;
 
+/** Whether the page speaks English (the language of the server's own messages). */
+export const speaksEnglish = (document.documentElement.lang || "en").startsWith("en");
+
 /** The translation of `message` in the page's language. */
 export function gettext(message) {
   return catalog ? catalog.gettext(message) : message;
