@@ -11,7 +11,6 @@ from channels.consumer import get_handler_name
 from channels.db import database_sync_to_async
 from channels.exceptions import StopConsumer
 from channels.generic.websocket import AsyncWebsocketConsumer
-from channels.layers import get_channel_layer
 from channels.sessions import InstanceSessionWrapper
 from django.conf import settings
 from websockets.exceptions import ConnectionClosed
@@ -21,7 +20,7 @@ from voicechat.auth import authenticate, header
 from voicechat.budgets import budget_problem, watch_budget
 from voicechat.limits import TOO_MANY_CODE, DurationLimit
 from voicechat.models import Backend, Conversation, EndReason
-from voicechat.monitor import ConversationPublisher
+from voicechat.monitor import ConversationPublisher, EndRequests, end_requests
 from voicechat.policy import ClientEventPolicy, session_defaults
 from voicechat.protocol import (
     CLOSE_CODE_FOR,
@@ -73,6 +72,7 @@ class RealtimeGatewayConsumer(AsyncWebsocketConsumer):
     client_text: TextShortcut | None = None
     relay_task: asyncio.Task | None = None
     budget_task: asyncio.Task | None = None
+    end_requests: EndRequests | None = None  # where staff "End" reaches this conversation
     end_reason: EndReason | None = None
     _finished: asyncio.Future | None = None
 
@@ -83,16 +83,12 @@ class RealtimeGatewayConsumer(AsyncWebsocketConsumer):
         task plus asyncio.wait) and hop to the database thread to close stale connections, where
         frames queue behind transcript writes. The gateway is never addressed through a channel
         layer, and it reaches the database only through database_sync_to_async, which does that
-        clean-up itself around each call; so both are pure cost here.
+        clean-up itself around each call; so both are pure cost here. Staff on any process end
+        a conversation through the process's one EndRequests reader (voicechat/monitor.py).
         """
         self.scope = scope
         self.base_send = send
         self.relay_send = _frame_send(send)
-        # Staff on any process end a conversation through the channel layer (voicechat/
-        # monitor.py): its messages are read by a task of their own, off the per-frame path.
-        self.channel_layer = get_channel_layer()
-        self.channel_name = await self.channel_layer.new_channel() if self.channel_layer else ""
-        listener = asyncio.create_task(self._listen()) if self.channel_layer else None
         try:
             with contextlib.suppress(StopConsumer):
                 while True:
@@ -110,20 +106,8 @@ class RealtimeGatewayConsumer(AsyncWebsocketConsumer):
                 EndReason.SERVER_ERROR, "The gateway hit an internal error.", code="server_error"
             )
         finally:
-            await _cancel_and_wait(listener)
             if self.conversation is not None:
                 await self._finish()
-
-    async def _listen(self) -> None:
-        """Dispatch channel-layer messages addressed to this socket (gateway.end)."""
-        while True:
-            try:
-                message = await self.channel_layer.receive(self.channel_name)
-            except Exception:
-                logger.warning("channel layer receive failed; retrying", exc_info=True)
-                await asyncio.sleep(1)
-                continue
-            await self.dispatch(message)
 
     async def dispatch(self, message: dict) -> None:
         """Call the handler for an ASGI message type (websocket_connect, _receive, _disconnect)."""
@@ -173,6 +157,7 @@ class RealtimeGatewayConsumer(AsyncWebsocketConsumer):
         if lifecycle.draining():
             await self._refuse(SHUTDOWN_MESSAGE, "server_shutdown", CloseCode.SERVER_SHUTDOWN)
             return
+        self.end_requests = end_requests()
         try:
             self.conversation = await database_sync_to_async(services.conversation_start)(
                 user=self.user,
@@ -181,7 +166,7 @@ class RealtimeGatewayConsumer(AsyncWebsocketConsumer):
                 voice=settings.REALTIME_VOICE,
                 # Where staff on any process reach this socket (monitor, "end conversation").
                 process=lifecycle.process_id(),
-                channel_name=getattr(self, "channel_name", ""),
+                channel_name=await self.end_requests.channel_name() if self.end_requests else "",
                 max_open=settings.REALTIME_MAX_CONCURRENT_PER_USER,
                 auth_method=identity.method,
                 client_ip=self.client_ip if self.client_ip != "unknown" else None,
@@ -210,6 +195,8 @@ class RealtimeGatewayConsumer(AsyncWebsocketConsumer):
         self.recorder.start()
         self.monitor = ConversationPublisher(self.conversation)
         self.monitor.start()
+        if self.end_requests is not None:
+            self.end_requests.register(self.conversation.pk, self._end_by_staff)
         self.duration_limit = DurationLimit(self._end_for_duration)
         self.duration_limit.start()
         lifecycle.register(self)
@@ -285,6 +272,8 @@ class RealtimeGatewayConsumer(AsyncWebsocketConsumer):
             )
             audit.info("conversation %s ended: %s", self.conversation.pk, reason)
         with self._cleanup_step("tell the monitor"):
+            if self.end_requests is not None:
+                await self.end_requests.unregister(self.conversation.pk)
             await self.monitor.close(reason=reason)
         with self._cleanup_step("count the end"):
             self.meter.ended(reason)
@@ -300,9 +289,8 @@ class RealtimeGatewayConsumer(AsyncWebsocketConsumer):
 
     # --- ends decided outside the relay: staff, shutdown, length limit -------------------
 
-    async def gateway_end(self, message: dict) -> None:
-        """Channel-layer message from a staff member's monitor, on any process."""
-        by = str(message.get("by") or "staff")[:150]
+    async def _end_by_staff(self, by: str) -> None:
+        """A staff member's "End", from the monitor on any process (monitor.EndRequests)."""
         await self._end(
             EndReason.ENDED_BY_STAFF,
             "A staff member ended this conversation.",

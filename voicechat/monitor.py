@@ -5,12 +5,14 @@ every open monitor page joins), and its transcript lines and status changes (to 
 group, joined by the pages watching it). Never one per audio frame: `observe()` returns after one
 dict lookup for everything else, and sending happens in a task of its own, so the relay never
 waits on Redis. Staff end a conversation by sending a message to the channel name the holding
-consumer stored on its Conversation row, whichever process that is.
+process stored on its Conversation row, whichever process that is (EndRequests).
 """
 
 import asyncio
 import collections
 import logging
+import weakref
+from collections.abc import Awaitable, Callable
 
 import orjson
 from channels.db import database_sync_to_async
@@ -193,13 +195,98 @@ def transcript_lines(conversation_id: int) -> dict | None:
 
 
 async def request_end(conversation_id: int, *, by: str) -> bool:
-    """Ask the consumer holding an open conversation, on any process, to end it."""
+    """Ask the process holding an open conversation, whichever it is, to end it."""
     conversation = await database_sync_to_async(
         Conversation.objects.active().filter(pk=conversation_id).first
     )()
     layer = get_channel_layer()
     if conversation is None or not conversation.channel_name or layer is None:
         return False
-    await layer.send(conversation.channel_name, {"type": "gateway.end", "by": by})
+    await layer.send(
+        conversation.channel_name,
+        {"type": END_REQUEST, "conversation": conversation_id, "by": by},
+    )
     logger.info("staff %s asked to end conversation %s", by, conversation_id)
     return True
+
+
+# --- where end requests arrive: one reader per process ------------------------------------
+
+END_REQUEST = "gateway.end"
+_IDLE = "gateway.idle"  # sent to itself by the last conversation leaving: the reader may stop
+
+
+class EndRequests:
+    """Staff "End" requests for the conversations of this process (of one event loop).
+
+    One channel and one reading task serve all of them. A reader per conversation, cancelled
+    when its conversation ended, is what channels_redis cannot take: a receive() cancelled at
+    the wrong moment waits out its 5 s BZPOPMIN, and under load one stayed "cancelling" for
+    good, so the conversation's end was never stored (issue 13: a staff end across processes
+    hung; SIGTERM under `serve` waited for such tasks). This reader is never cancelled: once
+    the last conversation has left, a message it sends itself lets it return, and the next
+    conversation starts a new one on the same channel.
+    """
+
+    def __init__(self, layer) -> None:
+        self.layer = layer
+        self.channel = ""
+        self._ends: dict[int, Callable[[str], Awaitable[None]]] = {}
+        self._reader: asyncio.Task | None = None
+        self._running: set[asyncio.Task] = set()  # ends in progress, kept from the GC
+
+    async def channel_name(self) -> str:
+        """The address to store on a conversation's row, for request_end() to use."""
+        if not self.channel:
+            self.channel = await self.layer.new_channel()
+        return self.channel
+
+    def register(self, conversation_id: int, end: Callable[[str], Awaitable[None]]) -> None:
+        """Route end requests for `conversation_id` to end(by), run in a task of its own."""
+        self._ends[conversation_id] = end
+        if self._reader is None or self._reader.done():
+            self._reader = asyncio.create_task(self._read())
+
+    async def unregister(self, conversation_id: int) -> None:
+        self._ends.pop(conversation_id, None)
+        if not self._ends and self.channel:
+            try:
+                await self.layer.send(self.channel, {"type": _IDLE})
+            except Exception:
+                logger.warning("could not stop the end-request reader", exc_info=True)
+
+    async def _read(self) -> None:
+        while True:
+            try:
+                message = await self.layer.receive(self.channel)
+            except Exception:
+                logger.warning("channel layer receive failed; retrying", exc_info=True)
+                await asyncio.sleep(1)
+                continue
+            if message.get("type") == _IDLE:
+                if not self._ends:
+                    return
+                continue
+            end = self._ends.get(message.get("conversation"))
+            if end is None:
+                continue  # already ended here, or a stale request
+            task = asyncio.create_task(end(str(message.get("by") or "staff")[:150]))
+            self._running.add(task)
+            task.add_done_callback(self._running.discard)
+
+
+_end_requests: "weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, EndRequests]" = (
+    weakref.WeakKeyDictionary()
+)
+
+
+def end_requests() -> EndRequests | None:
+    """This event loop's EndRequests (None without a channel layer: nothing to reach)."""
+    layer = get_channel_layer()
+    if layer is None:
+        return None
+    loop = asyncio.get_running_loop()
+    requests = _end_requests.get(loop)
+    if requests is None or requests.layer is not layer:
+        requests = _end_requests[loop] = EndRequests(layer)
+    return requests

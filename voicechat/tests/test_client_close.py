@@ -13,11 +13,10 @@ import json
 import time
 
 import pytest
-from channels.layers import get_channel_layer
 from websockets.asyncio.client import connect as ws_connect
 from websockets.exceptions import ConnectionClosed
 
-from voicechat import lifecycle
+from voicechat import lifecycle, monitor
 from voicechat.models import Conversation, EndReason
 from voicechat.tests.conftest import db, finished_conversation
 
@@ -112,11 +111,11 @@ async def test_a_failing_cleanup_step_does_not_stop_the_others(
 async def test_a_close_while_staff_end_the_conversation_and_the_relay_is_slow_to_stop(
     fake_upstream, alice, alice_token, connect, monkeypatch
 ):
-    """The listener waits for the relay to stop when the client leaves: neither may hang.
+    """The staff end waits for the relay to stop when the client leaves: neither may hang.
 
     A database call the relay is making finishes before the relay stops (asgiref waits for the
-    thread). The listener, cancelled meanwhile, once swallowed its own cancellation and was
-    waited for forever, and the conversation was never ended.
+    thread). The end, cancelled meanwhile, once swallowed its own cancellation and was waited
+    for forever, and the conversation was never ended.
     """
     admitting = asyncio.Event()
 
@@ -132,8 +131,8 @@ async def test_a_close_while_staff_end_the_conversation_and_the_relay_is_slow_to
     connected, client = await connect(token=alice_token)
     await asyncio.wait_for(admitting.wait(), 5)
     conversation = await db(Conversation.objects.get, user=alice)
-    await get_channel_layer().send(conversation.channel_name, {"type": "gateway.end", "by": "olga"})
-    await asyncio.sleep(0.1)  # the listener is now waiting for the relay to stop
+    assert await monitor.request_end(conversation.pk, by="olga")
+    await asyncio.sleep(0.1)  # the end is now waiting for the relay to stop
     started = time.monotonic()
     await client.communicator.disconnect(timeout=10)  # then it would cancel the consumer
     assert time.monotonic() - started < 3

@@ -55,7 +55,7 @@ async def test_frames_flow_both_ways_while_the_database_thread_is_busy(client, f
 async def test_frames_never_pass_through_the_channel_layer(client, settings):
     await client.send({"type": "input_audio_buffer.commit"})
     assert (await client.receive())["type"] == "input_audio_buffer.committed"
-    # The socket has one address in the layer, for staff messages from any process (scale-out:
+    # The process has one address in the layer, for staff messages from any process (scale-out:
     # "end conversation"), read by a task of its own; relayed frames never queue there.
     conversation = await db(Conversation.objects.get)
     layer = get_channel_layer()

@@ -78,11 +78,9 @@ async def end_from_monitor_page(address: str, cookie: str, conversation_id: int)
         assert response.status_code == 302
 
 
-# Known bug (issue 13, found at the end of session 4): since d1d55a9 a staff "End" sent across
-# processes is sometimes not acted on until the process stops (2-4 runs in 6 here): gateway_end
-# sets the end reason, then waits for the relay task to stop, and it does not. The time limit
-# turns that hang into a failure; xfail keeps the scale-out run usable until it is fixed.
-@pytest.mark.xfail(reason="staff end across processes sometimes hangs (issue 13)", strict=False)
+# A staff "End" across processes once hung in 2-4 runs of 6 (issue 13): each conversation's own
+# channel-layer reader, cancelled at its end, stayed "cancelling" inside channels_redis and the
+# end was never stored. The time limit keeps any such hang a failure, not a stuck run.
 async def test_two_processes_share_conversations_monitor_and_limits(
     fake_upstream, alice, alice_token, staff_user, start_server
 ):
