@@ -8,7 +8,7 @@ from django.db.models import Count, OuterRef, Subquery
 from django.http import HttpRequest, HttpResponse
 from django.shortcuts import get_object_or_404, redirect, render
 from django.templatetags.static import static
-from django.utils.translation import get_language
+from django.utils.translation import get_language, override
 from django.utils.translation import gettext as _
 from django.views.decorators.http import require_http_methods, require_safe
 
@@ -132,8 +132,12 @@ def conversation_delete(request: HttpRequest, pk: int) -> HttpResponse:
 def conversation_export(request: HttpRequest, pk: int) -> HttpResponse:
     """The user's own transcript as a Markdown file."""
     conversation = get_object_or_404(own_conversations(request).select_related("user"), pk=pk)
+    # The file is written in English (exports.py), whatever the page's language: one language
+    # per file, not English labels around translated phrases.
+    with override("en"):
+        markdown = conversation_as_markdown(conversation)
     return attachment(
-        conversation_as_markdown(conversation),
+        markdown,
         f"conversation-{conversation.pk}-{conversation.started:%Y%m%d-%H%M}.md",
         "text/markdown; charset=utf-8",
     )

@@ -215,3 +215,11 @@ def test_flash_messages_speak_the_page_language(client, staff_user):
     client.cookies[settings.LANGUAGE_COOKIE_NAME] = "ja"
     page = client.post(f"/history/{talk.pk}/delete/", follow=True).content.decode()
     assert "会話を削除しました。" in page
+
+
+def test_the_markdown_export_is_one_language(client, alice):
+    talk = ended_conversation(alice, backend=Backend.LOCAL, engine="")
+    client.force_login(alice)
+    client.cookies[settings.LANGUAGE_COOKIE_NAME] = "ja"
+    export = client.get(f"/history/{talk.pk}/export.md").content.decode()
+    assert "- Answered by: Offline assistant" in export
