@@ -12,6 +12,7 @@ django_asgi_app = get_asgi_application()
 from channels.auth import AuthMiddlewareStack  # noqa: E402
 from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402
 
+from voicechat import lifecycle  # noqa: E402
 from voicechat.checks import refuse_development_key  # noqa: E402
 from voicechat.routing import websocket_urlpatterns  # noqa: E402
 from voicechat.upstream import Backend, resolve_backend  # noqa: E402
@@ -21,12 +22,15 @@ refuse_development_key()
 
 # No AllowedHostsOriginValidator here: it refuses every handshake without an Origin header,
 # which is every script and OpenAI's SDK. The consumer checks the origin of cookie-authenticated
-# sockets itself (voicechat/auth.py), where it matters.
-application = ProtocolTypeRouter(
-    {
-        "http": django_asgi_app,
-        "websocket": AuthMiddlewareStack(URLRouter(websocket_urlpatterns)),
-    }
+# sockets itself (voicechat/auth.py), where it matters. keeping_alive: every server process,
+# idle or not, ends the conversations of processes that died (voicechat/lifecycle.py).
+application = lifecycle.keeping_alive(
+    ProtocolTypeRouter(
+        {
+            "http": django_asgi_app,
+            "websocket": AuthMiddlewareStack(URLRouter(websocket_urlpatterns)),
+        }
+    )
 )
 
 # The offline engine's models load now, in the background, rather than in the first conversation

@@ -7,6 +7,13 @@ handler: on the signal it first ends every live conversation here (an `error` ev
 can show, close code 4007, upstream closed, transcript flushed, end reason `server_shutdown`),
 within REALTIME_SHUTDOWN_TIMEOUT, and then hands the signal to the server, which shuts down as
 it always does. A second signal skips the wait.
+
+Every server process also keeps a beat from its start to its exit (`keep_alive`, started by
+`keeping_alive` with the server, or by its first conversation): each REALTIME_HEARTBEAT_INTERVAL
+it marks its live conversations alive and ends those of processes that died (no heartbeat for
+REALTIME_STALE_AFTER), idle or not, so a killed process's conversations are ended within
+REALTIME_STALE_AFTER + REALTIME_HEARTBEAT_INTERVAL by whichever process is still up; `serve`
+ends a dead worker's at once.
 """
 
 import asyncio
@@ -40,9 +47,9 @@ _state = {"loop": None, "heartbeat": None, "draining": False, "signalled": False
 _previous_handlers: dict[int, object] = {}
 
 
-def process_id() -> str:
-    """This server process, as shown to staff (host name and pid)."""
-    return f"{socket.gethostname()}:{os.getpid()}"
+def process_id(pid: int | None = None) -> str:
+    """This server process (or process `pid` on this host), as shown to staff: host and pid."""
+    return f"{socket.gethostname()}:{pid or os.getpid()}"
 
 
 def draining() -> bool:
@@ -53,21 +60,42 @@ def draining() -> bool:
 def register(conversation: LiveConversation) -> None:
     """Track a live conversation (call from its event loop, once it is stored)."""
     _live.add(conversation)
-    loop = asyncio.get_running_loop()
-    _state["loop"] = loop
-    heartbeat = _state["heartbeat"]
-    if heartbeat is None or heartbeat.done() or heartbeat.get_loop() is not loop:
-        _state["heartbeat"] = loop.create_task(_beat_forever())
+    _state["loop"] = asyncio.get_running_loop()
+    keep_alive()
     _install_signal_handlers()
 
 
 def unregister(conversation: LiveConversation) -> None:
+    # The beat goes on with no conversation left: it also ends those of dead processes.
     _live.discard(conversation)
+
+
+def keep_alive() -> None:
+    """Start this process's beat on the running event loop, unless it already runs there."""
+    loop = asyncio.get_running_loop()
     heartbeat = _state["heartbeat"]
-    if not _live and heartbeat is not None:
-        # No conversation left to keep alive; the next one starts a new beat.
-        heartbeat.cancel()
-        _state["heartbeat"] = None
+    if heartbeat is None or heartbeat.done() or heartbeat.get_loop() is not loop:
+        _state["heartbeat"] = loop.create_task(_beat_forever())
+
+
+def keeping_alive(application):
+    """The ASGI `application`, with this process's beat started when the server starts it
+    (ASGI lifespan), or on its first connection under a server that sends no lifespan events."""
+
+    async def with_beat(scope, receive, send) -> None:
+        keep_alive()
+        if scope["type"] != "lifespan":
+            await application(scope, receive, send)
+            return
+        while True:
+            message = await receive()
+            if message["type"] == "lifespan.startup":
+                await send({"type": "lifespan.startup.complete"})
+            elif message["type"] == "lifespan.shutdown":
+                await send({"type": "lifespan.shutdown.complete"})
+                return
+
+    return with_beat
 
 
 def live_count() -> int:
@@ -93,18 +121,20 @@ async def shutdown_all(timeout: float | None = None) -> None:
 
 
 async def _beat_forever() -> None:
-    """Mark this process's conversations alive, and end those of processes that died."""
+    """Mark this process's conversations alive, and end those of processes that died: at once
+    (a process starting up cleans after one that died), then every heartbeat interval."""
     while True:
-        await asyncio.sleep(settings.REALTIME_HEARTBEAT_INTERVAL)
         ids = [c.conversation_id for c in _live]
         try:
-            await database_sync_to_async(services.conversations_heartbeat)(conversation_ids=ids)
+            if ids:
+                await database_sync_to_async(services.conversations_heartbeat)(conversation_ids=ids)
             ended = await database_sync_to_async(services.conversations_end_stale)()
         except Exception:
             logger.exception("conversation heartbeat failed")
-            continue
-        if ended:
-            logger.warning("ended %d conversation(s) of a lost server process", ended)
+        else:
+            if ended:
+                logger.warning("ended %d conversation(s) of a lost server process", ended)
+        await asyncio.sleep(settings.REALTIME_HEARTBEAT_INTERVAL)
 
 
 # --- signals --------------------------------------------------------------------------------

@@ -434,6 +434,16 @@ def conversations_end_stale(*, user=None) -> int:
     stale = Conversation.objects.stale()
     if user is not None:
         stale = stale.for_user(user)
+    return _end_as_lost(stale)
+
+
+def conversations_end_lost(*, process: str) -> int:
+    """End the open conversations of `process` (host:pid), known to have died: `serve` saw its
+    worker exit, so there is no need to wait for the heartbeat to go stale."""
+    return _end_as_lost(Conversation.objects.active().filter(process=process))
+
+
+def _end_as_lost(conversations) -> int:
     last_line = (
         TranscriptItem.objects.filter(conversation=OuterRef("pk"))
         .order_by("-updated")
@@ -444,7 +454,7 @@ def conversations_end_stale(*, user=None) -> int:
     # heartbeat still recorded lines), and never before it started (older rows stamped their
     # first heartbeat a moment before `started`). Each term is coalesced: SQLite's MAX() is NULL
     # if any argument is.
-    return stale.update(
+    return conversations.update(
         ended=Greatest(
             "started",
             Coalesce("heartbeat", "started"),

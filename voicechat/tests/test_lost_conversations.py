@@ -1,12 +1,30 @@
 """A conversation whose server process died: ended at its last known activity, never before."""
 
+import asyncio
+import json
+import os
+import signal
+import subprocess
+import sys
 from datetime import timedelta
 
 import pytest
+from asgiref.sync import sync_to_async
 from django.utils.timezone import now
+from websockets.asyncio.client import connect
 
+from voicechat import lifecycle
 from voicechat.models import Conversation, EndReason, Role, TranscriptItem
-from voicechat.services import conversation_start, conversations_end_stale
+from voicechat.services import (
+    ItemChange,
+    RecorderBatch,
+    conversation_start,
+    conversations_end_stale,
+    recorder_batch_write,
+)
+from voicechat.tests.conftest import db, free_port
+from voicechat.tests.servers import ROOT, server_env
+from voicechat.tests.test_serve_command import _children
 
 pytestmark = pytest.mark.django_db
 
@@ -99,3 +117,133 @@ def test_ends_stored_before_the_start_are_repaired_by_migration(alice):
         MigrationExecutor(connection).migrate(latest)
     repaired = Conversation.objects.get(pk=conversation.pk)
     assert repaired.ended == started + timedelta(seconds=90)
+
+
+def test_a_line_stored_after_a_lost_end_moves_the_end_to_it(lost):
+    """Swept as lost while its process was in fact still recording (the database was out of
+    its reach): the end never stays before a line."""
+    conversations_end_stale()
+    lost.refresh_from_db()
+    batch = RecorderBatch(items=[ItemChange(item_id="item_a1", role=Role.ASSISTANT, text="Late")])
+    recorder_batch_write(conversation_id=lost.pk, model="", batch=batch)
+    lost.refresh_from_db()
+    line = TranscriptItem.objects.get(conversation=lost, item_id="item_a1")
+    assert lost.end_reason == EndReason.PROCESS_LOST
+    assert lost.ended == line.updated
+
+
+async def _ended(conversation) -> Conversation | None:
+    row = await db(Conversation.objects.get, pk=conversation.pk)
+    return row if row.ended is not None else None
+
+
+async def _until_ended(conversation, timeout: float = 30) -> Conversation:
+    async with asyncio.timeout(timeout):
+        while (row := await _ended(conversation)) is None:
+            await asyncio.sleep(0.05)
+    return row
+
+
+@sync_to_async
+def _lost_elsewhere(user, *, line_after: timedelta) -> tuple[Conversation, TranscriptItem]:
+    """A conversation of a process on another host that died ten minutes ago, one line later."""
+    conversation = conversation_start(
+        user=user, backend="local", model="m", voice="v", process="elsewhere:4242"
+    )
+    started = now() - timedelta(minutes=10)
+    Conversation.objects.filter(pk=conversation.pk).update(started=started, heartbeat=started)
+    line = TranscriptItem.objects.create(
+        conversation=conversation, item_id="u1", role=Role.USER, updated=started + line_after
+    )
+    conversation.refresh_from_db()
+    return conversation, line
+
+
+@pytest.mark.django_db(transaction=True)
+async def test_an_idle_process_ends_a_dead_process_s_conversations_from_its_start(alice, settings):
+    """No conversation is live anywhere: the server's start, then its beat, end them anyway,
+    within one REALTIME_HEARTBEAT_INTERVAL (here 0.2 s; 30 s by default)."""
+    settings.REALTIME_STALE_AFTER = 60
+    settings.REALTIME_HEARTBEAT_INTERVAL = 0.2
+    first, first_line = await _lost_elsewhere(alice, line_after=timedelta(minutes=2))
+    messages: asyncio.Queue = asyncio.Queue()
+    sent = []
+
+    async def send(message) -> None:
+        sent.append(message)
+
+    async def not_called(scope, receive, send) -> None:
+        raise AssertionError("lifespan events are the wrapper's")
+
+    server = asyncio.create_task(
+        lifecycle.keeping_alive(not_called)({"type": "lifespan"}, messages.get, send)
+    )
+    await messages.put({"type": "lifespan.startup"})
+    try:
+        ended = await _until_ended(first)
+        assert ended.end_reason == EndReason.PROCESS_LOST
+        assert ended.ended == first_line.updated
+        assert ended.duration == timedelta(minutes=2)
+        # Still idle: the next one is found by the beat, not only at the start.
+        second, second_line = await _lost_elsewhere(alice, line_after=timedelta(seconds=30))
+        ended = await _until_ended(second)
+        assert ended.ended == second_line.updated >= ended.started
+    finally:
+        await messages.put({"type": "lifespan.shutdown"})
+        await asyncio.wait_for(server, 10)
+    assert sent == [{"type": "lifespan.startup.complete"}, {"type": "lifespan.shutdown.complete"}]
+
+
+@pytest.mark.django_db(transaction=True)
+async def test_serve_ends_a_killed_worker_s_conversation_at_its_last_line(
+    fake_upstream, alice, alice_token
+):
+    """kill -9 of a `serve` worker, no other conversation live: ended at once by `serve`."""
+    port = free_port()
+    proc = subprocess.Popen(
+        [sys.executable, "manage.py", "serve", "--workers", "1", "--port", str(port)],
+        cwd=ROOT,
+        env=server_env(upstream_url=fake_upstream.url, REALTIME_STALE_AFTER="3600"),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+    )
+    try:
+        async with asyncio.timeout(60):
+            while True:
+                try:
+                    ws = await connect(
+                        f"ws://127.0.0.1:{port}/v1/realtime",
+                        additional_headers={"Authorization": f"Bearer {alice_token}"},
+                    )
+                    break
+                except OSError:
+                    assert proc.poll() is None, "serve exited early"
+                    await asyncio.sleep(0.1)
+        assert json.loads(await ws.recv())["type"] == "session.created"
+        await fake_upstream.push(
+            [
+                {
+                    "type": "conversation.item.input_audio_transcription.completed",
+                    "item_id": "item_u1",
+                    "transcript": "Hello before the crash",
+                }
+            ]
+        )
+        async with asyncio.timeout(30):
+            while not await db(TranscriptItem.objects.filter(item_id="item_u1").exists):
+                await asyncio.sleep(0.05)
+        conversation = await db(Conversation.objects.get, user=alice)
+        # The worker holding it (serve's children also include multiprocessing's helper).
+        worker = int(conversation.process.rpartition(":")[2])
+        assert worker in _children(proc.pid)
+        os.kill(worker, signal.SIGKILL)
+        ended = await _until_ended(conversation)
+        line = await db(TranscriptItem.objects.get, item_id="item_u1")
+        assert ended.end_reason == EndReason.PROCESS_LOST
+        assert ended.ended >= line.updated
+        assert ended.ended >= ended.started
+        await ws.close()
+    finally:
+        proc.terminate()
+        output = proc.communicate(timeout=30)[0].decode()
+    assert "stopped with 1 conversation(s) open" in output, output

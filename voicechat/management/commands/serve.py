@@ -7,6 +7,7 @@ most of the conversations in our benchmark. Here every process binds its own SO_
 and the kernel spreads new connections evenly over them.
 """
 
+import logging
 import multiprocessing
 import multiprocessing.connection
 import os
@@ -21,6 +22,8 @@ from django.core.management.base import BaseCommand, CommandError
 from prometheus_client import multiprocess
 
 from voicechat.checks import refuse_development_key
+
+logger = logging.getLogger(__name__)
 
 
 def _listen(host: str, port: int) -> socket.socket:
@@ -47,7 +50,8 @@ def serve_one(host: str, port: int, log_level: str) -> None:
         # Base64 audio barely compresses; deflating every frame would cost more CPU than the
         # relay itself (browsers offer it on every socket). The gateway's protocol never does.
         ws_per_message_deflate=False,
-        lifespan="off",
+        # Lifespan events start the process's heartbeat and sweep (voicechat/lifecycle.py).
+        lifespan="on",
         access_log=False,
         log_level=log_level,
     )
@@ -69,6 +73,20 @@ def _metrics_dir() -> tuple[str, bool]:
     for stale in path.glob("*.db"):
         stale.unlink()
     return given, False
+
+
+def _end_conversations_of(pid: int) -> None:
+    """A worker is gone: its open conversations end now, not once its heartbeat goes stale."""
+    # Imported here: a spawned worker loads this module before Django is set up.
+    from voicechat import lifecycle, services
+
+    try:
+        ended = services.conversations_end_lost(process=lifecycle.process_id(pid))
+    except Exception:
+        logger.exception("could not end the conversations of worker %d", pid)
+        return
+    if ended:
+        logger.warning("worker %d stopped with %d conversation(s) open: ended as lost", pid, ended)
 
 
 class Command(BaseCommand):
@@ -115,5 +133,6 @@ class Command(BaseCommand):
                 proc = running.pop(sentinel)
                 proc.join()
                 multiprocess.mark_process_dead(proc.pid, metrics_dir)
+                _end_conversations_of(proc.pid)
         if ours:
             shutil.rmtree(metrics_dir, ignore_errors=True)
