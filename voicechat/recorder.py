@@ -136,6 +136,14 @@ class TranscriptRecorder:
         if self._writer is not None:
             await self._writer
 
+    def end_detail(self, detail: str) -> str:
+        """`detail` for the conversation's end, saying where its transcript went if it spilled
+        (call after close())."""
+        if self.spilled_to is None:
+            return detail
+        note = f"transcript spilled to {self.spilled_to} (manage.py replay_spilled_transcripts)"
+        return f"{detail}; {note}" if detail else note
+
     # --- event handlers ----------------------------------------------------------------
 
     def _change(

@@ -11,6 +11,7 @@ import inspect
 import json
 import logging
 import sqlite3
+from datetime import timedelta
 
 import pytest
 from channels.db import database_sync_to_async
@@ -19,7 +20,7 @@ from django.db import connection
 
 from voicechat.models import Conversation, TranscriptItem, UsageRecord
 from voicechat.recorder import TranscriptRecorder
-from voicechat.services import conversation_end, conversation_start
+from voicechat.services import conversation_end, conversation_start, conversations_end_stale
 from voicechat.tests.conftest import db
 from voicechat.tests.fake_upstream import USAGE
 
@@ -147,6 +148,7 @@ async def test_lines_learned_while_the_database_is_away_are_stored_when_it_is_ba
     await recorder.close()
 
     assert recorder.spilled_to is None
+    assert recorder.end_detail("client closed") == "client closed"
     assert not spill_dir.exists()
     assert await _stored(conversation) == {
         "item_u1": "Before the outage",
@@ -190,11 +192,12 @@ async def test_database_down_past_the_end_spills_and_the_replay_stores_it_once(
         await recorder.close()
     assert recorder.spilled_to == spill_dir / f"conversation-{conversation.pk}.jsonl"
     assert recorder.spilled_to.exists()
+    # As the consumer stores the end, once the database answers again.
     await db(
         conversation_end,
         conversation_id=conversation.pk,
         reason="client_closed",
-        detail=f"transcript spilled to {recorder.spilled_to}",
+        detail=recorder.end_detail("client closed"),
     )
     assert await _stored(conversation) == {"item_u1": "Said before the outage"}
 
@@ -206,7 +209,11 @@ async def test_database_down_past_the_end_spills_and_the_replay_stores_it_once(
     }
     assert await _stored(conversation) == expected
     replayed = await db(Conversation.objects.get, pk=conversation.pk)
-    assert "transcript stored late from" in replayed.end_detail
+    assert replayed.end_detail == (
+        f"client closed; transcript spilled to {recorder.spilled_to} "
+        "(manage.py replay_spilled_transcripts); "
+        f"transcript stored late from {recorder.spilled_to.name}"
+    )
     assert await db(UsageRecord.objects.filter(conversation=conversation).count) == 1
     assert replayed.input_tokens == USAGE["input_tokens"]
     # Every line is stamped no later than the end: the replay keeps when it was learned.
@@ -227,3 +234,30 @@ async def test_database_down_past_the_end_spills_and_the_replay_stores_it_once(
     assert await db(UsageRecord.objects.filter(conversation=conversation).count) == 1
     assert again.input_tokens == USAGE["input_tokens"]
     assert again.end_detail == replayed.end_detail
+
+
+async def test_a_spilled_conversation_whose_end_was_never_stored_ends_at_its_last_line(
+    alice, spill_dir, settings
+):
+    """The database was still away when the consumer stored the end; swept as lost later at its
+    last heartbeat, the replay moves the end to its last line and says where it came from."""
+    settings.REALTIME_STALE_AFTER = 60
+    conversation, recorder = await _start(alice)
+    async with database_locked():
+        recorder.observe(*_line("item_u1", "Said while the database was away"))
+        await recorder.close()
+    assert recorder.spilled_to is not None
+    await db(
+        lambda: Conversation.objects.filter(pk=conversation.pk).update(
+            started=conversation.started - timedelta(minutes=10),
+            heartbeat=conversation.started - timedelta(minutes=5),
+        )
+    )
+    assert await db(conversations_end_stale) == 1
+
+    await db(call_command, "replay_spilled_transcripts")
+    ended = await db(Conversation.objects.get, pk=conversation.pk)
+    line = await db(TranscriptItem.objects.get, conversation=conversation, item_id="item_u1")
+    assert ended.end_reason == "process_lost"
+    assert ended.ended == line.updated
+    assert ended.end_detail.endswith(f"transcript stored late from {recorder.spilled_to.name}")
