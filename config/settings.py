@@ -504,6 +504,9 @@ METRICS_TOKEN = os.environ.get("METRICS_TOKEN", "")
 # Limits that hold across processes (counted in the shared database).
 # Conversations one user may hold at once (0 = no limit).
 REALTIME_MAX_CONCURRENT_PER_USER = envint("REALTIME_MAX_CONCURRENT_PER_USER", 3)
+# How often open sockets are checked for access withdrawn since they opened (a revoked token, a
+# deactivated or demoted user, a signed-out session): the most such a socket lives on.
+REALTIME_ACCESS_CHECK_SECONDS = float(envdecimal("REALTIME_ACCESS_CHECK_SECONDS", "5"))
 # Longest conversation in seconds (0 = no limit; OpenAI's own cap is 60 minutes).
 REALTIME_MAX_DURATION = envint("REALTIME_MAX_DURATION", 3600)
 # Each process marks its live conversations this often (seconds); rows not marked for

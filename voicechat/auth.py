@@ -16,6 +16,7 @@ from django.utils.timezone import now
 
 from voicechat import scopes
 from voicechat.models import ApiToken
+from voicechat.revocation import Access
 
 
 @dataclass(frozen=True)
@@ -23,6 +24,7 @@ class Identity:
     user: object
     method: str  # "session" or "token"
     scope: scopes.Scope  # what this user may set in their session, by this way in
+    access: Access  # what let it in, checked again while the socket is open
 
 
 def header(scope: dict, name: bytes) -> str | None:
@@ -74,7 +76,8 @@ def _token_identity(token: str) -> Identity | None:
     if api_token is None:
         return None
     ApiToken.objects.filter(pk=api_token.pk).update(last_used=now())
-    return Identity(api_token.user, "token", scopes.for_token(api_token))
+    access = Access(api_token.user.pk, token_id=api_token.pk)
+    return Identity(api_token.user, "token", scopes.for_token(api_token), access)
 
 
 async def authenticate(scope: dict) -> Identity | None:
@@ -85,5 +88,6 @@ async def authenticate(scope: dict) -> Identity | None:
         return await _token_identity(token)
     user = scope.get("user")
     if user is not None and user.is_authenticated and same_origin(scope):
-        return Identity(user, "session", scopes.site_default())
+        access = Access(user.pk, session_key=scope["session"].session_key)
+        return Identity(user, "session", scopes.site_default(), access)
     return None

@@ -32,6 +32,7 @@ from voicechat.protocol import (
 )
 from voicechat.recorder import TranscriptRecorder
 from voicechat.redaction import redact
+from voicechat.revocation import access_watch
 from voicechat.upstream import Upstream, open_upstream, resolve_backend, time_zone_or_none
 from voicechat.websocket_server import TEXT_SHORTCUT, TextShortcut
 
@@ -197,6 +198,7 @@ class RealtimeGatewayConsumer(AsyncWebsocketConsumer):
         self.monitor.start()
         if self.end_requests is not None:
             self.end_requests.register(self.conversation.pk, self._end_by_staff)
+        access_watch().watch(self, identity.access, self._end_for_revoked_access)
         self.duration_limit = DurationLimit(self._end_for_duration)
         self.duration_limit.start()
         lifecycle.register(self)
@@ -257,6 +259,8 @@ class RealtimeGatewayConsumer(AsyncWebsocketConsumer):
         # the transcript unflushed and the end unstored (issue 13).
         with self._cleanup_step("cancel the length limit"):
             self.duration_limit.cancel()
+        with self._cleanup_step("stop watching its access"):
+            access_watch().forget(self)
         with self._cleanup_step("stop the relay"):
             await _cancel_and_wait(self.relay_task)
         with self._cleanup_step("stop the budget guard"):
@@ -302,6 +306,10 @@ class RealtimeGatewayConsumer(AsyncWebsocketConsumer):
         """Called by lifecycle on SIGTERM: tell the client, then store everything before exit."""
         await self._end(EndReason.SERVER_SHUTDOWN, SHUTDOWN_MESSAGE, code="server_shutdown")
         await self._finish()
+
+    async def _end_for_revoked_access(self, message: str) -> None:
+        audit.warning("conversation %s ended: %s", self.conversation_id, message)
+        await self._end(EndReason.ACCESS_REVOKED, message, code="access_revoked")
 
     async def _end_for_duration(self) -> None:
         limit = self.duration_limit

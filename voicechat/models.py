@@ -35,6 +35,8 @@ class EndReason(models.TextChoices):
     DURATION_LIMIT = "duration_limit", "Conversation length limit reached"
     # The process holding it stopped without ending it (found by its missing heartbeat).
     PROCESS_LOST = "process_lost", "Server process lost"
+    # The token was revoked, the user deactivated or signed out while the socket was open.
+    ACCESS_REVOKED = "access_revoked", "Access revoked"
 
 
 # How each end reads on the user's own history page; the labels above are for staff.
@@ -55,6 +57,7 @@ END_REASON_WORDS = {
     EndReason.SERVER_SHUTDOWN: gettext_lazy("The server restarted"),
     EndReason.DURATION_LIMIT: gettext_lazy("It reached the length limit"),
     EndReason.PROCESS_LOST: gettext_lazy("The server stopped unexpectedly"),
+    EndReason.ACCESS_REVOKED: gettext_lazy("Your access was withdrawn"),
 }
 
 

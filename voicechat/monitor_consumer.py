@@ -11,6 +11,8 @@ from channels.generic.websocket import AsyncJsonWebsocketConsumer
 
 from voicechat import monitor
 from voicechat.auth import same_origin
+from voicechat.protocol import CloseCode
+from voicechat.revocation import Access, access_watch, revoked
 
 
 class MonitorConsumer(AsyncJsonWebsocketConsumer):
@@ -26,10 +28,14 @@ class MonitorConsumer(AsyncJsonWebsocketConsumer):
         # Join before reading the snapshot, so nothing that happens in between is missed.
         await self.channel_layer.group_add(monitor.MONITOR_GROUP, self.channel_name)
         await self.accept()
+        # A staff member demoted, deactivated or signed out meanwhile loses the live view.
+        self.access = Access(user.pk, session_key=self.scope["session"].session_key, staff=True)
+        access_watch().watch(self, self.access, self._close_for_revoked_access)
         conversations = await database_sync_to_async(monitor.live_conversations)()
         await self.send_json({"kind": "snapshot", "conversations": conversations})
 
     async def disconnect(self, code: int) -> None:
+        access_watch().forget(self)
         if hasattr(self, "username"):
             await self.channel_layer.group_discard(monitor.MONITOR_GROUP, self.channel_name)
             await self._unwatch()
@@ -54,11 +60,17 @@ class MonitorConsumer(AsyncJsonWebsocketConsumer):
             return
         if kind == "watch":
             await self._watch(conversation_id)
+        elif await database_sync_to_async(revoked)({self: self.access}):
+            await self._close_for_revoked_access("Your staff access has been withdrawn.")
         else:
             ok = await monitor.request_end(conversation_id, by=self.username)
             await self.send_json(
                 {"kind": "end_requested", "conversation": conversation_id, "ok": ok}
             )
+
+    async def _close_for_revoked_access(self, message: str) -> None:
+        await self.send_json({"kind": "error", "message": message})
+        await self.close(code=int(CloseCode.ACCESS_REVOKED))
 
     async def _watch(self, conversation_id: int) -> None:
         await self._unwatch()

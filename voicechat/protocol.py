@@ -38,6 +38,8 @@ class CloseCode(enum.IntEnum):
     NOT_CONFIGURED = 4010
     MODEL_NOT_ALLOWED = 4011
     SERVER_ERROR = 4500
+    # The credential it opened with is no longer valid (voicechat/revocation.py), like HTTP 401.
+    ACCESS_REVOKED = 4401
 
 
 CLOSE_CODE_FOR = {
@@ -56,6 +58,7 @@ CLOSE_CODE_FOR = {
     EndReason.ENDED_BY_STAFF: CloseCode.ENDED_BY_STAFF,
     EndReason.SERVER_SHUTDOWN: CloseCode.SERVER_SHUTDOWN,
     EndReason.DURATION_LIMIT: CloseCode.DURATION_LIMIT,
+    EndReason.ACCESS_REVOKED: CloseCode.ACCESS_REVOKED,
 }
 
 
