@@ -176,3 +176,34 @@ async def test_a_row_the_database_refuses_on_its_own_costs_no_other(alice, setti
     (refused,) = tmp_path.glob("*.refused.jsonl")
     record = json.loads(refused.read_text())
     assert RecorderBatch.from_dict(record["batch"]).items[0].item_id == "item_bad"
+
+
+async def test_through_the_gateway_the_client_s_two_lines_are_both_stored(
+    fake_upstream, alice, alice_token, connect
+):
+    """The attack of issue 13: the client saw both lines, and 0 of 2 were stored."""
+    connected, client = await connect(token=alice_token)
+    await client.receive_until("session.updated")
+    events = [
+        json.loads(frame)
+        for _, frame in (
+            _user_line(LONG_ID, "First line"),
+            _assistant_line("item_a1", "Second line"),
+            _frame(
+                {"type": "conversation.item.truncated", "item_id": "item_a1", "audio_end_ms": -1}
+            ),
+            _frame(
+                {
+                    "type": "response.done",
+                    "response": {"id": "resp_1", "usage": {**USAGE, "input_tokens": "many"}},
+                }
+            ),
+        )
+    ]
+    await fake_upstream.push(events)
+    await client.receive_until("response.done")
+    await client.communicator.disconnect()
+    conversation = await db(Conversation.objects.get, user=alice)
+    texts = sorted(item.text for item in (await _lines(conversation)).values())
+    assert texts == ["First line", "Second line"]
+    assert await db(UsageRecord.objects.filter(conversation=conversation).count) == 1
