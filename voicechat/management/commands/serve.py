@@ -17,6 +17,7 @@ import socket
 import tempfile
 from pathlib import Path
 
+from django.conf import settings
 from django.core.exceptions import ImproperlyConfigured
 from django.core.management.base import BaseCommand, CommandError
 from prometheus_client import multiprocess
@@ -35,7 +36,7 @@ def _listen(host: str, port: int) -> socket.socket:
     return sock
 
 
-def serve_one(host: str, port: int, log_level: str) -> None:
+def serve_one(host: str, port: int, log_level: str, graceful_seconds: int) -> None:
     """One worker: its own listening socket, uvloop, httptools, the gateway's WebSocket path."""
     import uvicorn
 
@@ -54,6 +55,9 @@ def serve_one(host: str, port: int, log_level: str) -> None:
         lifespan="on",
         access_log=False,
         log_level=log_level,
+        # After SIGTERM the conversations end within REALTIME_SHUTDOWN_TIMEOUT (lifecycle.py);
+        # a task that still has not stopped then must not keep the worker for good (issue 13).
+        timeout_graceful_shutdown=graceful_seconds,
     )
     uvicorn.Server(config).run(sockets=[sock])
 
@@ -112,7 +116,11 @@ class Command(BaseCommand):
         # spawn: each worker starts from a clean interpreter (no inherited DB connections).
         context = multiprocessing.get_context("spawn")
         procs = [
-            context.Process(target=serve_one, args=(host, port, log_level), daemon=False)
+            context.Process(
+                target=serve_one,
+                args=(host, port, log_level, settings.REALTIME_SHUTDOWN_TIMEOUT + 5),
+                daemon=False,
+            )
             for _ in range(max(1, workers))
         ]
         for proc in procs:
