@@ -198,7 +198,7 @@ def summary(results: list[dict]) -> dict:
     return {
         "turns": len(results),
         "turn_end_to_playback_ms": {
-            "median": statistics.median(latencies), "max": max(latencies),
+            "median": statistics.median(latencies), "min": min(latencies), "max": max(latencies),
         },
         "prefill_wait_ms": {"median": statistics.median(prefill), "max": max(prefill)},
         "underruns": max(r["underruns"] for r in results),

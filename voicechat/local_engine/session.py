@@ -42,6 +42,16 @@ PAUSE_MS = 96
 SEMANTIC_STEP_BYTES = 32 * BYTES_PER_MS
 # The most audio the turn model is given (it judges the last 8 s).
 TURN_MODEL_AUDIO_MS = 8000
+# Push-to-talk (turn_detection null) follows the speech too, silently: the final transcription
+# starts in the pause before the button is released, as a hands-free turn's does before its
+# silence window ends. OpenAI's VAD defaults; no silence ends the turn (the release does).
+PUSH_TO_TALK_SPEECH = config.TurnDetection(
+    threshold=0.5,
+    prefix_padding_ms=300,
+    silence_duration_ms=2**31,
+    create_response=False,
+    interrupt_response=False,
+)
 
 
 class RealtimeSession:
@@ -72,7 +82,8 @@ class RealtimeSession:
         self._decoder = speech.InputDecoder(self.session["audio"]["input"]["format"])
         self._buffer = bytearray()
         self._buffer_start_ms = 0.0  # session time of the buffer's first byte
-        self._vad = None
+        self._td: config.TurnDetection | None = None  # the session's (None: push-to-talk)
+        self._vad = None  # follows the speech in every mode (PUSH_TO_TALK_SPEECH)
         self._vad_origin_ms = 0.0  # session time the VAD counts from
         self._pause_judge: PauseJudge | None = None  # semantic_vad only
         self._speech_item_id: str | None = None
@@ -145,21 +156,19 @@ class RealtimeSession:
         self.emit("session.updated", session=self.session)
 
     def _configure_vad(self) -> None:
-        td = config.turn_detection(self.session)
+        td = self._td = config.turn_detection(self.session)
         self._speech_item_id = None
         self.transcriber.stream_cancel()  # a turn in progress is gone with the old VAD
         self._pause_judge = None
-        if td is None:
-            self._vad = None
-            return
-        if td.semantic:
+        if td is not None and td.semantic:
             self._pause_judge = PauseJudge(max_wait_ms=td.silence_duration_ms)
         from voicechat.local_engine.vad import VoiceActivityDetector
 
+        follow = td or PUSH_TO_TALK_SPEECH
         self._vad = VoiceActivityDetector(
-            threshold=td.threshold,
-            prefix_padding_ms=td.prefix_padding_ms,
-            silence_duration_ms=td.silence_duration_ms,
+            threshold=follow.threshold,
+            prefix_padding_ms=follow.prefix_padding_ms,
+            silence_duration_ms=follow.silence_duration_ms,
         )
         self._vad_origin_ms = self._total_ms
 
@@ -177,8 +186,6 @@ class RealtimeSession:
     def _hear(self, pcm: bytes) -> None:
         """Buffer input audio and follow the speech in it (VAD, streaming transcription)."""
         self._buffer += pcm
-        if self._vad is None:
-            return
         for vad_event in self._vad.feed(pcm):
             at_ms = int(self._vad_origin_ms + vad_event.audio_ms)
             if vad_event.kind == "speech_started":
@@ -188,9 +195,10 @@ class RealtimeSession:
         if self._speech_item_id is not None:
             self._stream_to_stt(self._total_ms)
             self._follow_pause()
-        else:
-            # Between turns only the prefix padding can still become part of an item.
-            keep = int(config.turn_detection(self.session).prefix_padding_ms + 100) * BYTES_PER_MS
+        elif self._td is not None:
+            # Between turns only the prefix padding can still become part of an item (with
+            # push-to-talk, the commit takes all the buffer holds).
+            keep = int(self._td.prefix_padding_ms + 100) * BYTES_PER_MS
             if len(self._buffer) > 2 * keep:
                 drop = len(self._buffer) - keep
                 del self._buffer[:drop]
@@ -242,6 +250,13 @@ class RealtimeSession:
     def _speech_started(self, at_ms: int) -> None:
         item_id = self._speech_item_id = new_id("item")
         self._speech_start_ms = at_ms
+        self._stt_fed_ms = at_ms
+        if self._td is None:
+            # Push-to-talk: no VAD events (OpenAI sends none without turn detection), and no
+            # partial transcripts of an item the client has not committed; only the early
+            # final decode (_follow_pause), which the commit uses if nothing was said after it.
+            self.transcriber.stream_start(self._stt_language(), None)
+            return
         # Transcribe while the user speaks: partial transcripts, and an early final one.
         partials = None
         if config.transcription_language(self.session) is not None:
@@ -260,16 +275,14 @@ class RealtimeSession:
         if self._pause_judge is not None:
             self._pause_judge.forget()
         self.transcriber.stream_start(self._stt_language(), partials)
-        self._stt_fed_ms = at_ms
         self.emit(
             "input_audio_buffer.speech_started", audio_start_ms=at_ms, item_id=self._speech_item_id
         )
-        td = config.turn_detection(self.session)
-        if td.interrupt_response and self.response is not None:
+        if self._td.interrupt_response and self.response is not None:
             self._cancel_response("turn_detected")
 
     def _speech_stopped(self, silence_start_ms: int, *, ended_ms: float | None = None) -> None:
-        td = config.turn_detection(self.session)
+        td = self._td
         # OpenAI reports the end including the silence window (the moment the turn ended).
         if ended_ms is None:
             ended_ms = silence_start_ms + td.silence_duration_ms
@@ -305,14 +318,14 @@ class RealtimeSession:
             )
         item_id = self._speech_item_id or new_id("item")
         pcm = self._take_buffer(self._buffer_start_ms, self._total_ms)
-        self._commit(pcm, item_id)
-        if self._vad is not None:  # the committed audio is gone: start counting afresh
-            self._configure_vad()
+        # The final decode begun in the last pause, if the user said nothing after it, is this
+        # item's transcript (push-to-talk: usually ready by the release); otherwise all of it.
+        self._commit(pcm, item_id, streamed=self.transcriber.stream_settled())
+        self._configure_vad()  # the committed audio is gone: start counting afresh
 
     def _on_input_audio_buffer_clear(self, event: dict) -> None:
         self._take_buffer(self._buffer_start_ms, self._total_ms)
-        if self._vad is not None:
-            self._configure_vad()
+        self._configure_vad()
         self.emit("input_audio_buffer.cleared")
 
     def _commit(self, pcm: bytes, item_id: str, *, streamed: bool = False) -> None:
@@ -343,14 +356,15 @@ class RealtimeSession:
         """Start speech recognition of a user audio item; entry.transcript resolves to text."""
         entry.transcript = asyncio.get_running_loop().create_future()
         emit_events = emit_events and config.transcription_language(self.session) is not None
+        deltas_sent = streamed and self.transcriber.stream_sends_deltas()
         if streamed:
             text = self.transcriber.stream_finish()
         else:
             text = self.transcriber.transcribe(entry.audio, self._stt_language())
-        self._spawn(self._run_transcription(entry, text, emit_events, streamed))
+        self._spawn(self._run_transcription(entry, text, emit_events, deltas_sent))
 
     async def _run_transcription(
-        self, entry: Entry, text, emit_events: bool, streamed: bool
+        self, entry: Entry, text, emit_events: bool, deltas_sent: bool
     ) -> None:
         try:
             text = await text
@@ -378,7 +392,7 @@ class RealtimeSession:
         if emit_events and self.conversation.contains(entry.id):
             # A streamed turn's deltas were sent as it was heard (speech.Transcriber); otherwise
             # the whole text is one delta, as OpenAI's whisper-1 sends it.
-            if text and not streamed:
+            if text and not deltas_sent:
                 self.emit(
                     "conversation.item.input_audio_transcription.delta",
                     item_id=entry.id,

@@ -81,7 +81,8 @@ class Transcriber:
     to the final transcript, as OpenAI's gpt-4o-transcribe sends them. When the VAD hears the
     pause begin (stream_pause), the final decode starts at once on the audio so far: the turn
     ends only silence_duration_ms later, by when the transcript is usually ready. If the user
-    goes on speaking (stream_resume), that decode is discarded.
+    goes on speaking (stream_resume), that decode is discarded. Push-to-talk streams too, without
+    partials: the decode begun in the pause before the release is the commit's transcript.
     """
 
     def __init__(self, stats: SpeechStats | None = None) -> None:
@@ -157,6 +158,15 @@ class Transcriber:
             utterance.final = self._decode(
                 bytes(utterance.audio), utterance.language, utterance.sent
             )
+
+    def stream_settled(self) -> bool:
+        """Whether the final decode has begun in a pause and the user has not spoken since:
+        stream_finish would use it (push-to-talk's commit asks before choosing)."""
+        return self._utterance is not None and self._utterance.final is not None
+
+    def stream_sends_deltas(self) -> bool:
+        """Whether the turn's transcript goes to on_delta as it grows (stream_start)."""
+        return self._utterance is not None and self._utterance.on_delta is not None
 
     def stream_resume(self) -> None:
         """The user speaks again: the turn goes on, and the early final decode is discarded."""

@@ -112,6 +112,19 @@ async def test_the_final_decode_starts_at_the_pause_and_is_used_when_the_turn_en
     assert len(recognizer.calls) == 1  # the early decode was the final one
 
 
+async def test_the_early_decode_stands_until_the_user_speaks_again(recognizer, transcriber):
+    transcriber.stream_start("en", None)  # push-to-talk: no partials
+    await speak(transcriber, 1.0)
+    assert not transcriber.stream_settled()  # no pause yet: a commit decodes all of it
+    transcriber.stream_pause()
+    assert transcriber.stream_settled()  # a commit now uses the decode begun in the pause
+    transcriber.stream_resume()
+    assert not transcriber.stream_settled()
+    assert not transcriber.stream_sends_deltas()
+    transcriber.stream_start("en", lambda delta: None)
+    assert transcriber.stream_sends_deltas()
+
+
 async def test_speech_after_the_pause_discards_the_early_decode(recognizer, transcriber):
     deltas: list[str] = []
     transcriber.stream_start("en", deltas.append)
