@@ -323,14 +323,30 @@ class TranscriptRecorder:
         return RecorderBatch()
 
     async def _write(self, batch: RecorderBatch) -> None:
-        # A write still running after its timeout, and the retry (or the replay of the spill),
-        # both apply the batch; that is harmless: services.recorder_batch_write is idempotent.
-        await asyncio.wait_for(
+        """Write `batch` within WRITE_TIMEOUT, or FINAL_WRITE_TIMEOUT once close() is called
+        (also for a write already waiting then: a shutdown must not outwait the database).
+
+        A write still running after its timeout, and the retry (or the replay of the spill),
+        both apply the batch; that is harmless: services.recorder_batch_write is idempotent.
+        """
+        write = asyncio.ensure_future(
             database_sync_to_async(services.recorder_batch_write)(
                 conversation_id=self.conversation_id, model=self.price_model, batch=batch
-            ),
-            self.FINAL_WRITE_TIMEOUT if self._closing else self.WRITE_TIMEOUT,
+            )
         )
+        closing = asyncio.ensure_future(self._close_requested.wait())
+        try:
+            done, _ = await asyncio.wait(
+                {write, closing}, timeout=self.WRITE_TIMEOUT, return_when=asyncio.FIRST_COMPLETED
+            )
+            if write not in done and closing in done:
+                done, _ = await asyncio.wait({write}, timeout=self.FINAL_WRITE_TIMEOUT)
+        finally:
+            closing.cancel()
+        if write not in done:
+            write.cancel()
+            raise TimeoutError("the database did not answer in time")
+        write.result()
 
     async def _spill(self, batch: RecorderBatch) -> None:
         path = self._spill_path(SPILL_SUFFIX)

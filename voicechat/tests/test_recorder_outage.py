@@ -30,18 +30,19 @@ LOCKED_TABLES = ("voicechat_transcriptitem", "voicechat_usagerecord", "voicechat
 
 
 @contextlib.asynccontextmanager
-async def database_locked():
-    """While inside, another connection holds the write lock and writers wait only 50 ms."""
+async def database_locked(writers_wait: float = 0.05):
+    """While inside, another connection holds the write lock; writers wait `writers_wait`
+    seconds for it, then fail."""
     options = connection.settings_dict.setdefault("OPTIONS", {})
     saved = dict(options)
     if connection.vendor == "sqlite":
-        options["timeout"] = 0.05
+        options["timeout"] = writers_wait
         locker = sqlite3.connect(connection.settings_dict["NAME"], isolation_level=None)
         locker.execute("BEGIN EXCLUSIVE")
     else:
         import psycopg
 
-        options["options"] = "-c lock_timeout=50"
+        options["options"] = f"-c lock_timeout={int(writers_wait * 1000)}"
         params = connection.settings_dict
         locker = psycopg.connect(
             dbname=params["NAME"],
@@ -261,3 +262,18 @@ async def test_a_spilled_conversation_whose_end_was_never_stored_ends_at_its_las
     assert ended.end_reason == "process_lost"
     assert ended.ended == line.updated
     assert ended.end_detail.endswith(f"transcript stored late from {recorder.spilled_to.name}")
+
+
+async def test_a_write_stuck_on_the_database_does_not_hold_up_the_end(alice, spill_dir):
+    """A write waiting on a lock for minutes when the conversation ends (a server shutting
+    down has REALTIME_SHUTDOWN_TIMEOUT, 10 s): close() cuts it short and spills."""
+    conversation, recorder = await _start(alice)
+    recorder.WRITE_TIMEOUT = 600
+    async with database_locked(writers_wait=600):
+        recorder.observe(*_line("item_u1", "Said while the write hangs"))
+        await asyncio.sleep(0.2)  # let the writer start its write (it cannot finish)
+        async with asyncio.timeout(60):
+            await recorder.close()
+        assert recorder.spilled_to is not None
+    await db(call_command, "replay_spilled_transcripts")
+    assert await _stored(conversation) == {"item_u1": "Said while the write hangs"}
