@@ -81,10 +81,23 @@ def build_frame(opcode: int, payload: bytes, *, mask: bool) -> bytes:
     return header + key + apply_mask(payload, key)
 
 
+# A close reason fits in a control frame's 125 bytes after the 2-byte code.
+_MAX_CLOSE_REASON = 123
+
+
 def close_payload(code: int, reason: str = "") -> bytes:
     if code in (CLOSE_NO_STATUS, CLOSE_ABNORMAL):  # reserved: never sent on the wire
         return b""
-    return _LENGTH_16.pack(code) + reason.encode()[:123]
+    # Cut on a character boundary: half a character makes the whole frame invalid UTF-8 (1007).
+    encoded = reason.encode()[:_MAX_CLOSE_REASON].decode(errors="ignore").encode()
+    return _LENGTH_16.pack(code) + encoded
+
+
+def _valid_close_code(code: int) -> bool:
+    """True for the codes a close frame may carry (RFC 6455 section 7.4; 1012-1014 are IANA's
+    later additions): 1004-1006 and 1015 are reserved, 1016-2999 unassigned, 3000-4999 the
+    applications'."""
+    return 1000 <= code <= 1003 or 1007 <= code <= 1014 or 3000 <= code <= 4999
 
 
 def parse_close(payload: bytes) -> tuple[int, str]:
@@ -94,6 +107,8 @@ def parse_close(payload: bytes) -> tuple[int, str]:
     if len(payload) == 1:
         raise FrameError(CLOSE_PROTOCOL_ERROR, "close frame with a one-byte payload")
     (code,) = _LENGTH_16.unpack_from(payload)
+    if not _valid_close_code(code):  # else echoed back as it came (our answer repeats the code)
+        raise FrameError(CLOSE_PROTOCOL_ERROR, f"invalid close code {code}")
     try:
         return code, payload[2:].decode()
     except UnicodeDecodeError:

@@ -4,7 +4,7 @@ import struct
 import tracemalloc
 
 import pytest
-from hypothesis import given
+from hypothesis import example, given
 from hypothesis import strategies as st
 from websockets.frames import Close, Frame, Opcode
 from websockets.streams import StreamReader
@@ -179,6 +179,33 @@ def test_close_payloads():
     with pytest.raises(FrameError) as raised:
         parse_close(b"\x03\xe8\xff")
     assert raised.value.code == CLOSE_INVALID_DATA
+
+
+@pytest.mark.parametrize("code", [0, 999, 1004, 1005, 1006, 1015, 1016, 2999, 5000, 65535])
+def test_a_close_code_no_peer_may_send_is_a_protocol_error(code):
+    """RFC 6455 section 7.4: answered with 1002, never echoed back (as it was)."""
+    with pytest.raises(FrameError) as raised:
+        parse_close(struct.pack("!H", code) + b"why")
+    assert raised.value.code == CLOSE_PROTOCOL_ERROR
+
+
+@pytest.mark.parametrize("code", [1000, 1001, 1002, 1003, 1007, 1011, 1012, 1014, 3000, 4999])
+def test_a_valid_close_code_is_read_as_websockets_reads_it(code):
+    payload = struct.pack("!H", code) + b"why"
+    assert parse_close(payload) == (code, "why")
+    assert Close.parse(payload) == Close(code, "why")
+
+
+@given(reason=st.text(max_size=200))
+@example(reason="\u00e9" * 100)  # 2 bytes each: 123 bytes would end inside the 62nd
+@example(reason="\U0001f600" * 40)  # 4 bytes each
+def test_a_close_reason_is_cut_on_a_character_boundary(reason):
+    payload = close_payload(1000, reason)
+    assert len(payload) <= 125  # a control frame's limit
+    code, read = parse_close(payload)  # valid UTF-8: a half character was a 1007
+    assert code == 1000 and reason.startswith(read)
+    # The longest whole-character prefix that fits.
+    assert read == reason or len(reason[: len(read) + 1].encode()) > 123
 
 
 def test_control_frames_come_back_in_order_with_messages():

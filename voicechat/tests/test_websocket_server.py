@@ -146,8 +146,21 @@ def client_frame(opcode: Opcode, payload: bytes, *, fin: bool = True) -> bytes:
             + client_frame(Opcode.CONT, b"", fin=False) * MAX_FRAGMENTS,
             1009,
         ),
+        # Close codes no peer may send (RFC 6455 section 7.4): they were echoed back.
+        (build_frame(OP_CLOSE, struct.pack("!H", 1005), mask=True), 1002),
+        (build_frame(OP_CLOSE, struct.pack("!H", 999) + b"why", mask=True), 1002),
+        (build_frame(OP_CLOSE, struct.pack("!H", 5000), mask=True), 1002),
     ],
-    ids=["unmasked", "bad-utf8", "too-big", "fragments-too-big", "too-many-fragments"],
+    ids=[
+        "unmasked",
+        "bad-utf8",
+        "too-big",
+        "fragments-too-big",
+        "too-many-fragments",
+        "close-1005",
+        "close-999",
+        "close-5000",
+    ],  # fmt: skip
 )
 async def test_a_broken_client_frame_closes_with_its_code(frame, code):
     app = EchoApp()
