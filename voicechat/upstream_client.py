@@ -9,7 +9,8 @@ What it does: ws:// and wss:// (system trust store), an HTTP proxy from the envi
 (HTTPS_PROXY / HTTP_PROXY with NO_PROXY, through CONNECT), the HTTP/1.1 upgrade with a Bearer
 key, refusals reported with their HTTP status, ping/pong both ways with a keepalive that ends a
 silent upstream, fragmented messages, the close handshake, bounded buffers both ways. What it
-does not: SOCKS proxies, redirects, compression.
+does not: SOCKS proxies, TLS to the proxy itself (an https:// proxy URL is refused, see
+proxy_problem()), redirects, compression.
 """
 
 import asyncio
@@ -22,7 +23,7 @@ import socket
 import ssl
 import urllib.request
 from collections.abc import Callable
-from urllib.parse import unquote, urlsplit
+from urllib.parse import SplitResult, unquote, urlsplit
 
 from websockets.exceptions import ConnectionClosedError, ConnectionClosedOK
 from websockets.frames import Close
@@ -425,11 +426,40 @@ def _proxy_for(scheme: str, hostname: str) -> str | None:
     return proxies.get("https" if scheme == "wss" else "http")
 
 
+def proxy_problem(url: str) -> str | None:
+    """Why the proxy the environment names for `url` cannot be used; None when it can, or
+    when there is none. For a start-up check: connect() refuses the same proxies."""
+    parts = urlsplit(url)
+    proxy_url = _proxy_for(parts.scheme, parts.hostname) if parts.hostname else None
+    if proxy_url is None:
+        return None
+    try:
+        _http_proxy(proxy_url)
+    except OSError as error:
+        return str(error)
+    return None
+
+
+def _http_proxy(proxy_url: str) -> SplitResult:
+    """The parts of a proxy URL (no scheme means http://), or OSError unless it is http://.
+
+    An https:// proxy wants TLS to the proxy itself, which this client does not speak: it was
+    reached over plain TCP on port 80 instead. Refused rather than built, since the tunnel
+    already carries the provider's own TLS (wss://) end to end.
+    """
+    proxy = urlsplit(proxy_url if "://" in proxy_url else f"http://{proxy_url}")
+    if proxy.scheme != "http" or not proxy.hostname:
+        raise OSError(
+            f"unsupported proxy {proxy.scheme}://{proxy.hostname or ''}: only http:// proxies "
+            "(HTTP CONNECT) work, TLS to the proxy is not supported; give the proxy's http:// "
+            "address in HTTPS_PROXY / HTTP_PROXY (a wss:// provider stays TLS end to end)"
+        )
+    return proxy
+
+
 async def _connect_tunnel(proxy_url: str, host: str, port: int) -> socket.socket:
     """A TCP socket to host:port through an HTTP proxy's CONNECT; OSError if it will not."""
-    proxy = urlsplit(proxy_url if "://" in proxy_url else f"http://{proxy_url}")
-    if proxy.scheme not in ("http", "https") or not proxy.hostname:
-        raise OSError(f"unsupported proxy {proxy.scheme}:// (only HTTP CONNECT proxies work)")
+    proxy = _http_proxy(proxy_url)
     loop = asyncio.get_running_loop()
     target = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
     request = f"CONNECT {target} HTTP/1.1\r\nHost: {target}\r\n"

@@ -9,6 +9,7 @@ import base64
 import contextlib
 import hashlib
 import ssl
+import struct
 import subprocess
 from http import HTTPStatus
 
@@ -18,6 +19,7 @@ from websockets.exceptions import ConnectionClosedError, ConnectionClosedOK
 
 from voicechat import upstream_client
 from voicechat.upstream_client import HandshakeError, HandshakeRefused
+from voicechat.websocket_frames import OP_CLOSE, FrameReader, build_frame, parse_close
 
 OPTIONS = {"open_timeout": 5, "max_size": 1 << 24, "max_queue": 64, "close_timeout": 2}
 
@@ -190,6 +192,44 @@ async def test_a_protocol_error_from_the_provider_closes_with_its_code():
     assert connection.close_code == 1002
 
 
+async def test_a_close_code_no_server_may_send_is_a_protocol_error():
+    """RFC 6455 section 7.4: answered with 1002, not echoed back as it came."""
+    answers = []
+
+    async def close_with_1005(reader, writer):
+        await accept_upgrade(reader, writer)
+        writer.write(build_frame(OP_CLOSE, struct.pack("!H", 1005), mask=False))
+        answers.append(await reader.read())
+
+    server, url = await raw_server(close_with_1005)
+    async with server:
+        connection = await connect(url)
+        assert [message async for message in connection] == []
+        async with asyncio.timeout(5):
+            while not answers:
+                await asyncio.sleep(0.01)
+    assert connection.close_code == 1002
+    ((opcode, payload),) = FrameReader(masked=True, max_size=1000).feed(answers[0])
+    assert opcode == OP_CLOSE and parse_close(payload)[0] == 1002
+
+
+async def test_a_long_close_reason_reaches_the_provider_as_valid_utf8():
+    closed = {}
+
+    async def handler(ws):
+        await ws.wait_closed()
+        closed["code"], closed["reason"] = ws.close_code, ws.close_reason
+
+    server, url = await provider(handler)
+    async with server:
+        connection = await connect(url)
+        await connection.close(4000, "\u00e9" * 100)  # 200 bytes: cut, between two characters
+        async with asyncio.timeout(5):
+            while not closed:
+                await asyncio.sleep(0.01)
+    assert closed == {"code": 4000, "reason": "\u00e9" * 61}
+
+
 async def test_a_slow_reader_pauses_the_provider_and_loses_nothing():
     count, size = 400, 16_000  # 6.4 MB: more than the socket buffers hold
 
@@ -323,6 +363,30 @@ async def test_a_proxy_that_refuses_the_tunnel_is_an_unreachable_provider(no_pro
         with pytest.raises(OSError, match="407"):
             await connect("ws://provider.invalid/v1/realtime")
     assert len(requests) == 1
+
+
+async def test_an_https_proxy_url_is_refused_before_any_connection(no_proxy_env):
+    """TLS to the proxy is not spoken: such a proxy was reached over plain TCP on port 80."""
+    connections = []
+
+    async def record(reader, writer):
+        connections.append(await reader.read(100))
+        writer.close()
+
+    listener = await asyncio.start_server(record, "127.0.0.1", 0)
+    port = listener.sockets[0].getsockname()[1]
+    no_proxy_env.setenv("https_proxy", f"https://user:s3cret@127.0.0.1:{port}")
+    url = "wss://provider.invalid/v1/realtime"
+    async with listener:
+        with pytest.raises(OSError, match="only http:// proxies") as refused:
+            await connect(url)
+    assert connections == []
+    assert "s3cret" not in str(refused.value)
+    # The same words, for a start-up check.
+    assert upstream_client.proxy_problem(url) == str(refused.value)
+    no_proxy_env.setenv("https_proxy", f"http://127.0.0.1:{port}")
+    assert upstream_client.proxy_problem(url) is None
+    assert upstream_client.proxy_problem("ws://provider.invalid/") is None  # no proxy for ws
 
 
 async def test_a_text_handler_takes_messages_in_order_with_iteration(caplog):
