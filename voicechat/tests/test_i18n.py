@@ -14,7 +14,8 @@ from django.conf import settings
 from voicechat.models import Backend, EndReason, Role, TranscriptItem
 from voicechat.services import conversation_start
 
-LOCALE = Path(settings.BASE_DIR) / "locale"
+ROOT = Path(settings.BASE_DIR)
+LOCALE = ROOT / "locale"
 CATALOGS = sorted(LOCALE.glob("*/LC_MESSAGES/*.po"))
 
 
@@ -88,6 +89,57 @@ def test_every_string_is_translated_and_the_compiled_catalog_matches(path):
     }
     catalog.pop("", None)  # the header
     assert catalog == entries
+
+
+def strings_in_templates() -> set[str]:
+    """The msgids of every {% translate %}, {% blocktranslate %} and _("...") in templates/."""
+    from django.utils.translation.template import templatize
+
+    # A quoted string as templatize writes it: u'...' or u"...".
+    literal = r"u?'(?:[^'\\]|\\.)*'" + "|" + r'u?"(?:[^"\\]|\\.)*"'
+    found = set()
+    for path in (ROOT / "templates").rglob("*.html"):
+        code = templatize(path.read_text(encoding="utf-8"), origin=str(path))
+        for match in re.finditer(rf"\b(?:n?gettext|_)\(({literal})", code):
+            found.add(ast.literal_eval(match.group(1)))
+    return found
+
+
+def strings_in_python() -> set[str]:
+    """The msgids of gettext(), gettext_lazy() and _() calls in the project's Python."""
+    found = set()
+    for path in [*(ROOT / "voicechat").rglob("*.py"), *(ROOT / "config").rglob("*.py")]:
+        if "tests" in path.parts:
+            continue
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if (
+                isinstance(node, ast.Call)
+                and getattr(node.func, "id", None) in ("gettext", "gettext_lazy", "_", "ngettext")
+                and node.args
+                and isinstance(node.args[0], ast.Constant)
+            ):
+                found.add(node.args[0].value)
+    return found
+
+
+def strings_in_scripts() -> set[str]:
+    """The msgids of gettext("...") calls in the page scripts."""
+    found = set()
+    for path in (ROOT / "static").rglob("*.js"):
+        text = path.read_text(encoding="utf-8")
+        for match in re.finditer(r'\bgettext\(\s*("(?:[^"\\]|\\.)*")', text):
+            found.add(json.loads(match.group(1)))
+    return found
+
+
+@pytest.mark.parametrize("lang", sorted(p.name for p in LOCALE.iterdir() if p.is_dir()))
+def test_every_string_in_the_sources_is_in_the_catalogs(lang):
+    """A string marked for translation but missing from locale/ would show in English: run
+    makemessages (README, Languages) and translate it."""
+    messages = LOCALE / lang / "LC_MESSAGES"
+    django_po, djangojs_po = read_po(messages / "django.po"), read_po(messages / "djangojs.po")
+    assert sorted((strings_in_templates() | strings_in_python()) - django_po.keys()) == []
+    assert sorted(strings_in_scripts() - djangojs_po.keys()) == []
 
 
 @pytest.mark.parametrize(
