@@ -13,7 +13,6 @@ from channels.exceptions import StopConsumer
 from channels.generic.websocket import AsyncWebsocketConsumer
 from channels.sessions import InstanceSessionWrapper
 from django.conf import settings
-from websockets.exceptions import ConnectionClosed
 
 from voicechat import lifecycle, logformat, metrics, ratelimit, services
 from voicechat.auth import authenticate, header
@@ -33,7 +32,8 @@ from voicechat.protocol import (
 from voicechat.recorder import TranscriptRecorder
 from voicechat.redaction import redact
 from voicechat.revocation import access_watch
-from voicechat.upstream import Upstream, open_upstream, resolve_backend, time_zone_or_none
+from voicechat.upstream import open_upstream, resolve_backend, time_zone_or_none
+from voicechat.upstream_base import Upstream, UpstreamClosed
 from voicechat.websocket_server import TEXT_SHORTCUT, TextShortcut
 
 logger = logging.getLogger(__name__)
@@ -226,7 +226,7 @@ class RealtimeGatewayConsumer(AsyncWebsocketConsumer):
                 )
         elif self.upstream_ready:
             self.meter.to_upstream(verdict.frame)
-            with contextlib.suppress(ConnectionClosed):  # the relay task reports the close
+            with contextlib.suppress(UpstreamClosed):  # the relay task reports the close
                 await self.upstream.send(verdict.frame)
         elif len(self.pending) < settings.REALTIME_PENDING_FRAMES:
             self.meter.to_upstream(verdict.frame)
@@ -272,7 +272,9 @@ class RealtimeGatewayConsumer(AsyncWebsocketConsumer):
             await self.recorder.close()
         with self._cleanup_step("store the end"):
             await database_sync_to_async(services.conversation_end)(
-                conversation_id=self.conversation.pk, reason=reason, detail=self.end_detail
+                conversation_id=self.conversation.pk,
+                reason=reason,
+                detail=self.recorder.end_detail(self.end_detail),
             )
             audit.info("conversation %s ended: %s", self.conversation.pk, reason)
         with self._cleanup_step("tell the monitor"):
@@ -345,7 +347,7 @@ class RealtimeGatewayConsumer(AsyncWebsocketConsumer):
         except EndConversation as end:
             await self._end(end.reason, end.message, code=end.code)
             return
-        except ConnectionClosed:
+        except UpstreamClosed:
             pass  # closed while we were sending: reported below like any upstream close
         except Exception:
             logger.exception("gateway relay failed (conversation %s)", self.conversation.pk)

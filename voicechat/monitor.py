@@ -272,7 +272,12 @@ class EndRequests:
                 continue  # already ended here, or a stale request
             task = asyncio.create_task(end(str(message.get("by") or "staff")[:150]))
             self._running.add(task)
-            task.add_done_callback(self._running.discard)
+            task.add_done_callback(self._end_done)
+
+    def _end_done(self, task: asyncio.Task) -> None:
+        self._running.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            logger.error("a staff end failed", exc_info=task.exception())
 
 
 _end_requests: "weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, EndRequests]" = (

@@ -1,68 +1,25 @@
 """The upstream side of a gateway connection: one Realtime session per browser socket.
 
-`Upstream` is the interface the consumer relies on; `OpenAIUpstream` is the only code that talks
-to OpenAI (it alone knows the URL, headers and key). The local engine implements the same
-interface in-process (voicechat/local_engine). Frames are JSON text in both directions and are
-passed through untouched, so audio is never decoded here.
+`OpenAIUpstream` is the only code that talks to OpenAI (it alone knows the URL, headers and key);
+the local engine implements the same interface (voicechat/upstream_base.py) in-process, and
+open_upstream() chooses between them. Frames are JSON text in both directions and are passed
+through untouched, so audio is never decoded here.
 """
 
-import abc
 import logging
 import zoneinfo
 from collections.abc import AsyncIterator, Callable
 from urllib.parse import urlencode
 
 from django.conf import settings
+from websockets.exceptions import ConnectionClosed
 
 from voicechat import upstream_client
 from voicechat.models import Backend, EndReason
-from voicechat.protocol import EndConversation
 from voicechat.redaction import redact
+from voicechat.upstream_base import Upstream, UpstreamClosed, UpstreamError
 
 logger = logging.getLogger(__name__)
-
-
-class UpstreamError(EndConversation):
-    """The upstream could not be used; `message` is safe to show to the user."""
-
-
-class Upstream(abc.ABC):
-    """One Realtime session with a provider, speaking GA protocol JSON text frames."""
-
-    backend: Backend
-    # Set once the session has ended: how the provider closed it (None if we closed it).
-    close_code: int | None = None
-    close_reason: str = ""
-
-    @abc.abstractmethod
-    async def connect(self) -> None:
-        """Open the session; raises UpstreamError when that is impossible."""
-
-    @abc.abstractmethod
-    async def send(self, frame: str) -> None:
-        """Send one client event. Raises ConnectionClosed if the session has ended."""
-
-    @abc.abstractmethod
-    def __aiter__(self) -> AsyncIterator[str]:
-        """Server events, in order, until the session ends (then close_code is set)."""
-
-    @abc.abstractmethod
-    async def close(self) -> None:
-        """End the session from our side; safe to call more than once."""
-
-    # The relay's synchronous shortcut (see voicechat.websocket_server.TextShortcut): optional,
-    # an upstream without one is used through send() and iteration only.
-
-    def on_text(self, handler: Callable[[str], bool]) -> None:  # noqa: B027 (optional)
-        """Offer later server frames to handler(frame) as they arrive, ahead of iteration;
-        it returns True when it took the frame. Order is kept."""
-
-    def can_send_now(self) -> bool:
-        """True when send_now() may send a frame at once (nothing waiting before it)."""
-        return False
-
-    def send_now(self, frame: str) -> None:
-        raise NotImplementedError("only after can_send_now() is True")
 
 
 class OpenAIUpstream(Upstream):
@@ -108,7 +65,10 @@ class OpenAIUpstream(Upstream):
             ) from None
 
     async def send(self, frame: str) -> None:
-        await self._ws.send(frame)
+        try:
+            await self._ws.send(frame)
+        except ConnectionClosed as closed:
+            raise UpstreamClosed() from closed
 
     def __aiter__(self) -> AsyncIterator[str]:
         # Every server frame passes here: the connection itself is the iterator, with no async

@@ -4,14 +4,12 @@ import asyncio
 import logging
 from collections.abc import AsyncIterator
 
-from websockets.exceptions import ConnectionClosedOK
-
 from voicechat.local_engine import speech
 from voicechat.local_engine.events import ClientEventError, dumps, parse_client_event
 from voicechat.local_engine.responder import Responder
 from voicechat.local_engine.session import RealtimeSession
 from voicechat.models import Backend
-from voicechat.upstream import Upstream
+from voicechat.upstream_base import Upstream, UpstreamClosed
 
 logger = logging.getLogger(__name__)
 
@@ -47,7 +45,7 @@ class LocalUpstream(Upstream):
 
     async def send(self, frame: str) -> None:
         if self._closed or self._session is None:
-            raise ConnectionClosedOK(None, None)
+            raise UpstreamClosed()
         try:
             event = parse_client_event(frame)
         except ClientEventError as exc:

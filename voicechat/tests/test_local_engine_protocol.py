@@ -467,13 +467,13 @@ async def test_truncate_refuses_items_without_audio():
         )
 
 
-async def test_send_after_close_raises_connection_closed():
-    from websockets.exceptions import ConnectionClosed
+async def test_send_after_close_raises_upstream_closed():
+    from voicechat.upstream_base import UpstreamClosed
 
     client = EngineClient()
     async with client:
         pass
-    with pytest.raises(ConnectionClosed):
+    with pytest.raises(UpstreamClosed):
         await client.upstream.send(json.dumps({"type": "response.create"}))
 
 
