@@ -16,6 +16,8 @@ the frames of an open connection:
 - The `voicechat.text_shortcut` scope extension (TextShortcut) lets the app take text frames
   right in data_received and write text frames at once, with no task switch, whenever nothing
   waits ahead of them; the ASGI receive()/send() path stays for everything else.
+- An upgrade request `websockets` cannot read (a header line over 8 KiB, over 128 headers) is
+  answered with 431 (400 if otherwise malformed) and closed; uvicorn's own leaves it hanging.
 
 Measured in BENCHMARKS.md ("The flat frame path", "The synchronous shortcut"). Written
 against uvicorn 0.54 (pinned); the tests run every gateway test through it.
@@ -25,6 +27,7 @@ from collections.abc import Callable
 
 from django.conf import settings
 from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
+from websockets.exceptions import SecurityError
 from websockets.frames import Frame, Opcode
 from websockets.server import ServerProtocol
 
@@ -121,6 +124,8 @@ class GatewayWebSocketProtocol(WebSocketsSansIOProtocol):
             # The HTTP upgrade request: `websockets` parses it. A client sends no frame before
             # it has our 101 answer, so every later byte is a frame.
             super().data_received(data)
+            if self.conn.handshake_exc is not None and not self.handshake_initiated:
+                self._refuse_unreadable_request(self.conn.handshake_exc.__cause__)
             return
         try:
             messages = self.frame_reader.feed(data)
@@ -141,6 +146,19 @@ class GatewayWebSocketProtocol(WebSocketsSansIOProtocol):
             elif opcode == OP_CLOSE:
                 self._peer_closed(payload)
                 return
+
+    def _refuse_unreadable_request(self, cause: BaseException | None) -> None:
+        """Answer an upgrade request `websockets` could not read, and hang up.
+
+        Its parser gives up on a header line over 8 KiB or more than 128 headers and waits for
+        an answer that uvicorn never writes: the client hung until it gave up (issue 13).
+        """
+        status = 431 if isinstance(cause, SecurityError) else 400
+        self.logger.info("Unreadable WebSocket request from %s: %s", self.client, cause)
+        response = self.conn.reject(status, f"Unreadable WebSocket request: {cause}\n")
+        self.transport.write(response.serialize())
+        self.handshake_complete = self.close_sent = True  # as uvicorn marks a refused upgrade
+        self.transport.close()
 
     def _pong(self, payload: bytes) -> bool:
         """Answer a ping; False when the client has been closed for flooding them.

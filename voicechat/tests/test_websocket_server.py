@@ -126,6 +126,56 @@ async def raw_upgrade(url: str):
     return reader, writer
 
 
+def upgrade_request(*extra_headers: str) -> bytes:
+    head = [
+        "GET /v1/realtime HTTP/1.1", "Host: 127.0.0.1", "Upgrade: websocket",
+        "Connection: Upgrade", "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==",
+        "Sec-WebSocket-Version: 13", *extra_headers,
+    ]  # fmt: skip
+    return ("\r\n".join(head) + "\r\n\r\n").encode()
+
+
+# Upgrade requests `websockets` will not read: they hung until the client gave up (issue 13).
+UNREADABLE_REQUESTS = {
+    "8 KiB header": upgrade_request("X-Big: " + "x" * 9000),
+    "200 headers": upgrade_request(*(f"X-{n}: a" for n in range(200))),
+}
+
+
+async def answer_to(address: str, request: bytes) -> bytes:
+    """All the server sends back before it hangs up (bounded: a hang fails the test)."""
+    host, port = address.split(":")
+    reader, writer = await asyncio.open_connection(host, int(port))
+    writer.write(request)
+    try:
+        return await asyncio.wait_for(reader.read(), 10)
+    finally:
+        writer.close()
+
+
+@pytest.mark.parametrize("request_name", sorted(UNREADABLE_REQUESTS))
+@pytest.mark.parametrize("http", ["httptools", "h11"])
+async def test_an_unreadable_upgrade_request_is_answered_and_closed(http, request_name):
+    app = EchoApp()
+    async with served(app, http=http) as (_, url):
+        answer = await answer_to(
+            url.removeprefix("ws://").strip("/"), UNREADABLE_REQUESTS[request_name]
+        )
+    assert answer.startswith(b"HTTP/1.1 431 Request Header Fields Too Large\r\n")
+    assert app.disconnects == []  # the app never saw it
+
+
+@pytest.mark.django_db(transaction=True)
+async def test_an_unreadable_upgrade_request_to_the_gateway_is_answered(
+    fake_upstream, gateway_server
+):
+    """The real application behind the production protocol; the next request is served."""
+    answer = await answer_to(gateway_server, UNREADABLE_REQUESTS["8 KiB header"])
+    assert answer.startswith(b"HTTP/1.1 431 ")
+    answer = await answer_to(gateway_server, upgrade_request())  # no credentials
+    assert answer.startswith(b"HTTP/1.1 403 ")
+
+
 def client_frame(opcode: Opcode, payload: bytes, *, fin: bool = True) -> bytes:
     return Frame(opcode, payload, fin=fin).serialize(mask=True)
 
