@@ -233,6 +233,12 @@ class TranscriptItem(models.Model):
     status = models.CharField(max_length=24, choices=ItemStatus, default=ItemStatus.IN_PROGRESS)
     # For truncated assistant audio: how much the user actually heard.
     audio_end_ms = models.PositiveIntegerField(null=True, blank=True)
+    # For an assistant reply, measured where the gateway relays it (metrics.ConversationMeter):
+    # from the end of the user's turn to the first reply audio sent to the client, and, for the
+    # offline engine, to the final transcript of the user's words and to the reply's first token.
+    latency_ms = models.PositiveIntegerField(null=True, blank=True)
+    transcript_ms = models.PositiveIntegerField(null=True, blank=True)
+    first_token_ms = models.PositiveIntegerField(null=True, blank=True)
     created = models.DateTimeField(default=now)
     updated = models.DateTimeField(default=now)
 
