@@ -61,6 +61,15 @@ def every_allowed_model_priced(app_configs=None, **kwargs) -> list[checks.CheckM
     ]
 
 
+@checks.register("upstream")
+def upstream_proxy_usable(app_configs=None, **kwargs) -> list[checks.CheckMessage]:
+    """An https:// proxy would be reached without TLS: refused at start, not at the first call."""
+    from voicechat.upstream_client import proxy_problem
+
+    problem = proxy_problem(settings.OPENAI_REALTIME_URL)
+    return [checks.Error(problem, id="voicechat.E401")] if problem else []
+
+
 def development_key_in_production() -> list[checks.CheckMessage]:
     """An error when DEBUG is off and SECRET_KEY is still the public development key."""
     if settings.DEBUG or settings.SECRET_KEY != settings.DEVELOPMENT_SECRET_KEY:

@@ -1,45 +1,27 @@
-"""The gateway: one browser or SDK socket relayed to one upstream Realtime session."""
+"""The gateway's WebSocket: one browser or SDK socket, adapted to a GatewayConversation.
 
-import asyncio
-import collections
+The consumer refuses what must not reach a conversation at all (a flood of sockets from one
+address, an unauthenticated handshake: HTTP 403, nothing opened) and carries frames; everything
+a conversation is and does lives in voicechat/gateway.py.
+"""
+
 import contextlib
 import logging
-from urllib.parse import parse_qs
 
-import orjson
 from channels.consumer import get_handler_name
-from channels.db import database_sync_to_async
 from channels.exceptions import StopConsumer
 from channels.generic.websocket import AsyncWebsocketConsumer
 from channels.sessions import InstanceSessionWrapper
 from django.conf import settings
 
-from voicechat import lifecycle, logformat, metrics, ratelimit, services
+from voicechat import ratelimit
 from voicechat.auth import authenticate, header
-from voicechat.budgets import budget_problem, watch_budget
-from voicechat.limits import TOO_MANY_CODE, DurationLimit
-from voicechat.models import Backend, Conversation, EndReason
-from voicechat.monitor import ConversationPublisher, EndRequests, end_requests
-from voicechat.policy import ClientEventPolicy, session_defaults
-from voicechat.protocol import (
-    CLOSE_CODE_FOR,
-    FATAL_ERROR_CODES,
-    CloseCode,
-    EndConversation,
-    error_event,
-    peek_type,
-)
-from voicechat.recorder import TranscriptRecorder
-from voicechat.redaction import redact
-from voicechat.revocation import access_watch
-from voicechat.upstream import open_upstream, resolve_backend, time_zone_or_none
-from voicechat.upstream_base import Upstream, UpstreamClosed
+from voicechat.gateway import GatewayConversation
+from voicechat.models import EndReason
 from voicechat.websocket_server import TEXT_SHORTCUT, TextShortcut
 
 logger = logging.getLogger(__name__)
 audit = logging.getLogger("voicechat.audit")
-
-SHUTDOWN_MESSAGE = "The server is restarting. Please reconnect in a moment."
 
 
 def _frame_send(send):
@@ -53,29 +35,28 @@ def _frame_send(send):
     return wrapper.real_send if isinstance(wrapper, InstanceSessionWrapper) else send
 
 
-async def _cancel_and_wait(task: asyncio.Task | None) -> None:
-    """Cancel `task` and wait until it has stopped (not when it is the caller itself).
+class _ConsumerSocket:
+    """The consumer's socket as a gateway.ClientSocket."""
 
-    asyncio.wait, not `await task` in suppress(CancelledError): that also swallowed a
-    cancellation of the caller, which then ran on "cancelling" and was waited for forever.
-    """
-    if task is None or task is asyncio.current_task():
-        return
-    task.cancel()
-    await asyncio.wait([task])
+    def __init__(self, consumer: "RealtimeGatewayConsumer") -> None:
+        self._consumer = consumer
+        self._relay_send = _frame_send(consumer.base_send)
+        self.shortcut: TextShortcut | None = consumer.scope.get("extensions", {}).get(
+            TEXT_SHORTCUT
+        )  # daphne, runserver, a test communicator: None, the general path only
+
+    async def send_text(self, text: str) -> None:
+        await self._consumer.send(text_data=text)
+
+    async def send_frame(self, text: str) -> None:
+        await self._relay_send({"type": "websocket.send", "text": text})
+
+    async def close(self, code: int) -> None:
+        await self._consumer.close(code=code)
 
 
 class RealtimeGatewayConsumer(AsyncWebsocketConsumer):
-    conversation: Conversation | None = None
-    conversation_id: int | None = None
-    upstream: Upstream | None = None
-    # The server's synchronous text path, when it offers one (see _take_shortcut).
-    client_text: TextShortcut | None = None
-    relay_task: asyncio.Task | None = None
-    budget_task: asyncio.Task | None = None
-    end_requests: EndRequests | None = None  # where staff "End" reaches this conversation
-    end_reason: EndReason | None = None
-    _finished: asyncio.Future | None = None
+    conversation: GatewayConversation | None = None
 
     async def __call__(self, scope: dict, receive, send) -> None:
         """Serve one socket with a plain receive loop (the hot path: one call per client frame).
@@ -89,397 +70,59 @@ class RealtimeGatewayConsumer(AsyncWebsocketConsumer):
         """
         self.scope = scope
         self.base_send = send
-        self.relay_send = _frame_send(send)
         try:
             with contextlib.suppress(StopConsumer):
                 while True:
                     message = await receive()
-                    if message["type"] == "websocket.receive":
-                        await self.receive(message.get("text"), message.get("bytes"))
-                    else:
+                    if message["type"] != "websocket.receive":
                         await self.dispatch(message)
+                    elif self.conversation is not None:
+                        await self.conversation.receive(message.get("text"), message.get("bytes"))
         except Exception:
             # Whatever one message broke, the conversation still ends properly. Uncaught, it
             # left the socket at 1006 and the row open, still holding one of the user's
             # REALTIME_MAX_CONCURRENT_PER_USER places (issue 13).
-            logger.exception("gateway failed (conversation %s)", self.conversation_id)
-            await self._end(
-                EndReason.SERVER_ERROR, "The gateway hit an internal error.", code="server_error"
+            conversation = self.conversation
+            logger.exception(
+                "gateway failed (conversation %s)", conversation and conversation.conversation_id
             )
+            if conversation is not None:
+                await conversation.end(
+                    EndReason.SERVER_ERROR,
+                    "The gateway hit an internal error.",
+                    code="server_error",
+                )
         finally:
             if self.conversation is not None:
-                await self._finish()
+                await self.conversation.finish()
 
     async def dispatch(self, message: dict) -> None:
-        """Call the handler for an ASGI message type (websocket_connect, _receive, _disconnect)."""
+        """Call the handler for an ASGI message type (websocket_connect, _disconnect)."""
         handler = getattr(self, get_handler_name(message), None)
         if handler is None:
             raise ValueError(f"No handler for message type {message['type']}")
         await handler(message)
 
     async def connect(self) -> None:
-        self.client_ip = (self.scope.get("client") or ["unknown"])[0]
+        client_ip = (self.scope.get("client") or ["unknown"])[0]
         if not await ratelimit.allow(
-            f"ip:{self.client_ip}", limit=settings.REALTIME_CONNECTS_PER_MINUTE_PER_IP
+            f"ip:{client_ip}", limit=settings.REALTIME_CONNECTS_PER_MINUTE_PER_IP
         ):
-            audit.warning("socket refused: too many connections from %s", self.client_ip)
+            audit.warning("socket refused: too many connections from %s", client_ip)
             await self.close()
             return
         identity = await authenticate(self.scope)
         if identity is None:
-            audit.warning("socket refused: not authenticated, from %s", self.client_ip)
+            audit.warning("socket refused: not authenticated, from %s", client_ip)
             # Closing before accept refuses the handshake (HTTP 403); no upstream was opened.
             await self.close()
             return
         await self.accept()
-        self.user = identity.user
-        logformat.bind(user_id=self.user.pk)
-        if not await ratelimit.allow(
-            f"user:{self.user.pk}", limit=settings.REALTIME_CONNECTS_PER_MINUTE_PER_USER
-        ):
-            audit.warning("socket closed: %s opened too many conversations", self.user)
-            await self._end(
-                EndReason.RATE_LIMITED,
-                "Too many new conversations in the last minute. Wait a moment and try again.",
-                code="rate_limited",
-            )
-            return
-        query = parse_qs(self.scope.get("query_string", b"").decode("latin-1"))
-        self.model = (query.get("model") or [settings.REALTIME_MODEL])[0][:64]
-        # The page's time zone, so "what time is it?" is answered in the user's own time.
-        self.time_zone = time_zone_or_none((query.get("tz") or [""])[0])
-        self.policy = ClientEventPolicy(identity.scope, model=self.model)
-        # Client frames that arrive while the upstream is still opening, replayed in order.
-        self.pending: collections.deque[str] = collections.deque()
-        self.upstream_ready = False
-        self.end_detail = ""
-        self.last_error_code = ""
-        self.budget_wake = asyncio.Event()
-        if lifecycle.draining():
-            await self._refuse(SHUTDOWN_MESSAGE, "server_shutdown", CloseCode.SERVER_SHUTDOWN)
-            return
-        self.end_requests = end_requests()
-        try:
-            self.conversation = await database_sync_to_async(services.conversation_start)(
-                user=self.user,
-                backend=resolve_backend(),
-                model=self.model,
-                voice=settings.REALTIME_VOICE,
-                # Where staff on any process reach this socket (monitor, "end conversation").
-                process=lifecycle.process_id(),
-                channel_name=await self.end_requests.channel_name() if self.end_requests else "",
-                max_open=settings.REALTIME_MAX_CONCURRENT_PER_USER,
-                auth_method=identity.method,
-                client_ip=self.client_ip if self.client_ip != "unknown" else None,
-                user_agent=header(self.scope, b"user-agent") or "",
-            )
-        except services.TooManyConversations as exc:
-            audit.warning("socket closed: %s holds too many conversations", self.user)
-            await self._refuse(str(exc), TOO_MANY_CODE, CloseCode.TOO_MANY_CONVERSATIONS)
-            return
-        self.conversation_id = self.conversation.pk
-        logformat.bind(conversation_id=self.conversation_id)
-        self.meter = metrics.ConversationMeter(self.conversation.backend)
-        self.meter.started()
-        audit.info(
-            "conversation %s opened by %s (%s) from %s",
-            self.conversation.pk,
-            self.user,
-            identity.method,
-            self.client_ip,
+        self.conversation = GatewayConversation(
+            _ConsumerSocket(self),
+            identity,
+            client_ip=client_ip,
+            user_agent=header(self.scope, b"user-agent") or "",
+            query_string=self.scope.get("query_string", b"").decode("latin-1"),
         )
-        # The local engine's token counts are estimates of work done for free: never billed.
-        price_model = self.model if self.conversation.backend == Backend.OPENAI else ""
-        self.recorder = TranscriptRecorder(
-            conversation_id=self.conversation.pk, price_model=price_model
-        )
-        self.recorder.start()
-        self.monitor = ConversationPublisher(self.conversation)
-        self.monitor.start()
-        if self.end_requests is not None:
-            self.end_requests.register(self.conversation.pk, self._end_by_staff)
-        access_watch().watch(self, identity.access, self._end_for_revoked_access)
-        self.duration_limit = DurationLimit(self._end_for_duration)
-        self.duration_limit.start()
-        lifecycle.register(self)
-        self.relay_task = asyncio.create_task(self._relay_upstream())
-
-    async def receive(self, text_data: str | None = None, bytes_data: bytes | None = None) -> None:
-        if self.end_reason is not None or self.conversation is None:
-            return
-        if text_data is None:
-            await self.send(
-                text_data=error_event(
-                    "Binary frames are not supported: send JSON text events.", code="binary_frame"
-                )
-            )
-            return
-        verdict = self.policy.check(text_data)
-        if verdict.error is not None:
-            metrics.refused(verdict.error)
-            await self.send(text_data=verdict.error)
-            if verdict.abusive:
-                await self._end(
-                    EndReason.ABUSE,
-                    "Too many invalid events in the last minute; the connection was closed.",
-                    code="too_many_invalid_events",
-                )
-        elif self.upstream_ready:
-            self.meter.to_upstream(verdict.frame)
-            with contextlib.suppress(UpstreamClosed):  # the relay task reports the close
-                await self.upstream.send(verdict.frame)
-        elif len(self.pending) < settings.REALTIME_PENDING_FRAMES:
-            self.meter.to_upstream(verdict.frame)
-            self.pending.append(verdict.frame)
-        else:
-            await self.send(
-                text_data=error_event(
-                    "The AI service is still connecting and too many events are waiting; "
-                    "this one was dropped.",
-                    code="upstream_not_ready",
-                    type="server_error",
-                )
-            )
-
-    async def _finish(self) -> None:
-        """Close the upstream, store the transcript and the end reason; runs once, completely."""
-        if self._finished is None:
-            self._finished = asyncio.ensure_future(self._close_everything())
-        # Shielded: a server that cancels the consumer (daphne at shutdown) must not cut the
-        # transcript flush short.
-        await asyncio.shield(self._finished)
-
-    async def _close_everything(self) -> None:
-        # Closed by the server while it shuts down (not our own graceful path): say so.
-        reason = self.end_reason or (
-            EndReason.SERVER_SHUTDOWN if lifecycle.draining() else EndReason.CLIENT_CLOSED
-        )
-        # Each step runs whatever the one before it raised: cleanup that stopped at the first
-        # surprise (uvicorn's RuntimeError for a send after the close) left the upstream open,
-        # the transcript unflushed and the end unstored (issue 13).
-        with self._cleanup_step("cancel the length limit"):
-            self.duration_limit.cancel()
-        with self._cleanup_step("stop watching its access"):
-            access_watch().forget(self)
-        with self._cleanup_step("stop the relay"):
-            await _cancel_and_wait(self.relay_task)
-        with self._cleanup_step("stop the budget guard"):
-            await _cancel_and_wait(self.budget_task)
-        with self._cleanup_step("close the upstream"):
-            if self.upstream is not None:
-                await self.upstream.close()
-        with self._cleanup_step("store the transcript"):
-            await self.recorder.close()
-        with self._cleanup_step("store the end"):
-            await database_sync_to_async(services.conversation_end)(
-                conversation_id=self.conversation.pk,
-                reason=reason,
-                detail=self.recorder.end_detail(self.end_detail),
-            )
-            audit.info("conversation %s ended: %s", self.conversation.pk, reason)
-        with self._cleanup_step("tell the monitor"):
-            if self.end_requests is not None:
-                await self.end_requests.unregister(self.conversation.pk)
-            await self.monitor.close(reason=reason)
-        with self._cleanup_step("count the end"):
-            self.meter.ended(reason)
-        lifecycle.unregister(self)
-
-    @contextlib.contextmanager
-    def _cleanup_step(self, what: str):
-        """One step of ending the conversation: a failure is logged, and the next step runs."""
-        try:
-            yield
-        except Exception:
-            logger.exception("could not %s (conversation %s)", what, self.conversation_id)
-
-    # --- ends decided outside the relay: staff, shutdown, length limit -------------------
-
-    async def _end_by_staff(self, by: str) -> None:
-        """A staff member's "End", from the monitor on any process (monitor.EndRequests)."""
-        await self._end(
-            EndReason.ENDED_BY_STAFF,
-            "A staff member ended this conversation.",
-            code="ended_by_staff",
-            detail=f"ended by {by}",
-        )
-
-    async def end_for_shutdown(self) -> None:
-        """Called by lifecycle on SIGTERM: tell the client, then store everything before exit."""
-        await self._end(EndReason.SERVER_SHUTDOWN, SHUTDOWN_MESSAGE, code="server_shutdown")
-        await self._finish()
-
-    async def _end_for_revoked_access(self, message: str) -> None:
-        audit.warning("conversation %s ended: %s", self.conversation_id, message)
-        await self._end(EndReason.ACCESS_REVOKED, message, code="access_revoked")
-
-    async def _end_for_duration(self) -> None:
-        limit = self.duration_limit
-        await self._end(limit.reason, limit.message, code=limit.code)
-
-    async def _refuse(self, message: str, code: str, close_code: int) -> None:
-        """Explain why no conversation was started, then close (nothing was opened)."""
-        await self.send(text_data=error_event(message, code=code, type="server_error"))
-        await self.close(code=int(close_code))
-
-    async def _relay_upstream(self) -> None:
-        """Admit the conversation, open the upstream, replay what the client sent meanwhile,
-        then relay until the upstream ends."""
-        try:
-            await self._admit()
-            self.upstream = open_upstream(self.model, time_zone=self.time_zone)
-            with self.meter.connecting():
-                await self.upstream.connect()
-            await self.upstream.send(
-                session_defaults(self.policy.scope, backend=self.upstream.backend)
-            )
-            while self.pending:
-                await self.upstream.send(self.pending.popleft())
-            self.upstream_ready = True
-            self._take_shortcut()
-            async for frame in self.upstream:
-                try:
-                    await self.relay_send({"type": "websocket.send", "text": self._observe(frame)})
-                except OSError:
-                    # The client has gone (ASGI servers raise an OSError for that): its
-                    # disconnect ends the conversation as client_closed, not as our error.
-                    return
-        except EndConversation as end:
-            await self._end(end.reason, end.message, code=end.code)
-            return
-        except UpstreamClosed:
-            pass  # closed while we were sending: reported below like any upstream close
-        except Exception:
-            logger.exception("gateway relay failed (conversation %s)", self.conversation.pk)
-            await self._end(
-                EndReason.SERVER_ERROR, "The gateway hit an internal error.", code="server_error"
-            )
-            return
-        await self._end_for_upstream_close()
-
-    def _observe(self, frame: str) -> str:
-        """Note what a server frame means for this conversation; returns the frame to relay."""
-        etype = peek_type(frame)
-        if etype == "error":
-            frame = self._note_error(frame)
-        elif etype == "response.done":
-            self.budget_wake.set()
-        self.recorder.observe(etype, frame)
-        self.monitor.observe(etype, frame)
-        self.meter.to_client(etype, frame)
-        return frame
-
-    # --- the shortcut: the common case relayed without a task switch ----------------------
-
-    def _take_shortcut(self) -> None:
-        """Relay frames synchronously as they are read, where both sockets allow it.
-
-        receive() and the relay loop above each wake a task per frame; under the gateway's own
-        server protocol (voicechat/websocket_server.py) a frame that needs nothing but the
-        policy check and a write skips that. Anything else (a refusal, a full socket, the end)
-        still goes the general way, in order: the handlers below decline it.
-        """
-        self.client_text = self.scope.get("extensions", {}).get(TEXT_SHORTCUT)
-        if self.client_text is None:
-            return  # daphne, runserver, a test communicator: the general path only
-        self.client_text.on_text(self._relay_client_frame_now)
-        self.upstream.on_text(self._relay_server_frame_now)
-
-    def _relay_client_frame_now(self, text: str) -> bool:
-        if self.end_reason is not None or not self.upstream.can_send_now():
-            return False
-        frame = self.policy.admit(text)
-        if frame is None:
-            return False  # refused: receive() tells the client why and counts it
-        self.upstream.send_now(frame)
-        self.meter.to_upstream(frame)
-        return True
-
-    def _relay_server_frame_now(self, frame: str) -> bool:
-        if self.end_reason is not None or not self.client_text.can_send():
-            return False
-        self.client_text.send(self._observe(frame))
-        return True
-
-    async def _admit(self) -> None:
-        """Raise EndConversation unless this conversation may start; then guard its budget."""
-        # The scope's models are among the site's (REALTIME_ALLOWED_MODELS).
-        models = self.policy.scope.realtime_models
-        if self.model not in models:
-            raise EndConversation(
-                EndReason.MODEL_NOT_ALLOWED,
-                f"Model {self.model!r} is not available here; choose one of: "
-                + ", ".join(sorted(models)),
-                code="model_not_allowed",
-            )
-        if self.conversation.backend == Backend.OPENAI and services.unpriced_models([self.model]):
-            # Only when the start-up checks were skipped (voicechat.E201): never billed as free.
-            raise EndConversation(
-                EndReason.MODEL_NOT_ALLOWED,
-                f"Model {self.model!r} has no price configured here, so it cannot be used.",
-                code="model_not_allowed",
-            )
-        problem = await budget_problem(self.user, exclude_conversation=self.conversation.pk)
-        if problem:
-            raise EndConversation(EndReason.BUDGET_EXCEEDED, problem, code="budget_exceeded")
-        self.budget_task = asyncio.create_task(self._guard_budget())
-
-    async def _guard_budget(self) -> None:
-        problem = await watch_budget(
-            self.user,
-            conversation_id=self.conversation.pk,
-            live_cost=lambda: self.recorder.cost_usd,
-            wake=self.budget_wake,
-        )
-        await self._end(EndReason.BUDGET_EXCEEDED, problem, code="budget_exceeded")
-
-    def _note_error(self, frame: str) -> str:
-        """Remember a fatal error's code, and mask the provider key in what the client sees."""
-        with contextlib.suppress(orjson.JSONDecodeError, AttributeError, KeyError, TypeError):
-            code = orjson.loads(frame)["error"].get("code")
-            if code in FATAL_ERROR_CODES:
-                self.last_error_code = code
-        return redact(frame)
-
-    async def _end_for_upstream_close(self) -> None:
-        code = getattr(self.upstream, "close_code", None)
-        reason = redact(getattr(self.upstream, "close_reason", "") or "")
-        detail = f"upstream closed ({code} {reason})".strip()
-        if "maximum duration" in reason.lower():
-            await self._end(
-                EndReason.TIME_LIMIT,
-                "The session reached the AI service's time limit. Start a new conversation.",
-                code="session_time_limit",
-                detail=detail,
-            )
-        elif self.last_error_code:
-            await self._end(
-                EndReason.UPSTREAM_ERROR,
-                f"The AI service ended the session ({self.last_error_code}).",
-                code=self.last_error_code,
-                detail=detail,
-            )
-        else:
-            await self._end(
-                EndReason.UPSTREAM_CLOSED,
-                "The AI service closed the connection unexpectedly.",
-                code="upstream_closed",
-                detail=detail,
-            )
-
-    async def _end(self, reason: EndReason, message: str, *, code: str, detail: str = "") -> None:
-        """Stop relaying, tell the client why in an `error` event, then close with the reason's
-        close code. The first end decides; the rest of the ending is _finish()'s."""
-        if self.end_reason is not None:
-            return
-        self.end_reason, self.end_detail = reason, detail or message
-        # Stop relaying first, so nothing is sent to the client after the close.
-        await _cancel_and_wait(self.relay_task)
-        # The client may have gone in the meantime (uvicorn then raises ClientDisconnected, an
-        # OSError; or RuntimeError, for a send after a close or before the accept): the reason
-        # is recorded all the same, and there is no one left to tell.
-        with contextlib.suppress(OSError, RuntimeError):
-            await self.send(text_data=error_event(message, code=code, type="server_error"))
-            # A plain int: daphne hands the code to autobahn, which refuses anything whose type
-            # is not exactly int (an IntEnum included), and the socket then never closes.
-            await self.close(code=int(CLOSE_CODE_FOR[reason]))
+        await self.conversation.open()

@@ -127,7 +127,7 @@ async def test_a_close_while_staff_end_the_conversation_and_the_relay_is_slow_to
             await asyncio.sleep(0.5)  # the database call finishes first
             raise
 
-    monkeypatch.setattr("voicechat.consumers.budget_problem", slow_budget_problem)
+    monkeypatch.setattr("voicechat.gateway.budget_problem", slow_budget_problem)
     connected, client = await connect(token=alice_token)
     await asyncio.wait_for(admitting.wait(), 5)
     conversation = await db(Conversation.objects.get, user=alice)

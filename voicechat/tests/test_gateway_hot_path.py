@@ -122,7 +122,7 @@ async def test_under_its_own_server_the_gateway_relays_the_common_case_synchrono
     recording and the provider's errors behave as on the general path, in order."""
     from websockets.asyncio.client import connect as ws_connect
 
-    from voicechat.consumers import RealtimeGatewayConsumer
+    from voicechat.gateway import GatewayConversation
 
     taken = {"client": 0, "server": 0}
 
@@ -139,7 +139,7 @@ async def test_under_its_own_server_the_gateway_relays_the_common_case_synchrono
         ("_relay_server_frame_now", "server"),
     ):
         monkeypatch.setattr(
-            RealtimeGatewayConsumer, name, counting(getattr(RealtimeGatewayConsumer, name), side)
+            GatewayConversation, name, counting(getattr(GatewayConversation, name), side)
         )
     url = f"ws://{gateway_server}/v1/realtime?model=gpt-realtime"
     headers = {"Authorization": f"Bearer {alice_token}"}

@@ -210,11 +210,6 @@ async def test_an_escaped_key_in_an_upstream_error_is_masked(
     assert json.loads(frame)["error"]["message"] == "Incorrect key: sk-***"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="needs consumers.py to call redact_server_frame on every server frame (issue 13); "
-    "remove this marker with that change",
-)
 async def test_a_key_echoed_in_a_reply_is_neither_relayed_nor_stored(
     fake_upstream, gateway_server, alice, alice_token
 ):

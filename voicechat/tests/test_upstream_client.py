@@ -450,3 +450,14 @@ async def test_send_now_waits_its_turn_behind_a_waiting_send():
         await connection.close()
         assert not connection.can_send_now()
     assert received == ["one", "two", "three"]
+
+
+def test_an_https_proxy_is_refused_at_start_up(no_proxy_env, monkeypatch, settings):
+    from voicechat.checks import upstream_proxy_usable
+
+    settings.OPENAI_REALTIME_URL = "wss://api.openai.com/v1/realtime"
+    assert upstream_proxy_usable() == []
+    monkeypatch.setenv("https_proxy", "https://user:secret@proxy.example:3128")
+    [error] = upstream_proxy_usable()
+    assert error.id == "voicechat.E401"
+    assert "proxy.example" in error.msg and "secret" not in error.msg
