@@ -6,7 +6,7 @@ from django.conf import settings
 from django.contrib import admin
 from django.contrib.auth import get_user_model
 from django.contrib.auth.admin import UserAdmin
-from django.db.models import Case, Count, IntegerField, Q, Value, When
+from django.db.models import Case, Count, IntegerField, Max, Q, Value, When
 from django.utils.formats import date_format
 from django.utils.timezone import localtime, now
 
@@ -42,9 +42,36 @@ class ReadOnlyInline(admin.TabularInline):
         return False
 
 
+def _seconds(ms: int | None) -> str:
+    return "" if ms is None else f"{ms / 1000:.2f} s"
+
+
+@admin.display(description="Answered in")
+def answered_in(item: TranscriptItem) -> str:
+    """A reply's latency (end of the user's turn to its first audio), with the offline
+    engine's stages when they were measured."""
+    if item.latency_ms is None:
+        return ""
+    stages = [
+        f"{name} {_seconds(ms)}"
+        for name, ms in [("transcript", item.transcript_ms), ("first token", item.first_token_ms)]
+        if ms is not None
+    ]
+    return _seconds(item.latency_ms) + (f" ({', '.join(stages)})" if stages else "")
+
+
 class TranscriptInline(ReadOnlyInline):
     model = TranscriptItem
-    fields = ["role", "text", "status", "audio_end_ms", "item_id", "previous_item_id", "created"]
+    fields = [
+        "role",
+        "text",
+        "status",
+        answered_in,
+        "audio_end_ms",
+        "item_id",
+        "previous_item_id",
+        "created",
+    ]
     readonly_fields = fields
     verbose_name_plural = "Transcript (in conversation order)"
 
@@ -88,6 +115,7 @@ class ConversationAdmin(admin.ModelAdmin):
         "turns",
         "tokens",
         cost,
+        "slowest_reply",
         "end_reason",
     ]
     list_filter = ["end_reason", "backend", "model", "started"]
@@ -126,7 +154,10 @@ class ConversationAdmin(admin.ModelAdmin):
         return (
             super()
             .get_queryset(request)
-            .annotate(turn_count=Count("items", filter=Q(items__role="user"), distinct=True))
+            .annotate(
+                turn_count=Count("items", filter=Q(items__role="user"), distinct=True),
+                slowest_ms=Max("items__latency_ms"),
+            )
         )
 
     def has_add_permission(self, request) -> bool:
@@ -149,6 +180,11 @@ class ConversationAdmin(admin.ModelAdmin):
     @admin.display(description="Turns", ordering="turn_count")
     def turns(self, obj: Conversation) -> int:
         return obj.turn_count
+
+    # Sortable, so the conversations with a slow turn are found first.
+    @admin.display(description="Slowest reply", ordering="slowest_ms")
+    def slowest_reply(self, obj: Conversation) -> str:
+        return _seconds(obj.slowest_ms)
 
     @admin.display(description="Tokens")
     def tokens(self, obj: Conversation) -> int:

@@ -9,6 +9,7 @@ Labels stay low-cardinality: backend, end reason, error code, direction; never a
 import hmac
 import os
 import time
+from dataclasses import dataclass
 
 import orjson
 from django.conf import settings
@@ -23,6 +24,8 @@ from prometheus_client import (
     generate_latest,
     multiprocess,
 )
+
+from voicechat.models import Backend
 
 # Relayed frames are counted in plain ints and added to the counters this often: a counter
 # increment costs ~0.4 µs (1.2 µs in multiprocess mode, an mmap write), two per frame.
@@ -56,8 +59,16 @@ CONNECT_SECONDS = Histogram(
 )
 VOICE_TO_VOICE = Histogram(
     "voicechat_voice_to_voice_seconds",
-    "End of user speech (speech_stopped) to the first reply audio sent to the client.",
+    "End of the user's turn (speech_stopped, else the commit or response.created) to the first "
+    "reply audio sent to the client.",
     ["backend"],
+    buckets=LATENCY_BUCKETS,
+)
+LOCAL_STAGES = Histogram(
+    "voicechat_local_engine_stage_seconds",
+    "Offline engine: end of the user's turn to the final transcript, the reply's first token "
+    "and its first audio.",
+    ["stage"],
     buckets=LATENCY_BUCKETS,
 )
 
@@ -67,14 +78,47 @@ _TO_UPSTREAM_BYTES = BYTES.labels("to_upstream")
 _TO_CLIENT_BYTES = BYTES.labels("to_client")
 
 
+_AUDIO_DELTA = "response.output_audio.delta"
+
+
+@dataclass(frozen=True)
+class TurnLatency:
+    """How long one reply took, in ms from the end of the user's turn (see ConversationMeter)."""
+
+    first_audio_ms: int
+    transcript_ms: int | None = None  # to the user's final transcript (offline engine)
+    first_token_ms: int | None = None  # to the reply's first token (offline engine)
+
+
 class ConversationMeter:
-    """One conversation's metrics: the consumer calls these, each cheap on the relay path."""
+    """One conversation's metrics: the consumer calls these, each cheap on the relay path.
+
+    It also measures each reply's latency, from the end of the user's turn to the first reply
+    audio sent to the client. The turn ends at `input_audio_buffer.speech_stopped` (server VAD:
+    the last one, if the user went on speaking), else at the first `input_audio_buffer.committed`
+    (push-to-talk's release) or `response.created` (a typed turn, or a reply asked for by the
+    client). A reply that finishes without audio (text only, cancelled) ends the measurement.
+    For the offline engine the stages between are measured too: the final transcript
+    (`...input_audio_transcription.completed`) and the first token (the engine opens the
+    reply's message, `response.output_item.added`, when the language model's first token comes).
+    """
 
     def __init__(self, backend: str) -> None:
         self.backend = str(backend)
         self.up_frames = self.up_bytes = self.down_frames = self.down_bytes = 0
-        self.speech_stopped_at: float | None = None
+        self.turn_ended_at: float | None = None  # monotonic; None: no reply awaited
+        self.reply_started = False  # response.created seen since the turn ended
+        self.stages: dict[str, int] = {}
+        self.local = self.backend == Backend.LOCAL
         self.open = False
+        self._turn_events = {
+            "input_audio_buffer.speech_stopped": self._speech_stopped,
+            "input_audio_buffer.committed": self._turn_ended,
+            "response.created": self._response_created,
+            "response.done": self._response_done,
+            "conversation.item.input_audio_transcription.completed": self._transcribed,
+            "response.output_item.added": self._first_token,
+        }
 
     def started(self) -> None:
         STARTED.labels(self.backend).inc()
@@ -98,19 +142,68 @@ class ConversationMeter:
         if self.up_frames >= FLUSH_EVERY:
             self.flush()
 
-    def to_client(self, etype: str | None, frame: str) -> None:
+    def to_client(self, etype: str | None, frame: str) -> TurnLatency | None:
+        """Count a frame sent to the client; returns the reply's latency at its first audio."""
         self.down_frames += 1
         self.down_bytes += len(frame)
-        if etype == "response.output_audio.delta":
-            if self.speech_stopped_at is not None:
-                VOICE_TO_VOICE.labels(self.backend).observe(
-                    time.monotonic() - self.speech_stopped_at
-                )
-                self.speech_stopped_at = None
-        elif etype == "input_audio_buffer.speech_stopped":
-            self.speech_stopped_at = time.monotonic()
+        latency = None
+        if etype == _AUDIO_DELTA:
+            if self.turn_ended_at is not None:
+                latency = self._first_audio()
+        elif etype in self._turn_events:
+            self._turn_events[etype]()
         if self.down_frames >= FLUSH_EVERY:
             self.flush()
+        return latency
+
+    # --- the turn being answered ----------------------------------------------------------
+
+    def _since_turn_end(self) -> float:
+        return time.monotonic() - self.turn_ended_at
+
+    def _speech_stopped(self) -> None:
+        self.turn_ended_at = None
+        self._turn_ended()
+
+    def _turn_ended(self) -> None:
+        if self.turn_ended_at is None:
+            self.turn_ended_at = time.monotonic()
+            self.reply_started = False
+            self.stages = {}
+
+    def _response_created(self) -> None:
+        self._turn_ended()
+        self.reply_started = True
+
+    def _response_done(self) -> None:
+        # Only the reply to this turn: an earlier one may finish after the user spoke again.
+        if self.reply_started:
+            self.turn_ended_at = None
+
+    def _transcribed(self) -> None:
+        self._stage("transcript")
+
+    def _first_token(self) -> None:
+        if self.reply_started:
+            self._stage("first_token")
+
+    def _stage(self, stage: str) -> None:
+        if self.local and self.turn_ended_at is not None and stage not in self.stages:
+            seconds = self._since_turn_end()
+            LOCAL_STAGES.labels(stage).observe(seconds)
+            self.stages[stage] = round(seconds * 1000)
+
+    def _first_audio(self) -> TurnLatency:
+        seconds = self._since_turn_end()
+        self.turn_ended_at = None
+        VOICE_TO_VOICE.labels(self.backend).observe(seconds)
+        if self.local:
+            LOCAL_STAGES.labels("first_audio").observe(seconds)
+        return TurnLatency(
+            first_audio_ms=round(seconds * 1000),
+            transcript_ms=self.stages.get("transcript"),
+            first_token_ms=self.stages.get("first_token"),
+        )
 
     def flush(self) -> None:
         """Add the frames counted since the last flush to the shared counters."""

@@ -252,6 +252,10 @@ class TranscriptItem(models.Model):
     def __str__(self) -> str:
         return f"{self.role}: {self.text[:60]}"
 
+    @property
+    def latency_seconds(self) -> float | None:
+        return None if self.latency_ms is None else self.latency_ms / 1000
+
 
 class UsageRecord(models.Model):
     """Token usage of one response, from its response.done event."""

@@ -21,6 +21,7 @@ from django.db import InterfaceError, OperationalError
 from django.utils.timezone import now
 
 from voicechat import services, upstream_fields
+from voicechat.metrics import TurnLatency
 from voicechat.models import Conversation, ItemStatus, Role
 from voicechat.services import ItemChange, RecorderBatch, TokenCounts, UsageChange
 
@@ -127,6 +128,21 @@ class TranscriptRecorder:
             return
         self._dirty.set()
 
+    def reply_latency(self, first_audio: str, latency: TurnLatency) -> None:
+        """Store `latency` (measured by the metrics.ConversationMeter) on the assistant item
+        whose first audio delta is `first_audio` (once per turn, so parsing it costs nothing)."""
+        try:
+            item_id = orjson.loads(first_audio).get("item_id")
+        except (orjson.JSONDecodeError, AttributeError):
+            return
+        self._change(
+            item_id,
+            latency_ms=latency.first_audio_ms,
+            transcript_ms=latency.transcript_ms,
+            first_token_ms=latency.first_token_ms,
+        )
+        self._dirty.set()
+
     async def close(self) -> None:
         """Store everything observed so far; returns when it is in the database or, if the
         database does not answer within FINAL_WRITE_TIMEOUT, in the spill file (`spilled_to`)."""
@@ -156,6 +172,9 @@ class TranscriptRecorder:
         text=None,
         status: str | None = None,
         audio_end_ms=None,
+        latency_ms: int | None = None,
+        transcript_ms: int | None = None,
+        first_token_ms: int | None = None,
     ) -> None:
         """Note what was learned about one item, each raw field checked and clamped first."""
         item_id = upstream_fields.identifier(item_id)
@@ -174,6 +193,9 @@ class TranscriptRecorder:
                 text=upstream_fields.text(text),
                 status=status,
                 audio_end_ms=upstream_fields.whole_number(audio_end_ms),
+                latency_ms=upstream_fields.whole_number(latency_ms),
+                transcript_ms=upstream_fields.whole_number(transcript_ms),
+                first_token_ms=upstream_fields.whole_number(first_token_ms),
             )
         )
 

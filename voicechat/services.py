@@ -242,6 +242,10 @@ class ItemChange:
     text: str | None = None
     status: str | None = None
     audio_end_ms: int | None = None
+    # An assistant reply's latency (recorder.TranscriptRecorder.reply_latency).
+    latency_ms: int | None = None
+    transcript_ms: int | None = None
+    first_token_ms: int | None = None
 
 
 @dataclass
@@ -371,6 +375,9 @@ def _apply(item: TranscriptItem, change: ItemChange) -> None:
         item.text = change.text
     if change.audio_end_ms is not None:
         item.audio_end_ms = change.audio_end_ms
+    for name in ("latency_ms", "transcript_ms", "first_token_ms"):
+        if getattr(change, name) is not None:
+            setattr(item, name, getattr(change, name))
     if change.status and _STATUS_RANK[change.status] >= _STATUS_RANK[item.status]:
         item.status = change.status
 
