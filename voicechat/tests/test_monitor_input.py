@@ -14,7 +14,11 @@ from voicechat.tests.conftest import db, session_cookie
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
-UNREADABLE = ["not json", "{", "[" * 100_000]  # the last is nested past the parser's depth
+UNREADABLE = [
+    pytest.param("not json", id="words"),
+    pytest.param("{", id="cut-short"),
+    pytest.param("[" * 100_000, id="nested-past-the-parsers-depth"),
+]
 REFUSED = {"kind": "error", "message": "Send watch, unwatch or end."}
 
 
