@@ -25,7 +25,7 @@ from prometheus_client import (
     multiprocess,
 )
 
-from voicechat.models import Backend
+from voicechat.models import Backend, EndReason
 
 # Relayed frames are counted in plain ints and added to the counters this often: a counter
 # increment costs ~0.4 µs (1.2 µs in multiprocess mode, an mmap write), two per frame.
@@ -72,6 +72,27 @@ LOCAL_STAGES = Histogram(
     buckets=LATENCY_BUCKETS,
 )
 
+RECORDER_WRITE_SECONDS = Histogram(
+    "voicechat_recorder_write_seconds",
+    "Time to store one batch of transcript changes (successful writes).",
+    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 30.0),
+)
+RECORDER_BACKLOG = Gauge(
+    "voicechat_recorder_backlog_changes",
+    "Transcript changes taken for storing and not stored yet (being written, or held while "
+    "the database is away).",
+    multiprocess_mode="livesum",
+)
+BUDGET_REFUSALS = Counter(
+    "voicechat_budget_refusals",
+    "Conversations refused (at_start) or cut short (during) by the daily budget.",
+    ["when"],
+)
+# By model (the few of REALTIME_ALLOWED_MODELS); the offline engine is free and not counted.
+COST_USD = Counter(
+    "voicechat_estimated_cost_usd", "Estimated cost of the responses, in USD.", ["model"]
+)
+
 _TO_UPSTREAM_FRAMES = FRAMES.labels("to_upstream")
 _TO_CLIENT_FRAMES = FRAMES.labels("to_client")
 _TO_UPSTREAM_BYTES = BYTES.labels("to_upstream")
@@ -110,7 +131,7 @@ class ConversationMeter:
         self.reply_started = False  # response.created seen since the turn ended
         self.stages: dict[str, int] = {}
         self.local = self.backend == Backend.LOCAL
-        self.open = False
+        self.open = self.connected = False
         self._turn_events = {
             "input_audio_buffer.speech_stopped": self._speech_stopped,
             "input_audio_buffer.committed": self._turn_ended,
@@ -130,10 +151,13 @@ class ConversationMeter:
         if self.open:
             OPEN.labels(self.backend).dec()
             ENDED.labels(self.backend, str(reason)).inc()
+            if reason == EndReason.BUDGET_EXCEEDED:
+                BUDGET_REFUSALS.labels("during" if self.connected else "at_start").inc()
             self.open = False
 
     def connecting(self):
         """Context manager timing the upstream handshake."""
+        self.connected = True  # the budget let it start
         return CONNECT_SECONDS.labels(self.backend).time()
 
     def to_upstream(self, frame: str) -> None:
@@ -215,6 +239,24 @@ class ConversationMeter:
             _TO_CLIENT_FRAMES.inc(self.down_frames)
             _TO_CLIENT_BYTES.inc(self.down_bytes)
             self.down_frames = self.down_bytes = 0
+
+
+def cost_added(model: str, usd) -> None:
+    """Add a response's estimated cost (a Decimal) to the total."""
+    if usd:
+        COST_USD.labels(model).inc(float(usd))
+
+
+class RecorderBacklog:
+    """One recorder's share of RECORDER_BACKLOG: set its size, the gauge moves by the change."""
+
+    def __init__(self) -> None:
+        self.size = 0
+
+    def set(self, size: int) -> None:
+        if size != self.size:
+            RECORDER_BACKLOG.inc(size - self.size)
+            self.size = size
 
 
 def refused(error: str) -> None:

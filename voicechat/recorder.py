@@ -10,6 +10,7 @@ import asyncio
 import contextlib
 import logging
 import os
+import time
 from datetime import datetime
 from decimal import Decimal
 from pathlib import Path
@@ -20,7 +21,7 @@ from django.conf import settings
 from django.db import InterfaceError, OperationalError
 from django.utils.timezone import now
 
-from voicechat import services, upstream_fields
+from voicechat import metrics, services, upstream_fields
 from voicechat.metrics import TurnLatency
 from voicechat.models import Conversation, ItemStatus, Role
 from voicechat.services import ItemChange, RecorderBatch, TokenCounts, UsageChange
@@ -91,6 +92,7 @@ class TranscriptRecorder:
         self._closing = False
         self._close_requested = asyncio.Event()
         self._failures = 0
+        self._backlog = metrics.RecorderBacklog()
         # The file this conversation's transcript went to because the database was away (None
         # while everything is stored): the end detail should say so.
         self.spilled_to: Path | None = None
@@ -269,7 +271,9 @@ class TranscriptRecorder:
                 self._change(item.get("id"), status=ItemStatus.INTERRUPTED)
         if response.get("usage"):
             counts = TokenCounts.from_usage(response["usage"])
-            self.cost_usd += counts.cost(self.price_model)
+            cost = counts.cost(self.price_model)
+            self.cost_usd += cost
+            metrics.cost_added(self.price_model, cost)
             self._batch.usage.append(
                 UsageChange(
                     response_id=upstream_fields.identifier(
@@ -292,8 +296,12 @@ class TranscriptRecorder:
             self._dirty.clear()
             batch, self._batch = self._batch, RecorderBatch()
             if not batch.is_empty():
+                self._backlog.set(batch.size())
                 await self._store_or_hold(batch)
+                # What is left is held for a retry (spilled or stored: nothing).
+                self._backlog.set(self._batch.size() if self._failures else 0)
             if self._closing and not self._dirty.is_set():
+                self._backlog.set(0)
                 return
 
     async def _store_or_hold(self, batch: RecorderBatch) -> None:
@@ -357,6 +365,7 @@ class TranscriptRecorder:
             )
         )
         closing = asyncio.ensure_future(self._close_requested.wait())
+        started = time.monotonic()
         try:
             done, _ = await asyncio.wait(
                 {write, closing}, timeout=self.WRITE_TIMEOUT, return_when=asyncio.FIRST_COMPLETED
@@ -369,6 +378,7 @@ class TranscriptRecorder:
             write.cancel()
             raise TimeoutError("the database did not answer in time")
         write.result()
+        metrics.RECORDER_WRITE_SECONDS.observe(time.monotonic() - started)
 
     async def _spill(self, batch: RecorderBatch) -> None:
         path = self._spill_path(SPILL_SUFFIX)

@@ -15,7 +15,9 @@ from prometheus_client.parser import text_string_to_metric_families
 from voicechat.models import Conversation
 from voicechat.tests.conftest import db, free_port
 from voicechat.tests.servers import server_env
+from voicechat.tests.test_recorder_outage import spill_dir  # noqa: F401
 from voicechat.tests.test_serve_command import _wait_port
+from voicechat.tests.test_turn_latency import push_to_talk_turn, scripted_local_engine  # noqa: F401
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -160,3 +162,88 @@ async def test_two_workers_report_one_set(fake_upstream, alice_token, tmp_path):
         proc.terminate()
         output = proc.communicate(timeout=20)[0].decode()
     assert proc.returncode == 0, output
+
+
+def _moved(before: dict, after: dict):
+    return lambda name, **labels: value(after, name, **labels) - value(before, name, **labels)
+
+
+async def test_recorder_writes_cost_and_budget_refusals_are_counted(
+    fake_upstream, settings, alice, alice_token, connect, metrics_token
+):
+    from decimal import Decimal
+
+    from voicechat.tests.conftest import finished_conversation
+    from voicechat.tests.fake_upstream import USAGE
+    from voicechat.tests.test_limits import _past_conversation
+
+    before = await scrape()
+    settings.REALTIME_DAILY_COST_USD = Decimal("0.03")
+    await _past_conversation(alice, minutes=1, cost="0.01")
+    connected, client = await connect(token=alice_token)
+    await client.receive_until("session.updated")
+    # One response at $0.02452: stored by the recorder, counted, and over the budget.
+    await fake_upstream.push(
+        [
+            {
+                "type": "response.done",
+                "response": {"id": "resp_1", "status": "completed", "output": [], "usage": USAGE},
+            }
+        ]
+    )
+    await client.receive_close()
+    await client.communicator.disconnect()
+    charged = await finished_conversation(alice)
+    # The next one is refused before it starts.
+    connected, client = await connect(token=alice_token)
+    await client.receive_close()
+    await client.communicator.disconnect()
+    await finished_conversation(alice)
+
+    moved = _moved(before, await scrape())
+    assert moved("voicechat_budget_refusals_total", when="during") == 1
+    assert moved("voicechat_budget_refusals_total", when="at_start") == 1
+    model = charged.model
+    assert moved("voicechat_estimated_cost_usd_total", model=model) == pytest.approx(0.02452)
+    assert moved("voicechat_recorder_write_seconds_count") >= 1
+    assert value(await scrape(), "voicechat_recorder_backlog_changes") == 0
+
+
+@pytest.mark.usefixtures("scripted_local_engine")
+async def test_the_offline_engine_stages_are_observed(alice, alice_token, connect, metrics_token):
+    before = await scrape()
+    await push_to_talk_turn(connect, alice, alice_token)
+    moved = _moved(before, await scrape())
+    for stage in ("transcript", "first_token", "first_audio"):
+        assert moved("voicechat_local_engine_stage_seconds_count", stage=stage) == 1
+    assert moved("voicechat_voice_to_voice_seconds_count", backend="local") == 1
+
+
+@pytest.mark.usefixtures("spill_dir")
+async def test_the_recorder_backlog_grows_while_the_database_is_away(alice, caplog, metrics_token):
+    from voicechat.tests.test_recorder_outage import (
+        _failed_writes,
+        _line,
+        _start,
+        _stored_line,
+        _until,
+        database_locked,
+    )
+
+    def backlog(found: dict) -> float:
+        return value(found, "voicechat_recorder_backlog_changes")
+
+    before = backlog(await scrape())
+    conversation, recorder = await _start(alice)
+    async with database_locked():
+        recorder.observe(*_line("item_u1", "During the outage"))
+        recorder.observe(*_line("item_u2", "Still during the outage"))
+        await _until(lambda: _failed_writes(caplog) >= 2)
+        assert backlog(await scrape()) - before == 2  # held for a retry
+    await _until(lambda: _stored_line(conversation, "item_u2"))
+    await _until(lambda: _scraped_backlog_is(before))
+    await recorder.close()
+
+
+async def _scraped_backlog_is(expected: float) -> bool:
+    return value(await scrape(), "voicechat_recorder_backlog_changes") == expected

@@ -129,10 +129,9 @@ def scripted_local_engine(monkeypatch, settings):
     monkeypatch.setattr(stt, "get_recognizer", lambda language: ScriptedRecognizer())
 
 
-async def test_the_offline_engine_stores_its_stages(
-    scripted_local_engine, alice, alice_token, connect
-):
-    connected, client = await connect(token=alice_token)
+async def push_to_talk_turn(connect, user, token: str):
+    """One spoken push-to-talk turn and its spoken reply; returns the finished conversation."""
+    connected, client = await connect(token=token)
     assert connected
     await client.receive_until("session.created")
     # Push-to-talk: the turn ends at the commit.
@@ -161,8 +160,13 @@ async def test_the_offline_engine_stores_its_stages(
     await client.receive_until("response.output_audio.delta", timeout=60)
     await client.receive_until("response.done", timeout=60)
     await client.communicator.disconnect()
+    return await finished_conversation(user)
 
-    conversation = await finished_conversation(alice)
+
+async def test_the_offline_engine_stores_its_stages(
+    scripted_local_engine, alice, alice_token, connect
+):
+    conversation = await push_to_talk_turn(connect, alice, alice_token)
     assert conversation.backend == Backend.LOCAL
     replies = [i for i in await db(items_of, conversation) if i.role == Role.ASSISTANT]
     assert len(replies) == 1
