@@ -12,6 +12,8 @@ model and the rule-based one, in the same run). It prints what was heard and ans
    `speech_stopped` event arrives) to the first `response.output_audio.delta`, median and p95;
    also from the real end of speech (last spoken chunk sent), which adds the silence window
    (server_vad) or the turn model's wait (semantic_vad: --turn-detection compares the two);
+   and how many replies begun during a pause were used or thrown away because the user went
+   on (--speculative-replies off/both: without them, or both ways in the same run);
 2. STT and TTS real-time factors (CPU seconds / audio seconds) per conversation;
 3. capacity: the median latency with N conversations at once, and the N at which it doubles;
 4. isolation: while one conversation transcribes a long utterance, and while one conversation's
@@ -23,6 +25,7 @@ model and the rule-based one, in the same run). It prints what was heard and ans
 import argparse
 import asyncio
 import base64
+import dataclasses
 import json
 import os
 import platform
@@ -58,12 +61,15 @@ TURN_DETECTION = {
 }
 # Silence sent after each phrase: enough for the turn to end (semantic_vad waits at most 4 s).
 TAIL_MS = {"server_vad": SILENCE_MS + 400, "semantic_vad": 4000 + 400}
+# " | " is a pause mid-sentence, MID_PAUSE_MS long: shorter than server_vad's window, so the
+# turn goes on, but long enough for the engine to start a reply it then throws away.
+MID_PAUSE_MS = 400
 SCRIPT = [
     "Hello there.",
     "My name is Ada.",
     "What is twelve times seven?",
     "What is the capital of Australia?",
-    "Can you suggest a name for a black cat?",
+    "Can you suggest a name | for a black cat?",
     "What is my name?",
     "What time is it?",
     "Thank you, that was helpful.",
@@ -178,17 +184,28 @@ class Conversation:
     def stats(self):
         return self.upstream._session.stats
 
+    def speculation(self) -> dict:
+        """Replies begun in a pause: started, used, thrown away (session.speculation_stats)."""
+        return dataclasses.asdict(self.upstream._session.speculation_stats)
 
-async def run_conversation(phrases: list[bytes]) -> tuple[list[dict], object]:
+
+async def run_conversation(phrases: list[bytes]) -> tuple[list[dict], object, dict]:
     async with Conversation() as conv:
         for pcm in phrases:
             await conv.turn(pcm)
-        return conv.turns, conv.stats()
+        return conv.turns, conv.stats(), conv.speculation()
+
+
+def thrown_away(speculations: list[dict]) -> dict:
+    """The speculation counts of several conversations added up, and the share wasted."""
+    total = {key: sum(s[key] for s in speculations) for key in ("started", "used", "thrown_away")}
+    total["thrown_away_share"] = total["thrown_away"] / total["started"] if total["started"] else 0
+    return total
 
 
 async def latency(phrases: list[bytes]) -> dict:
     cpu_start = time.process_time()
-    turns, stats = await run_conversation(phrases)
+    turns, stats, speculation = await run_conversation(phrases)
     cpu = time.process_time() - cpu_start
     # CPU per second of conversation (what the user says plus what the engine says) does not
     # depend on how busy the machine is, unlike the latencies: capacity follows from it.
@@ -208,6 +225,7 @@ async def latency(phrases: list[bytes]) -> dict:
         "vad_to_audio_p95_ms": pct(vad, 0.95),
         "speech_end_to_audio_median_ms": statistics.median(end),
         "speech_end_to_audio_p95_ms": pct(end, 0.95),
+        "speculation": thrown_away([speculation]),
         "stt_rtf": stats.stt_rtf(),
         "tts_rtf": stats.tts_rtf(),
         "cpu_seconds": cpu,
@@ -221,14 +239,15 @@ async def capacity(phrases: list[bytes], levels: list[int]) -> list[dict]:
     rows = []
     for n in levels:
         results = await asyncio.gather(*(run_conversation(phrases) for _ in range(n)))
-        vad = [t["vad_to_audio_ms"] for turns, _ in results for t in turns]
+        vad = [t["vad_to_audio_ms"] for turns, _, _ in results for t in turns]
         rows.append(
             {
                 "conversations": n,
                 "vad_to_audio_median_ms": statistics.median(vad),
                 "vad_to_audio_p95_ms": pct(vad, 0.95),
-                "stt_rtf": statistics.mean(s.stt_rtf() for _, s in results),
-                "tts_rtf": statistics.mean(s.tts_rtf() for _, s in results),
+                "stt_rtf": statistics.mean(s.stt_rtf() for _, s, _ in results),
+                "tts_rtf": statistics.mean(s.tts_rtf() for _, s, _ in results),
+                "speculation": thrown_away([spec for _, _, spec in results]),
             }
         )
         print(
@@ -355,13 +374,20 @@ def rss_mb() -> float:
 
 
 async def main(args) -> dict:
-    """One run per responder (LOCAL_LLM), the same speech for each."""
+    """One run per responder (LOCAL_LLM), the same speech for each; with and/or without
+    speculative replies (LOCAL_SPECULATIVE_REPLIES)."""
     results = {}
     for responder in args.responders.split(","):
-        settings.LOCAL_LLM = responder
-        print(f"== responder: {responder}", flush=True)
-        results[responder] = await run_for_responder(args)
+        for speculate in SPECULATION_RUNS[args.speculative_replies]:
+            settings.LOCAL_LLM = responder
+            settings.LOCAL_SPECULATIVE_REPLIES = speculate
+            name = responder if speculate else f"{responder}, no speculative replies"
+            print(f"== responder: {name}", flush=True)
+            results[name] = await run_for_responder(args)
     return results
+
+
+SPECULATION_RUNS = {"on": (True,), "off": (False,), "both": (True, False)}
 
 
 async def run_for_responder(args) -> dict:
@@ -369,7 +395,16 @@ async def run_for_responder(args) -> dict:
     voice = local_voice_for("marin")
     print("synthesizing the script...", flush=True)
     script = SCRIPT[: args.turns]
-    phrases = [await asyncio.to_thread(synth.synthesize, text, voice=voice) for text in script]
+    mid_pause = b"\0" * 48 * MID_PAUSE_MS
+    phrases = [
+        mid_pause.join(
+            [
+                await asyncio.to_thread(synth.synthesize, part, voice=voice)
+                for part in line.split(" | ")
+            ]
+        )
+        for line in script
+    ]
     long_texts = [
         "Please tell me a story about the sea.",
         "My name is Bob.",
@@ -423,6 +458,7 @@ async def run_for_responder(args) -> dict:
             "stt": settings.LOCAL_STT,
             "llm": settings.LOCAL_LLM,
             "turn_detection": SESSION["session"]["audio"]["input"]["turn_detection"],
+            "speculative_replies": settings.LOCAL_SPECULATIVE_REPLIES,
         },
         "single": single,
         "capacity": rows,
@@ -459,6 +495,8 @@ def report_one(result: dict) -> str:
         f"| {s['speech_end_to_audio_median_ms']:.0f} ms "
         f"| {s['speech_end_to_audio_p95_ms']:.0f} ms |",
         "",
+        speculation_line(s["speculation"]),
+        "",
         f"STT real-time factor {s['stt_rtf']:.2f}, TTS real-time factor {s['tts_rtf']:.2f} "
         f"({s['turns']} turns; wall time in the worker / audio time)",
         "",
@@ -466,13 +504,16 @@ def report_one(result: dict) -> str:
         f"({s['cpu_per_conversation_second']:.2f} cores per conversation): at most "
         f"~{s['cpu_bound_capacity']:.1f} conversations before the CPUs are saturated",
         "",
-        "| conversations at once | VAD end -> audio median | p95 | STT RTF | TTS RTF |",
-        "|---|---|---|---|---|",
+        "| conversations at once | VAD end -> audio median | p95 | STT RTF | TTS RTF "
+        "| replies begun in a pause thrown away |",
+        "|---|---|---|---|---|---|",
     ]
     for r in result["capacity"]:
+        spec = r.get("speculation") or s["speculation"]
         lines.append(
             f"| {r['conversations']} | {r['vad_to_audio_median_ms']:.0f} ms "
-            f"| {r['vad_to_audio_p95_ms']:.0f} ms | {r['stt_rtf']:.2f} | {r['tts_rtf']:.2f} |"
+            f"| {r['vad_to_audio_p95_ms']:.0f} ms | {r['stt_rtf']:.2f} | {r['tts_rtf']:.2f} "
+            f"| {spec['thrown_away']} of {spec['started']} |"
         )
     lines += [
         "",
@@ -496,6 +537,13 @@ def report_one(result: dict) -> str:
     return "\n".join(lines)
 
 
+def speculation_line(spec: dict) -> str:
+    return (
+        f"replies begun during a pause: {spec['started']}, used {spec['used']}, thrown away "
+        f"{spec['thrown_away']} ({spec['thrown_away_share']:.0%}: the user went on speaking)"
+    )
+
+
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="fewer turns and levels (~1 min)")
@@ -511,6 +559,12 @@ if __name__ == "__main__":
         choices=sorted(TURN_DETECTION),
         default="server_vad",
         help="how the engine finds the end of each turn (server_vad: 500 ms of silence)",
+    )
+    parser.add_argument(
+        "--speculative-replies",
+        choices=sorted(SPECULATION_RUNS),
+        default="on",
+        help="start replies during the user's pause (on, the default), not (off), or both runs",
     )
     args = parser.parse_args()
     use_turn_detection(args.turn_detection)

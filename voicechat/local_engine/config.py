@@ -46,6 +46,12 @@ def default_turn_detection() -> dict:
     return dict(SEMANTIC_VAD_DEFAULTS if kind == "semantic_vad" else SERVER_VAD_DEFAULTS)
 
 
+def speculative_replies() -> bool:
+    """Whether a reply starts during the user's pause, before the turn has ended
+    (speculation.py). On unless LOCAL_SPECULATIVE_REPLIES is False (the benchmark compares)."""
+    return getattr(settings, "LOCAL_SPECULATIVE_REPLIES", True)
+
+
 def default_session(model: str) -> dict:
     """The session OpenAI reports in session.created, with local defaults."""
     return {

@@ -42,6 +42,12 @@ def audio_tokens(ms: float, per_second: int) -> int:
     return math.ceil(ms * per_second / 1000) if ms else 0
 
 
+def output_token_limit(params: dict, session: dict) -> int | None:
+    """A response's max_output_tokens (its own, else the session's; None: "inf")."""
+    limit = params.get("max_output_tokens", session["max_output_tokens"])
+    return limit if isinstance(limit, int) else None
+
+
 class ResponseRun:
     """The state of one response; `run()` is its task, `abort()` ends it from outside."""
 
@@ -74,8 +80,7 @@ class ResponseRun:
             "format"
         ]
         self.metadata = params.get("metadata")
-        max_tokens = params.get("max_output_tokens", session["max_output_tokens"])
-        self.max_output_tokens = max_tokens if isinstance(max_tokens, int) else None
+        self.max_output_tokens = output_token_limit(params, session)
         self.params = params
         self.output: list[Entry] = []
         self.finished = False

@@ -2,7 +2,9 @@
 
 One RealtimeSession per connection. Client events are handled in order as they arrive; slow
 work (speech recognition, responses) runs in tasks so the session keeps listening, which is
-what makes barge-in and response.cancel work.
+what makes barge-in and response.cancel work. Work that the end of a turn would start begins
+in the pause before it instead: the final transcription (also with push-to-talk) and, where the
+turn's end starts a response, the reply itself (speculation.py).
 """
 
 import asyncio
@@ -27,9 +29,11 @@ from voicechat.local_engine.response import (
     USER_AUDIO_TOKENS_PER_S,
     ResponseRun,
     audio_tokens,
+    output_token_limit,
     text_tokens,
 )
 from voicechat.local_engine.semantic_vad import PauseJudge
+from voicechat.local_engine.speculation import Speculation, SpeculationStats
 
 logger = logging.getLogger(__name__)
 
@@ -89,6 +93,9 @@ class RealtimeSession:
         self._speech_item_id: str | None = None
         self._speech_start_ms = 0
         self._stt_fed_ms = 0.0
+        # The reply begun in the user's pause, before the turn ended (speculation.py).
+        self._speculation: Speculation | None = None
+        self.speculation_stats = SpeculationStats()
         self._configure_vad()
 
     # --- plumbing -------------------------------------------------------------------------
@@ -159,6 +166,7 @@ class RealtimeSession:
         td = self._td = config.turn_detection(self.session)
         self._speech_item_id = None
         self.transcriber.stream_cancel()  # a turn in progress is gone with the old VAD
+        self._drop_speculation()
         self._pause_judge = None
         if td is not None and td.semantic:
             self._pause_judge = PauseJudge(max_wait_ms=td.silence_duration_ms)
@@ -220,8 +228,43 @@ class RealtimeSession:
         silence_ms = self._vad.silence_ms
         if silence_ms == 0:
             self.transcriber.stream_resume()
+            self._drop_speculation()
         elif silence_ms >= PAUSE_MS:
-            self.transcriber.stream_pause()
+            early_transcript = self.transcriber.stream_pause()
+            if early_transcript is not None:
+                self._speculate(early_transcript)
+
+    def _speculate(self, transcript: asyncio.Task) -> None:
+        """Start the reply to the turn as it stands, in case this pause ends it.
+
+        Only where the end of the turn starts a response (not push-to-talk) and nothing is
+        being said: the reply would be answered next, after a conversation that has changed.
+        """
+        td = self._td
+        if td is None or not td.create_response or self.response is not None:
+            return
+        if not config.speculative_replies():
+            return
+        user = Entry(item=_user_audio_item(self._speech_item_id), transcript=transcript)
+        self._speculation = Speculation(
+            self.responder,
+            self._reply_turn([*self.conversation, user]),
+            self.speculation_stats,
+            spawn=self._spawn,
+        )
+
+    async def _reply_turn(self, entries: list[Entry]) -> Turn:
+        turn, _tokens = await self._turn_of(entries, {})
+        return turn
+
+    def _take_speculation(self) -> Speculation | None:
+        speculation, self._speculation = self._speculation, None
+        return speculation
+
+    def _drop_speculation(self) -> None:
+        """The user spoke again (or the turn is gone): the reply begun in the pause is wasted."""
+        if (speculation := self._take_speculation()) is not None:
+            speculation.drop()
 
     async def _judge_pause(self) -> None:
         """semantic_vad: end the turn in a pause as soon as the turn model says it is over."""
@@ -292,12 +335,14 @@ class RealtimeSession:
         self._stream_to_stt(end_ms)
         pcm = self._take_buffer(self._speech_start_ms, end_ms)
         self._commit(pcm, item_id, streamed=True)
+        if td.create_response and self.response is None:
+            # The reply begun in this pause, if any, answers the turn as it ended.
+            self._start_response({}, ahead=self._take_speculation())
+            return
+        self._drop_speculation()
         if td.create_response:
-            if self.response is None:
-                self._start_response({})
-            else:
-                # interrupt_response is off and the assistant is still talking: answer next.
-                self._answer_when_done = True
+            # interrupt_response is off and the assistant is still talking: answer next.
+            self._answer_when_done = True
 
     def _take_buffer(self, start_ms: float, end_ms: float) -> bytes:
         """Audio between two session times; the buffer keeps only what follows end_ms."""
@@ -329,18 +374,7 @@ class RealtimeSession:
         self.emit("input_audio_buffer.cleared")
 
     def _commit(self, pcm: bytes, item_id: str, *, streamed: bool = False) -> None:
-        entry = Entry(
-            item={
-                "id": item_id,
-                "type": "message",
-                "object": "realtime.item",
-                "status": "completed",
-                "role": "user",
-                "content": [{"type": "input_audio", "transcript": None}],
-            },
-            audio=pcm,
-            audio_ms=len(pcm) / BYTES_PER_MS,
-        )
+        entry = Entry(item=_user_audio_item(item_id), audio=pcm, audio_ms=len(pcm) / BYTES_PER_MS)
         previous = self.conversation.insert(entry, after=None)
         entry.previous_item_id = previous
         self.conversation.prune_audio()
@@ -531,10 +565,11 @@ class RealtimeSession:
     def _on_output_audio_buffer_clear(self, event: dict) -> None:  # refused by the parser
         raise ClientEventError("output_audio_buffer.clear is WebRTC-only.", code="invalid_value")
 
-    def _start_response(self, params: dict) -> None:
+    def _start_response(self, params: dict, *, ahead: Speculation | None = None) -> None:
+        """Start a response; `ahead`, a reply begun in the pause, is used if it still fits."""
         run = ResponseRun(
             emit=self._emit,
-            responder=self.responder,
+            responder=ahead or self.responder,
             turn_factory=self._turn,
             add_item=lambda entry: self.conversation.insert(entry, after=None),
             finish_item=self._item_finished,
@@ -578,6 +613,9 @@ class RealtimeSession:
             entries = [Entry(item=_with_id(item)) for item in params["input"]]
         else:
             entries = list(self.conversation)
+        return await self._turn_of(entries, params)
+
+    async def _turn_of(self, entries: list[Entry], params: dict) -> tuple[Turn, tuple[int, int]]:
         history = []
         text_in = text_tokens(params.get("instructions") or self.session["instructions"] or "")
         audio_in = 0
@@ -602,7 +640,7 @@ class RealtimeSession:
             history=history,
             tools=params.get("tools") if params.get("tools") is not None else self.session["tools"],
             tool_choice=params.get("tool_choice") or self.session["tool_choice"],
-            max_output_tokens=self.response.max_output_tokens if self.response else None,
+            max_output_tokens=output_token_limit(params, self.session),
             time_zone=self.time_zone,
         )
         return turn, (text_in, audio_in)
@@ -618,6 +656,18 @@ def _require_turn_model() -> None:
             code="invalid_value",
             param="session.audio.input.turn_detection.type",
         ) from error
+
+
+def _user_audio_item(item_id: str) -> dict:
+    """A user's spoken turn, as a GA item (its transcript is filled in when recognized)."""
+    return {
+        "id": item_id,
+        "type": "message",
+        "object": "realtime.item",
+        "status": "completed",
+        "role": "user",
+        "content": [{"type": "input_audio", "transcript": None}],
+    }
 
 
 def _with_id(item: dict) -> dict:

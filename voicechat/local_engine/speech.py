@@ -151,13 +151,17 @@ class Transcriber:
             delta, utterance.sent = text[len(utterance.sent) :], text
             utterance.on_delta(delta)
 
-    def stream_pause(self) -> None:
-        """The user paused: decode the turn as it stands, in case it has ended."""
+    def stream_pause(self) -> asyncio.Task | None:
+        """The user paused: decode the turn as it stands, in case it has ended.
+
+        Returns the decode if this call started it (its text is the final transcript, unless
+        the user speaks again), else None.
+        """
         utterance = self._utterance
-        if utterance is not None and utterance.final is None:
-            utterance.final = self._decode(
-                bytes(utterance.audio), utterance.language, utterance.sent
-            )
+        if utterance is None or utterance.final is not None:
+            return None
+        utterance.final = self._decode(bytes(utterance.audio), utterance.language, utterance.sent)
+        return utterance.final
 
     def stream_settled(self) -> bool:
         """Whether the final decode has begun in a pause and the user has not spoken since:

@@ -75,10 +75,10 @@ async def test_a_turn_is_transcribed_while_spoken_and_ready_when_it_ends(monkeyp
     paused: list[int] = []  # how many events had been sent when the early final decode began
     pause = speech.Transcriber.stream_pause
 
-    def spy(transcriber: speech.Transcriber) -> None:
+    def spy(transcriber: speech.Transcriber):
         if transcriber._utterance is not None and transcriber._utterance.final is None:
             paused.append(len(client.log.events))
-        pause(transcriber)
+        return pause(transcriber)
 
     monkeypatch.setattr(speech.Transcriber, "stream_pause", spy)
     text = "My friend Maria lives in a small house near the river with her three dogs."
