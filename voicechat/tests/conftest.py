@@ -138,9 +138,14 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-@pytest.fixture
-async def gateway_server(transactional_db):
-    """The real ASGI application served by uvicorn on a loopback port; yields its base URL."""
+@contextlib.asynccontextmanager
+async def served_gateway(ws="gateway"):
+    """The real ASGI application served by uvicorn on a loopback port; yields host:port.
+
+    ws="gateway": the gateway's own WebSocket protocol, as in production (README, "Running in
+    production"), with its synchronous shortcut; any other value is uvicorn's own protocol of
+    that name (e.g. "websockets-sansio", the documented alternative: the general path only).
+    """
     import uvicorn
 
     from config.asgi import application
@@ -154,21 +159,30 @@ async def gateway_server(transactional_db):
             port=port,
             log_level="warning",
             lifespan="off",
-            ws=GatewayWebSocketProtocol,  # as in production (README, "Running in production")
+            ws=GatewayWebSocketProtocol if ws == "gateway" else ws,
         )
     )
     task = asyncio.create_task(server.serve())
-    async with asyncio.timeout(10):
-        while not server.started:
-            await asyncio.sleep(0.02)
-    yield f"127.0.0.1:{port}"
-    server.should_exit = True
-    with contextlib.suppress(asyncio.CancelledError):
-        await task
+    try:
+        async with asyncio.timeout(10):
+            while not server.started:
+                await asyncio.sleep(0.02)
+        yield f"127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+
+@pytest.fixture
+async def gateway_server(transactional_db):
+    """The gateway served by uvicorn with its own WebSocket protocol; yields host:port."""
+    async with served_gateway() as address:
+        yield address
 
 
 class Client:
-    """A WebsocketCommunicator speaking JSON events to the gateway application."""
+    """A WebsocketCommunicator (or SocketCommunicator) speaking JSON events to the gateway."""
 
     def __init__(self, communicator: WebsocketCommunicator) -> None:
         self.communicator = communicator
@@ -220,20 +234,105 @@ def gateway_communicator(
     return communicator
 
 
+class SocketCommunicator:
+    """A real WebSocket client to a served gateway, with the WebsocketCommunicator methods the
+    gateway tests use, so the same test runs over a real server (see `transport`)."""
+
+    def __init__(self, url: str, headers: list[tuple[str, str]]) -> None:
+        self.url, self.headers = url, headers
+        self.ws = None
+
+    async def connect(self, timeout: float = 5) -> tuple[bool, None]:
+        from websockets.asyncio.client import connect as ws_connect
+        from websockets.exceptions import InvalidStatus
+
+        try:
+            self.ws = await ws_connect(
+                self.url, additional_headers=self.headers, open_timeout=timeout, max_size=None
+            )
+        except InvalidStatus:
+            return False, None  # the handshake was refused (HTTP 403), as accept() never came
+        return True, None
+
+    async def send_to(self, text_data: str | None = None, bytes_data: bytes | None = None):
+        await self.ws.send(text_data if text_data is not None else bytes_data)
+
+    async def receive_from(self, timeout: float = 1) -> str:
+        return await asyncio.wait_for(self.ws.recv(), timeout)
+
+    async def receive_output(self, timeout: float = 1) -> dict:
+        from websockets.exceptions import ConnectionClosed
+
+        try:
+            return {"type": "websocket.send", "text": await self.receive_from(timeout)}
+        except ConnectionClosed:
+            return {"type": "websocket.close", "code": self.ws.close_code}
+
+    async def disconnect(self, code: int = 1000, timeout: float = 1) -> None:
+        if self.ws is not None:
+            await self.ws.close(code)
+
+
+# How a gateway test reaches the application: the Channels test communicator by default; the
+# tests of a module marked `over_every_transport` that open sockets with `connect` run over
+# each of these, so over both paths a frame takes in production (uvicorn with the gateway's
+# protocol and its shortcut; uvicorn's stock protocol, the general path only).
+TRANSPORTS = ["communicator", "uvicorn-gateway", "uvicorn-stock"]
+
+
+def pytest_generate_tests(metafunc) -> None:
+    if (
+        metafunc.definition.get_closest_marker("over_every_transport")
+        and "transport" in metafunc.fixturenames
+    ):
+        metafunc.parametrize("transport", TRANSPORTS, indirect=True)
+
+
 @pytest.fixture
-async def connect():
+def transport(request) -> str:
+    return getattr(request, "param", "communicator")
+
+
+@pytest.fixture
+async def connect(transport):
     """Open gateway sockets in a test and close every one of them at the end."""
     communicators = []
+    async with contextlib.AsyncExitStack() as stack:
+        address = None
+        if transport != "communicator":
+            ws = "gateway" if transport == "uvicorn-gateway" else "websockets-sansio"
+            address = await stack.enter_async_context(served_gateway(ws))
 
-    async def _connect(**kwargs) -> tuple[bool, Client]:
-        communicator = gateway_communicator(**kwargs)
-        communicators.append(communicator)
-        connected, _ = await communicator.connect(timeout=5)
-        return connected, Client(communicator)
+        async def _connect(**kwargs) -> tuple[bool, Client]:
+            if address is None:
+                communicator = gateway_communicator(**kwargs)
+            else:
+                communicator = socket_communicator(address, **kwargs)
+            communicators.append(communicator)
+            connected, _ = await communicator.connect(timeout=5)
+            return connected, Client(communicator)
 
-    yield _connect
-    for communicator in communicators:
-        await communicator.disconnect()
+        yield _connect
+        for communicator in communicators:
+            await communicator.disconnect()
+
+
+def socket_communicator(
+    address: str,
+    *,
+    token: str | None = None,
+    cookie: str | None = None,
+    origin: str | None = None,
+    path: str = "/v1/realtime?model=gpt-realtime",
+) -> SocketCommunicator:
+    headers = []
+    if token is not None:
+        headers.append(("Authorization", f"Bearer {token}"))
+    if cookie is not None:
+        headers.append(("Cookie", cookie))
+    if origin is not None:  # the communicator's host is 127.0.0.1:8000; this server's, `address`
+        headers.append(("Origin", origin.replace("127.0.0.1:8000", address)))
+    return SocketCommunicator(f"ws://{address}{path}", headers)
 
 
 @database_sync_to_async

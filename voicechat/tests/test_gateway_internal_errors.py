@@ -18,7 +18,11 @@ from voicechat.policy import ClientEventPolicy
 from voicechat.protocol import CloseCode
 from voicechat.tests.conftest import db
 
-pytestmark = pytest.mark.django_db(transaction=True)
+pytestmark = [
+    pytest.mark.django_db(transaction=True),
+    # Through the test communicator and both production paths (the shortcut, the general path).
+    pytest.mark.over_every_transport,
+]
 
 HOLD_AT_MOST = 2
 BOOM = {"type": "input_audio_buffer.commit", "event_id": "boom"}

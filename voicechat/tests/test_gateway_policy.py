@@ -13,7 +13,11 @@ from voicechat.policy import ClientEventPolicy
 from voicechat.scopes import Scope, full, site_default
 from voicechat.tests.conftest import finished_conversation
 
-pytestmark = pytest.mark.django_db(transaction=True)
+pytestmark = [
+    pytest.mark.django_db(transaction=True),
+    # Through the test communicator and both production paths (the shortcut, the general path).
+    pytest.mark.over_every_transport,
+]
 
 
 @pytest.fixture

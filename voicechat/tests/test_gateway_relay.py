@@ -4,11 +4,15 @@ import base64
 
 import pytest
 
-from voicechat.models import Conversation, EndReason
-from voicechat.tests.conftest import db
+from voicechat.models import EndReason
+from voicechat.tests.conftest import finished_conversation
 from voicechat.tests.fake_upstream import FakeRealtimeServer
 
-pytestmark = pytest.mark.django_db(transaction=True)
+pytestmark = [
+    pytest.mark.django_db(transaction=True),
+    # Through the test communicator and both production paths (the shortcut, the general path).
+    pytest.mark.over_every_transport,
+]
 
 AUDIO = base64.b64encode(b"\x01\x00" * 960).decode()  # 40 ms of 24 kHz PCM16
 
@@ -132,7 +136,7 @@ async def test_client_close_closes_upstream_and_records_end(
     await client.receive_until("session.updated")
     await client.communicator.disconnect()
     await fake_upstream.closed.wait()
-    conversation = await db(Conversation.objects.get, user=alice)
+    conversation = await finished_conversation(alice)  # a real server stores it after the close
     assert conversation.end_reason == EndReason.CLIENT_CLOSED
     assert conversation.ended is not None
     assert conversation.backend == "openai" and conversation.model == "gpt-realtime"

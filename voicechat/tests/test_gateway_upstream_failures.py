@@ -4,14 +4,19 @@ import pytest
 
 from voicechat.models import Conversation, EndReason
 from voicechat.protocol import CloseCode
-from voicechat.tests.conftest import PROVIDER_KEY, db, free_port
+from voicechat.tests.conftest import PROVIDER_KEY, finished_conversation, free_port
 from voicechat.tests.fake_upstream import FakeRealtimeServer
 
-pytestmark = pytest.mark.django_db(transaction=True)
+pytestmark = [
+    pytest.mark.django_db(transaction=True),
+    # Through the test communicator and both production paths (the shortcut, the general path).
+    pytest.mark.over_every_transport,
+]
 
 
 async def _ended(alice) -> Conversation:
-    return await db(Conversation.objects.get, user=alice)
+    """Alice's conversation once its end is stored (a real server stores it after the close)."""
+    return await finished_conversation(alice)
 
 
 async def test_refused_handshake(settings, alice, alice_token, connect):
