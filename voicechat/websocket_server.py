@@ -25,6 +25,7 @@ against uvicorn 0.54 (pinned); the tests run every gateway test through it.
 
 from collections.abc import Callable
 
+import uvicorn
 from django.conf import settings
 from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
 from websockets.exceptions import SecurityError
@@ -45,6 +46,17 @@ from voicechat.websocket_frames import (
     close_payload,
     parse_close,
 )
+
+# The uvicorn releases this protocol was written and tested against. It overrides uvicorn's
+# internals (its send, its connection state), which a new release may change without notice: a
+# server on any other release refuses to start, rather than relay with subtly broken framing.
+TESTED_UVICORN = ("0.54.",)
+if not uvicorn.__version__.startswith(TESTED_UVICORN):
+    raise ImportError(
+        f"voicechat.websocket_server was tested with uvicorn {', '.join(TESTED_UVICORN)}x, not "
+        f"{uvicorn.__version__}: pin uvicorn as requirements.txt does, or run uvicorn with its "
+        "own --ws websockets-sansio (the general path, slower)."
+    )
 
 # Messages a consumer may leave waiting before the socket stops being read. The gateway takes
 # each frame as it arrives; one this far behind is stalled, and TCP then pushes back on the

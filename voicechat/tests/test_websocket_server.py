@@ -391,3 +391,16 @@ async def test_a_client_that_pings_on_without_reading_is_closed():
     assert app.disconnects[0]["code"] == 1008
     ((opcode, payload),) = FrameReader(masked=False, max_size=1000).feed(answer)
     assert opcode == OP_CLOSE and parse_close(payload)[0] == 1008
+
+
+def test_an_untested_uvicorn_release_refuses_the_gateway_protocol(monkeypatch):
+    """It overrides uvicorn internals: on another release it fails at import, not mid-frame."""
+    import importlib
+    import sys
+
+    import uvicorn
+
+    monkeypatch.setattr(uvicorn, "__version__", "0.99.0")
+    monkeypatch.delitem(sys.modules, "voicechat.websocket_server")
+    with pytest.raises(ImportError, match="websockets-sansio"):
+        importlib.import_module("voicechat.websocket_server")
