@@ -182,7 +182,7 @@ class ConversationAdmin(admin.ModelAdmin):
         return obj.turn_count
 
     # Sortable, so the conversations with a slow turn are found first.
-    @admin.display(description="Slowest reply", ordering="slowest_ms")
+    @admin.display(description="Slowest", ordering="slowest_ms")
     def slowest_reply(self, obj: Conversation) -> str:
         return _seconds(obj.slowest_ms)
 

@@ -8,7 +8,7 @@ from django.shortcuts import redirect, render
 from django.utils.translation import gettext as _
 from django.views.decorators.http import require_POST
 
-from voicechat import monitor
+from voicechat import dashboard, monitor
 
 
 @staff_member_required
@@ -19,10 +19,17 @@ def monitor_page(request: HttpRequest) -> HttpResponse:
         "voicechat/monitor.html",
         {
             "conversations": monitor.live_conversations(),
+            "health": dashboard.health(),
             "socket_path": "/ws/monitor",
             "nav": "monitor",
         },
     )
+
+
+@staff_member_required
+def monitor_health(request: HttpRequest) -> HttpResponse:
+    """The dashboard's numbers, as the HTML the monitor page swaps in every few seconds."""
+    return render(request, "voicechat/monitor_health.html", {"health": dashboard.health()})
 
 
 @staff_member_required
