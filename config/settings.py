@@ -507,6 +507,9 @@ REALTIME_MAX_CONCURRENT_PER_USER = envint("REALTIME_MAX_CONCURRENT_PER_USER", 3)
 # How often open sockets are checked for access withdrawn since they opened (a revoked token, a
 # deactivated or demoted user, a signed-out session): the most such a socket lives on.
 REALTIME_ACCESS_CHECK_SECONDS = float(envdecimal("REALTIME_ACCESS_CHECK_SECONDS", "5"))
+# A continued conversation (?resume=) replays at most this many tokens of the old transcript to
+# the model, its latest lines first (voicechat/resume.py).
+REALTIME_RESUME_CONTEXT_TOKENS = envint("REALTIME_RESUME_CONTEXT_TOKENS", 4000)
 # Longest conversation in seconds (0 = no limit; OpenAI's own cap is 60 minutes).
 REALTIME_MAX_DURATION = envint("REALTIME_MAX_DURATION", 3600)
 # Each process marks its live conversations this often (seconds); rows not marked for

@@ -36,6 +36,7 @@ from voicechat.protocol import (
 )
 from voicechat.recorder import TranscriptRecorder
 from voicechat.redaction import redact, redact_server_frame
+from voicechat.resume import context_frames, context_item_prefix, resumable
 from voicechat.revocation import access_watch
 from voicechat.upstream import open_upstream, resolve_backend, time_zone_or_none
 from voicechat.upstream_base import Upstream, UpstreamClosed
@@ -130,6 +131,17 @@ class GatewayConversation:
         if lifecycle.draining():
             await self._refuse(SHUTDOWN_MESSAGE, "server_shutdown", CloseCode.SERVER_SHUTDOWN)
             return
+        # A past conversation of the user's to continue: its transcript goes first (resume.py).
+        resumed, resume_id = None, (query.get("resume") or [""])[0]
+        if resume_id:
+            resumed = await database_sync_to_async(resumable)(self.user, resume_id)
+            if resumed is None:
+                await self._refuse(
+                    "That conversation cannot be continued: it is not one of yours.",
+                    "resume_not_allowed",
+                    CloseCode.RESUME_NOT_ALLOWED,
+                )
+                return
         self.end_requests = end_requests()
         try:
             self.stored = await database_sync_to_async(services.conversation_start)(
@@ -144,6 +156,7 @@ class GatewayConversation:
                 auth_method=identity.method,
                 client_ip=self.client_ip if self.client_ip != "unknown" else None,
                 user_agent=self.user_agent,
+                resumed_from=resumed,
             )
         except services.TooManyConversations as exc:
             audit.warning("socket closed: %s holds too many conversations", self.user)
@@ -164,6 +177,12 @@ class GatewayConversation:
         price_model = self.model if self.stored.backend == Backend.OPENAI else ""
         self.recorder = TranscriptRecorder(conversation_id=self.stored.pk, price_model=price_model)
         self.recorder.start()
+        self.context: list[str] = []  # the resumed conversation's lines, sent before anything
+        if resumed is not None:
+            self.recorder.replayed_prefix = context_item_prefix()
+            self.context = await database_sync_to_async(context_frames)(
+                resumed, id_prefix=self.recorder.replayed_prefix
+            )
         self.monitor = ConversationPublisher(self.stored)
         self.monitor.start()
         if self.end_requests is not None:
@@ -304,6 +323,8 @@ class GatewayConversation:
             await self.upstream.send(
                 session_defaults(self.policy.scope, backend=self.upstream.backend)
             )
+            for frame in self.context:
+                await self.upstream.send(frame)
             while self.pending:
                 await self.upstream.send(self.pending.popleft())
             self.upstream_ready = True

@@ -125,6 +125,11 @@ class Conversation(models.Model):
     heartbeat = models.DateTimeField(null=True, blank=True)
     # When its owner deleted it: the transcript is gone, the row stays for the daily budgets.
     deleted = models.DateTimeField(null=True, blank=True)
+    # The conversation this one continues (History's "Continue", ?resume=): its transcript was
+    # replayed to the model as context when this one started.
+    resumed_from = models.ForeignKey(
+        "self", null=True, blank=True, on_delete=models.SET_NULL, related_name="continuations"
+    )
 
     objects = ConversationQuerySet.as_manager()
 

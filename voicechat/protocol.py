@@ -40,6 +40,8 @@ class CloseCode(enum.IntEnum):
     SERVER_ERROR = 4500
     # The credential it opened with is no longer valid (voicechat/revocation.py), like HTTP 401.
     ACCESS_REVOKED = 4401
+    # ?resume= named a conversation that is not the user's (or does not exist): nothing started.
+    RESUME_NOT_ALLOWED = 4404
 
 
 CLOSE_CODE_FOR = {

@@ -96,6 +96,9 @@ class TranscriptRecorder:
         # The file this conversation's transcript went to because the database was away (None
         # while everything is stored): the end detail should say so.
         self.spilled_to: Path | None = None
+        # The ids of items replayed from a resumed conversation (voicechat/resume.py): stored
+        # with that one already, so not again with this one.
+        self.replayed_prefix = ""
         self._writer: asyncio.Task | None = None
         self._handlers = {
             "session.created": self._on_session,
@@ -180,7 +183,7 @@ class TranscriptRecorder:
     ) -> None:
         """Note what was learned about one item, each raw field checked and clamped first."""
         item_id = upstream_fields.identifier(item_id)
-        if item_id is None:
+        if item_id is None or (self.replayed_prefix and item_id.startswith(self.replayed_prefix)):
             return
         self._batch.items.append(
             ItemChange(

@@ -80,6 +80,7 @@ def conversation_start(
     auth_method: str = "",
     client_ip: str | None = None,
     user_agent: str = "",
+    resumed_from: Conversation | None = None,
 ) -> Conversation:
     """A new conversation; with `max_open`, refused (TooManyConversations) at the user's limit.
 
@@ -112,6 +113,7 @@ def conversation_start(
             auth_method=auth_method,
             client_ip=client_ip,
             user_agent=user_agent[:300],
+            resumed_from=resumed_from,
         )
 
 

@@ -15,6 +15,7 @@ from django.views.decorators.http import require_http_methods, require_safe
 from voicechat import services
 from voicechat.exports import attachment, conversation_as_markdown
 from voicechat.models import Backend, Conversation, ConversationQuerySet, Role, TranscriptItem
+from voicechat.resume import resumable
 from voicechat.upstream import resolve_backend
 
 HISTORY_PAGE_SIZE = 20
@@ -62,7 +63,12 @@ def voice_descriptions() -> dict[str, str]:
 
 @login_required
 def chat(request: HttpRequest) -> HttpResponse:
-    return render(request, "voicechat/chat.html", {"chat_config": chat_config(), "nav": "chat"})
+    config = chat_config()
+    # History's "Continue this conversation": the page opens its socket with ?resume=.
+    resumed = resumable(request.user, request.GET.get("resume", ""))
+    if resumed is not None:
+        config["resume"] = {"id": resumed.pk, "started": resumed.started.isoformat()}
+    return render(request, "voicechat/chat.html", {"chat_config": config, "nav": "chat"})
 
 
 @login_required

@@ -292,6 +292,20 @@ export class VoiceChatApp {
     url.searchParams.set("model", this.config.model);
     // The offline engine answers "what time is it?" in the user's own time zone.
     url.searchParams.set("tz", Intl.DateTimeFormat().resolvedOptions().timeZone || "");
+    const resume = this.config.resume;
+    if (resume) {
+      // History's "Continue": the gateway replays that transcript to the assistant first.
+      // Once only: a later conversation on this page starts afresh.
+      url.searchParams.set("resume", String(resume.id));
+      this.config.resume = null;
+      const started = new Date(resume.started).toLocaleString(document.documentElement.lang, {
+        dateStyle: "medium",
+        timeStyle: "short",
+      });
+      this.transcript.notice(
+        interpolate(gettext("Continuing your conversation of %(started)s"), { started }),
+      );
+    }
     const client = new RealtimeClient(url.href);
     this.client = client;
     client.addEventListener("server-event", (event) => this.onServerEvent(event.detail));
