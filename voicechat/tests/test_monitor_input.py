@@ -60,11 +60,12 @@ async def test_a_binary_frame_gets_an_error_and_the_socket_stays(monitor):
     await still_open(monitor.send_to, lambda: monitor.receive_from(10))
 
 
-async def test_through_the_production_server(fake_upstream, staff_user, gateway_server):
+async def test_through_the_production_server(fake_upstream, staff_user, start_server):
+    server = await start_server(upstream_url=fake_upstream.url)
     cookie = await db(session_cookie, staff_user)
     async with ws_connect(
-        f"ws://{gateway_server}/ws/monitor",
-        origin=f"http://{gateway_server}",
+        f"ws://{server.address}/ws/monitor",
+        origin=f"http://{server.address}",
         additional_headers={"Cookie": cookie},
         open_timeout=10,
     ) as ws:

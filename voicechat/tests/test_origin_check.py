@@ -10,7 +10,7 @@ from channels.testing import WebsocketCommunicator
 from websockets.asyncio.client import connect as ws_connect
 from websockets.exceptions import InvalidStatus
 
-from voicechat.tests.conftest import db, session_cookie
+from voicechat.tests.conftest import db, free_port, session_cookie
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -95,15 +95,14 @@ async def test_csrf_trusted_origins_are_accepted(fake_upstream, staff_cookie, se
 
 
 @pytest.mark.parametrize("path", PATHS)
-async def test_through_the_production_server(fake_upstream, staff_cookie, gateway_server, path):
+async def test_through_the_production_server(fake_upstream, staff_cookie, start_server, path):
     """uvicorn with the gateway's protocol: a page on another port is refused with 403."""
-    url = f"ws://{gateway_server}{path}"
-    _, port = gateway_server.rsplit(":", 1)
-    other_port = int(port) + 1 if int(port) < 65535 else int(port) - 1
+    server = await start_server(upstream_url=fake_upstream.url)
+    url = f"ws://{server.address}{path}"
     with pytest.raises(InvalidStatus) as refused:
         async with ws_connect(
             url,
-            origin=f"http://127.0.0.1:{other_port}",
+            origin=f"http://127.0.0.1:{free_port()}",
             additional_headers={"Cookie": staff_cookie},
             open_timeout=10,
         ):
@@ -111,7 +110,7 @@ async def test_through_the_production_server(fake_upstream, staff_cookie, gatewa
     assert refused.value.response.status_code == 403
     async with ws_connect(
         url,
-        origin=f"http://{gateway_server}",
+        origin=f"http://{server.address}",
         additional_headers={"Cookie": staff_cookie},
         open_timeout=10,
     ) as ws:
