@@ -32,6 +32,7 @@ const CLOSE_MESSAGES = {
   4020: gettext("The usage budget for voice chat has been reached."),
   4029: gettext("Too many new conversations in the last minute. Wait a moment and try again."),
   4401: gettext("You were signed out, or your access was withdrawn. Sign in again to go on."),
+  4404: gettext("That conversation can't be continued here: it isn't one of yours."),
   4500: gettext("The server hit an unexpected problem."),
 };
 // The status line's short "why" next to "Ended"; the alert carries the full sentence.
@@ -53,6 +54,7 @@ const CLOSE_REASONS = {
   4020: gettext("budget reached"),
   4029: gettext("too many new conversations"),
   4401: gettext("access withdrawn"),
+  4404: gettext("not your conversation"),
   4500: gettext("server error"),
 };
 // Worth trying again: the network, the server or the provider blinked. Not: refusals, quotas,
