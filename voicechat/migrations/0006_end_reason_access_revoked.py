@@ -4,15 +4,36 @@ from django.db import migrations, models
 
 
 class Migration(migrations.Migration):
-
     dependencies = [
-        ('voicechat', '0005_repair_lost_conversation_ends'),
+        ("voicechat", "0005_repair_lost_conversation_ends"),
     ]
 
     operations = [
         migrations.AlterField(
-            model_name='conversation',
-            name='end_reason',
-            field=models.CharField(blank=True, choices=[('client_closed', 'Client closed the connection'), ('not_configured', 'No backend configured'), ('model_not_allowed', 'Model not allowed'), ('upstream_unreachable', 'Upstream unreachable'), ('upstream_refused', 'Upstream refused the connection'), ('upstream_closed', 'Upstream closed the connection'), ('upstream_error', 'Upstream reported a fatal error'), ('time_limit', 'Session time limit reached'), ('budget_exceeded', 'Daily budget used up'), ('rate_limited', 'Too many connections'), ('abuse', 'Too many refused events'), ('server_error', 'Server error'), ('ended_by_staff', 'Ended by staff'), ('server_shutdown', 'Server shut down'), ('duration_limit', 'Conversation length limit reached'), ('process_lost', 'Server process lost'), ('access_revoked', 'Access revoked')], max_length=32),
+            model_name="conversation",
+            name="end_reason",
+            field=models.CharField(
+                blank=True,
+                choices=[
+                    ("client_closed", "Client closed the connection"),
+                    ("not_configured", "No backend configured"),
+                    ("model_not_allowed", "Model not allowed"),
+                    ("upstream_unreachable", "Upstream unreachable"),
+                    ("upstream_refused", "Upstream refused the connection"),
+                    ("upstream_closed", "Upstream closed the connection"),
+                    ("upstream_error", "Upstream reported a fatal error"),
+                    ("time_limit", "Session time limit reached"),
+                    ("budget_exceeded", "Daily budget used up"),
+                    ("rate_limited", "Too many connections"),
+                    ("abuse", "Too many refused events"),
+                    ("server_error", "Server error"),
+                    ("ended_by_staff", "Ended by staff"),
+                    ("server_shutdown", "Server shut down"),
+                    ("duration_limit", "Conversation length limit reached"),
+                    ("process_lost", "Server process lost"),
+                    ("access_revoked", "Access revoked"),
+                ],
+                max_length=32,
+            ),
         ),
     ]

@@ -5,15 +5,20 @@ from django.db import migrations, models
 
 
 class Migration(migrations.Migration):
-
     dependencies = [
-        ('voicechat', '0007_transcript_item_latency'),
+        ("voicechat", "0007_transcript_item_latency"),
     ]
 
     operations = [
         migrations.AddField(
-            model_name='conversation',
-            name='resumed_from',
-            field=models.ForeignKey(blank=True, null=True, on_delete=django.db.models.deletion.SET_NULL, related_name='continuations', to='voicechat.conversation'),
+            model_name="conversation",
+            name="resumed_from",
+            field=models.ForeignKey(
+                blank=True,
+                null=True,
+                on_delete=django.db.models.deletion.SET_NULL,
+                related_name="continuations",
+                to="voicechat.conversation",
+            ),
         ),
     ]
