@@ -62,6 +62,7 @@ test-services: install
 
 lint: install
 	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
 
 # Relay cost and capacity against the reference relays (docs/benchmarks.md); about 30 min.
 # The command behind BENCHMARKS.md's summary table.
