@@ -1,7 +1,9 @@
 """Settings for voicechat: one file, configured from the environment.
 
 Every setting a deployer may change is read here with a small helper and listed in README.md.
-The embedded defaults (SQLite, in-memory channel layer, local engine) need no services.
+The embedded defaults (SQLite, in-memory channel layer, local engine) need no services. One
+block per concern, in this order: the site, languages, storage, static files, HTTPS, logs and
+metrics, the gateway, limits, conversations across processes, the offline engine.
 """
 
 import os
@@ -38,6 +40,10 @@ def envdecimal(name: str, default: str) -> Decimal:
 def envlist(name: str, default: str) -> list[str]:
     return [part.strip() for part in os.environ.get(name, default).split(",") if part.strip()]
 
+
+# ==================================================================================================
+# The site: Django itself, sign-in
+# ==================================================================================================
 
 # Debug pages show settings and code to anyone: only when asked for (`make run` asks).
 DEBUG = envbool("DEBUG", "False")
@@ -100,6 +106,43 @@ TEMPLATES = [
     },
 ]
 
+AUTH_PASSWORD_VALIDATORS = [
+    {"NAME": "django.contrib.auth.password_validation.UserAttributeSimilarityValidator"},
+    {"NAME": "django.contrib.auth.password_validation.MinimumLengthValidator"},
+    {"NAME": "django.contrib.auth.password_validation.CommonPasswordValidator"},
+    {"NAME": "django.contrib.auth.password_validation.NumericPasswordValidator"},
+]
+
+LOGIN_URL = "login"
+LOGIN_REDIRECT_URL = "chat"
+LOGOUT_REDIRECT_URL = "login"
+
+DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
+
+# ==================================================================================================
+# Languages and time
+# ==================================================================================================
+
+# The pages speak English, Simplified Chinese and Japanese: LocaleMiddleware picks one from the
+# language cookie (the picker in the top bar, Django's set_language) or else Accept-Language.
+# Catalogs live in locale/ (templates and Python: django.po; the page scripts: djangojs.po).
+LANGUAGE_CODE = "en"
+LANGUAGES = [("en", "English"), ("zh-hans", "简体中文"), ("ja", "日本語")]
+LOCALE_PATHS = [BASE_DIR / "locale"]
+# The choice outlives the browser session (Django's default cookie ends with it).
+LANGUAGE_COOKIE_AGE = 365 * 24 * 60 * 60
+MIDDLEWARE.insert(
+    MIDDLEWARE.index("django.contrib.sessions.middleware.SessionMiddleware") + 1,
+    "django.middleware.locale.LocaleMiddleware",
+)
+TIME_ZONE = os.environ.get("TIME_ZONE", "UTC")
+USE_I18N = True
+USE_TZ = True
+
+# ==================================================================================================
+# Storage: the database, the channel layer and the cache (embedded, or shared for scale-out)
+# ==================================================================================================
+
 DATABASES = {
     "default": {
         "ENGINE": "django.db.backends.sqlite3",
@@ -119,40 +162,118 @@ DATABASES = {
     }
 }
 
+# Seconds a database connection is reused. The gateway reaches the database from one worker
+# thread per process; reopening SQLite for every write (and checkpointing its WAL on every
+# close) made a burst of new conversations wait seconds on that thread. 0 = close after use.
+DATABASES["default"]["CONN_MAX_AGE"] = envint("DATABASE_CONN_MAX_AGE", 600)
+DATABASES["default"]["CONN_HEALTH_CHECKS"] = True
+
+# PostgreSQL (psycopg 3) for several server processes, e.g. postgres://user:pass@host/voicechat.
+DATABASE_URL = os.environ.get("DATABASE_URL", "")
+if DATABASE_URL:
+    import dj_database_url
+
+    DATABASES = {
+        "default": dj_database_url.parse(
+            DATABASE_URL,
+            # Under ASGI, connections kept per thread leak (Django's docs), so either psycopg's
+            # pool (DATABASE_POOL, the default for PostgreSQL) or a new connection per use.
+            conn_max_age=0,
+            conn_health_checks=False,
+        )
+    }
+    if DATABASES["default"]["ENGINE"].endswith("postgresql") and envbool("DATABASE_POOL", "True"):
+        DATABASES["default"].setdefault("OPTIONS", {})["pool"] = {
+            "min_size": 1,
+            "max_size": envint("DATABASE_POOL_MAX_SIZE", 10),
+        }
+    # One test database per test process, so parallel runs on one server never collide.
+    DATABASES["default"]["TEST"] = {
+        "NAME": f"test_{DATABASES['default'].get('NAME') or 'voicechat'}_{os.getpid()}"
+    }
+
 CHANNEL_LAYERS = {"default": {"BACKEND": "channels.layers.InMemoryChannelLayer"}}
 
-AUTH_PASSWORD_VALIDATORS = [
-    {"NAME": "django.contrib.auth.password_validation.UserAttributeSimilarityValidator"},
-    {"NAME": "django.contrib.auth.password_validation.MinimumLengthValidator"},
-    {"NAME": "django.contrib.auth.password_validation.CommonPasswordValidator"},
-    {"NAME": "django.contrib.auth.password_validation.NumericPasswordValidator"},
-]
+# Redis for the channel layer, so processes reach each other (live monitor, staff "end"),
+# and for the cache, so rate limits count every process.
+REDIS_URL = os.environ.get("REDIS_URL", "")
+# Keys and groups are namespaced, so several deployments (or test runs) can share one Redis.
+REDIS_PREFIX = os.environ.get("REDIS_PREFIX", "voicechat")
+if REDIS_URL:
+    CHANNEL_LAYERS = {
+        "default": {
+            "BACKEND": "channels_redis.core.RedisChannelLayer",
+            "CONFIG": {
+                # redis-py 8 reads with a 5 s socket timeout by default, exactly the 5 s a
+                # consumer blocks waiting for its next message: an idle consumer would die
+                # with "Timeout reading from" Redis. Allow the blocking read to finish.
+                "hosts": [{"address": REDIS_URL, "socket_timeout": 30}],
+                "prefix": REDIS_PREFIX,
+            },
+        }
+    }
+    # Rate-limit windows (voicechat/ratelimit.py) must be shared by every process too.
+    CACHES = {
+        "default": {
+            "BACKEND": "django.core.cache.backends.redis.RedisCache",
+            "LOCATION": REDIS_URL,
+            "KEY_PREFIX": REDIS_PREFIX,
+        }
+    }
 
-LOGIN_URL = "login"
-LOGIN_REDIRECT_URL = "chat"
-LOGOUT_REDIRECT_URL = "login"
-
-# The pages speak English, Simplified Chinese and Japanese: LocaleMiddleware picks one from the
-# language cookie (the picker in the top bar, Django's set_language) or else Accept-Language.
-# Catalogs live in locale/ (templates and Python: django.po; the page scripts: djangojs.po).
-LANGUAGE_CODE = "en"
-LANGUAGES = [("en", "English"), ("zh-hans", "简体中文"), ("ja", "日本語")]
-LOCALE_PATHS = [BASE_DIR / "locale"]
-# The choice outlives the browser session (Django's default cookie ends with it).
-LANGUAGE_COOKIE_AGE = 365 * 24 * 60 * 60
-MIDDLEWARE.insert(
-    MIDDLEWARE.index("django.contrib.sessions.middleware.SessionMiddleware") + 1,
-    "django.middleware.locale.LocaleMiddleware",
-)
-TIME_ZONE = os.environ.get("TIME_ZONE", "UTC")
-USE_I18N = True
-USE_TZ = True
+# ==================================================================================================
+# Static files
+# ==================================================================================================
 
 STATIC_URL = "static/"
 STATICFILES_DIRS = [BASE_DIR / "static"]
 STATIC_ROOT = BASE_DIR / "staticfiles"
 
-DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
+# Static files are served by WhiteNoise from any ASGI server, with or without DEBUG. With
+# STATIC_ROOT set (production: run collectstatic into it) files are served compressed with
+# hashed, forever-cacheable names; without it they are served straight from the sources.
+if os.environ.get("STATIC_ROOT"):
+    STATIC_ROOT = Path(os.environ["STATIC_ROOT"])
+    STORAGES = {
+        "default": {"BACKEND": "django.core.files.storage.FileSystemStorage"},
+        "staticfiles": {"BACKEND": "whitenoise.storage.CompressedManifestStaticFilesStorage"},
+    }
+    WHITENOISE_USE_FINDERS = False
+else:
+    # Nothing collected: serve the sources (collectstatic then asks for STATIC_ROOT).
+    STATIC_ROOT = None
+    WHITENOISE_USE_FINDERS = True
+MIDDLEWARE.insert(
+    MIDDLEWARE.index("django.middleware.security.SecurityMiddleware") + 1,
+    "voicechat.staticfiles.AsgiWhiteNoiseMiddleware",
+)
+
+# ==================================================================================================
+# HTTPS
+# ==================================================================================================
+
+# Behind a TLS-terminating proxy: trust its X-Forwarded-Proto (only if it always sets it).
+if envbool("SECURE_PROXY_SSL_HEADER", "False"):
+    SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
+# Served over HTTPS (HTTPS=true): cookies only over TLS, plain HTTP redirected, and browsers
+# told to stay on HTTPS (HSTS), which `manage.py check --deploy` asks for. Off by default, so
+# plain http://127.0.0.1 keeps working. Behind a TLS proxy, the redirect needs the proxy's
+# X-Forwarded-Proto trusted (SECURE_PROXY_SSL_HEADER, or uvicorn's FORWARDED_ALLOW_IPS).
+HTTPS = envbool("HTTPS", "False")
+SESSION_COOKIE_SECURE = CSRF_COOKIE_SECURE = HTTPS
+SECURE_SSL_REDIRECT = envbool("SECURE_SSL_REDIRECT", str(HTTPS))
+SECURE_HSTS_SECONDS = envint("SECURE_HSTS_SECONDS", 31536000) if HTTPS else 0
+SECURE_HSTS_INCLUDE_SUBDOMAINS = envbool("SECURE_HSTS_INCLUDE_SUBDOMAINS", str(HTTPS))
+SECURE_HSTS_PRELOAD = envbool("SECURE_HSTS_PRELOAD", "False")
+# security.W021 (no preload) is silenced on purpose: preloading asks browser vendors to hard-code
+# HTTPS for a whole registrable domain (hstspreload.org), its owner's choice, and slow to undo.
+SILENCED_SYSTEM_CHECKS = ["security.W021"]
+# Load balancers probe plain HTTP on the inside.
+SECURE_REDIRECT_EXEMPT = [r"^healthz$"]
+
+# ==================================================================================================
+# Logs and metrics
+# ==================================================================================================
 
 LOGGING = {
     "version": 1,
@@ -172,7 +293,30 @@ LOGGING = {
     "root": {"handlers": ["console"], "level": os.environ.get("LOG_LEVEL", "INFO")},
 }
 
-# --- The realtime gateway ---------------------------------------------------------------
+# LOG_FORMAT=json writes one JSON object per line (for log shippers); secrets stay redacted.
+LOG_FORMAT = os.environ.get("LOG_FORMAT", "text").strip().lower()
+LOGGING["formatters"] = {
+    "text": {"format": "%(asctime)s %(levelname)s %(name)s [%(process)d] %(message)s"},
+    "json": {"()": "voicechat.logformat.JsonFormatter"},
+}
+# Servers' own loggers go through our handler too (one format, and redacted): uvicorn gives
+# them handlers of their own, which this replaces.
+LOGGING.setdefault("loggers", {}).update(
+    {name: {"handlers": [], "propagate": True} for name in ("uvicorn", "uvicorn.access")}
+)
+for _handler in LOGGING["handlers"].values():
+    _handler["formatter"] = "json" if LOG_FORMAT == "json" else "text"
+    _handler.setdefault("filters", [])
+    if "redact_secrets" not in _handler["filters"]:
+        _handler["filters"].append("redact_secrets")
+
+# /metrics (Prometheus) for staff sessions, and for `Authorization: Bearer <METRICS_TOKEN>`
+# (a scraper); empty = token access off. Anyone else is refused with 403.
+METRICS_TOKEN = os.environ.get("METRICS_TOKEN", "")
+
+# ==================================================================================================
+# The gateway: the provider, models, voices, what clients may set, prices
+# ==================================================================================================
 
 OPENAI_API_KEY = os.environ.get("OPENAI_API_KEY", "")
 OPENAI_REALTIME_URL = os.environ.get("OPENAI_REALTIME_URL", "wss://api.openai.com/v1/realtime")
@@ -303,7 +447,9 @@ REALTIME_PRICES = {
     },
 }
 
-# --- Security limits ----------------------------------------------------------------------
+# ==================================================================================================
+# Limits: sign-in attempts, budgets, connections, frames, conversations
+# ==================================================================================================
 
 # Login rate limiting (django-axes): this many failures for one username from one address
 # locks that pair out for LOGIN_COOLOFF_MINUTES; a successful login resets the count.
@@ -330,7 +476,39 @@ REALTIME_AUDIO_BURST_MS = envint("REALTIME_AUDIO_BURST_MS", 5000)
 # Refused client events tolerated per minute before the socket is closed as abusive.
 REALTIME_MAX_REFUSED_PER_MINUTE = envint("REALTIME_MAX_REFUSED_PER_MINUTE", 300)
 
-# --- Local engine: model files ---
+# Conversations one user may hold at once (0 = no limit).
+REALTIME_MAX_CONCURRENT_PER_USER = envint("REALTIME_MAX_CONCURRENT_PER_USER", 3)
+
+# Longest conversation in seconds (0 = no limit; OpenAI's own cap is 60 minutes).
+REALTIME_MAX_DURATION = envint("REALTIME_MAX_DURATION", 3600)
+
+# ==================================================================================================
+# Conversations across processes: access checks, heartbeat, shutdown, spilled transcripts, resume
+# ==================================================================================================
+
+# How often open sockets are checked for access withdrawn since they opened (a revoked token, a
+# deactivated or demoted user, a signed-out session): the most such a socket lives on.
+REALTIME_ACCESS_CHECK_SECONDS = float(envdecimal("REALTIME_ACCESS_CHECK_SECONDS", "5"))
+
+# Each process marks its live conversations this often (seconds); rows not marked for
+# REALTIME_STALE_AFTER seconds belong to a crashed process and are ended as process_lost.
+REALTIME_HEARTBEAT_INTERVAL = envint("REALTIME_HEARTBEAT_INTERVAL", 30)
+REALTIME_STALE_AFTER = envint("REALTIME_STALE_AFTER", 120)
+# On SIGTERM/SIGINT, seconds to tell clients, close upstreams and store transcripts
+# before the server's own shutdown goes on.
+REALTIME_SHUTDOWN_TIMEOUT = envint("REALTIME_SHUTDOWN_TIMEOUT", 10)
+# Where a conversation's transcript goes when the database is still away at its end (one JSONL
+# file per conversation); `manage.py replay_spilled_transcripts` stores it once it is back.
+TRANSCRIPT_SPILL_DIR = os.environ.get("TRANSCRIPT_SPILL_DIR", str(BASE_DIR / "var" / "spill"))
+
+# A continued conversation (?resume=) replays at most this many tokens of the old transcript to
+# the model, its latest lines first (voicechat/resume.py).
+REALTIME_RESUME_CONTEXT_TOKENS = envint("REALTIME_RESUME_CONTEXT_TOKENS", 4000)
+
+# ==================================================================================================
+# The offline engine (REALTIME_BACKEND=local, or auto without a key)
+# ==================================================================================================
+
 # Where model files split across several wheels are joined (once) before loading
 # (voicechat/local_engine/model_files.py); about 1.2 GB with the default models.
 LOCAL_MODEL_CACHE = os.environ.get(
@@ -338,7 +516,6 @@ LOCAL_MODEL_CACHE = os.environ.get(
     os.path.join(os.environ.get("XDG_CACHE_HOME") or "~/.cache", "voicechat", "models"),
 )
 
-# --- Local engine: speech ---
 # Speech recognizer: faster-whisper (Whisper, models from requirements-models.txt) or a dotted
 # path to your own factory (voicechat/local_engine/stt.py).
 LOCAL_STT = os.environ.get("LOCAL_STT", "faster-whisper").strip()
@@ -359,7 +536,6 @@ LOCAL_TTS = os.environ.get("LOCAL_TTS", "piper").strip()
 # Another piper voice: path to its .onnx file, with the .onnx.json beside it.
 LOCAL_PIPER_VOICE = os.environ.get("LOCAL_PIPER_VOICE", "")
 
-# --- Local engine ---------------------------------------------------------------------------
 
 # An OpenAI-compatible chat-completions server for the local engine's replies (Ollama:
 # http://127.0.0.1:11434/v1, llama.cpp server: http://127.0.0.1:8080/v1); it overrides LOCAL_LLM.
@@ -381,144 +557,3 @@ LOCAL_LLM_TIMEOUT = envint("LOCAL_LLM_TIMEOUT", 60)
 # Threads for speech recognition, and as many for synthesis, shared by all conversations
 # (0: one per core).
 LOCAL_ENGINE_WORKERS = envint("LOCAL_ENGINE_WORKERS", 0)
-
-# --- Serving and benchmarks (docs/benchmarks.md) ---
-# Seconds a database connection is reused. The gateway reaches the database from one worker
-# thread per process; reopening SQLite for every write (and checkpointing its WAL on every
-# close) made a burst of new conversations wait seconds on that thread. 0 = close after use.
-DATABASES["default"]["CONN_MAX_AGE"] = envint("DATABASE_CONN_MAX_AGE", 600)
-DATABASES["default"]["CONN_HEALTH_CHECKS"] = True
-
-# --- Scale-out: shared database and channel layer, production serving, limits -----------
-
-# PostgreSQL (psycopg 3) for several server processes, e.g. postgres://user:pass@host/voicechat.
-DATABASE_URL = os.environ.get("DATABASE_URL", "")
-if DATABASE_URL:
-    import dj_database_url
-
-    DATABASES = {
-        "default": dj_database_url.parse(
-            DATABASE_URL,
-            # Under ASGI, connections kept per thread leak (Django's docs), so either psycopg's
-            # pool (DATABASE_POOL, the default for PostgreSQL) or a new connection per use.
-            conn_max_age=0,
-            conn_health_checks=False,
-        )
-    }
-    if DATABASES["default"]["ENGINE"].endswith("postgresql") and envbool("DATABASE_POOL", "True"):
-        DATABASES["default"].setdefault("OPTIONS", {})["pool"] = {
-            "min_size": 1,
-            "max_size": envint("DATABASE_POOL_MAX_SIZE", 10),
-        }
-    # One test database per test process, so parallel runs on one server never collide.
-    DATABASES["default"]["TEST"] = {
-        "NAME": f"test_{DATABASES['default'].get('NAME') or 'voicechat'}_{os.getpid()}"
-    }
-
-# Redis for the channel layer, so processes reach each other (live monitor, staff "end"),
-# and for the cache, so rate limits count every process.
-REDIS_URL = os.environ.get("REDIS_URL", "")
-# Keys and groups are namespaced, so several deployments (or test runs) can share one Redis.
-REDIS_PREFIX = os.environ.get("REDIS_PREFIX", "voicechat")
-if REDIS_URL:
-    CHANNEL_LAYERS = {
-        "default": {
-            "BACKEND": "channels_redis.core.RedisChannelLayer",
-            "CONFIG": {
-                # redis-py 8 reads with a 5 s socket timeout by default, exactly the 5 s a
-                # consumer blocks waiting for its next message: an idle consumer would die
-                # with "Timeout reading from" Redis. Allow the blocking read to finish.
-                "hosts": [{"address": REDIS_URL, "socket_timeout": 30}],
-                "prefix": REDIS_PREFIX,
-            },
-        }
-    }
-    # Rate-limit windows (voicechat/ratelimit.py) must be shared by every process too.
-    CACHES = {
-        "default": {
-            "BACKEND": "django.core.cache.backends.redis.RedisCache",
-            "LOCATION": REDIS_URL,
-            "KEY_PREFIX": REDIS_PREFIX,
-        }
-    }
-
-# Static files are served by WhiteNoise from any ASGI server, with or without DEBUG. With
-# STATIC_ROOT set (production: run collectstatic into it) files are served compressed with
-# hashed, forever-cacheable names; without it they are served straight from the sources.
-if os.environ.get("STATIC_ROOT"):
-    STATIC_ROOT = Path(os.environ["STATIC_ROOT"])
-    STORAGES = {
-        "default": {"BACKEND": "django.core.files.storage.FileSystemStorage"},
-        "staticfiles": {"BACKEND": "whitenoise.storage.CompressedManifestStaticFilesStorage"},
-    }
-    WHITENOISE_USE_FINDERS = False
-else:
-    # Nothing collected: serve the sources (collectstatic then asks for STATIC_ROOT).
-    STATIC_ROOT = None
-    WHITENOISE_USE_FINDERS = True
-MIDDLEWARE.insert(
-    MIDDLEWARE.index("django.middleware.security.SecurityMiddleware") + 1,
-    "voicechat.staticfiles.AsgiWhiteNoiseMiddleware",
-)
-
-# Behind a TLS-terminating proxy: trust its X-Forwarded-Proto (only if it always sets it).
-if envbool("SECURE_PROXY_SSL_HEADER", "False"):
-    SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
-# Served over HTTPS (HTTPS=true): cookies only over TLS, plain HTTP redirected, and browsers
-# told to stay on HTTPS (HSTS), which `manage.py check --deploy` asks for. Off by default, so
-# plain http://127.0.0.1 keeps working. Behind a TLS proxy, the redirect needs the proxy's
-# X-Forwarded-Proto trusted (SECURE_PROXY_SSL_HEADER, or uvicorn's FORWARDED_ALLOW_IPS).
-HTTPS = envbool("HTTPS", "False")
-SESSION_COOKIE_SECURE = CSRF_COOKIE_SECURE = HTTPS
-SECURE_SSL_REDIRECT = envbool("SECURE_SSL_REDIRECT", str(HTTPS))
-SECURE_HSTS_SECONDS = envint("SECURE_HSTS_SECONDS", 31536000) if HTTPS else 0
-SECURE_HSTS_INCLUDE_SUBDOMAINS = envbool("SECURE_HSTS_INCLUDE_SUBDOMAINS", str(HTTPS))
-SECURE_HSTS_PRELOAD = envbool("SECURE_HSTS_PRELOAD", "False")
-# security.W021 (no preload) is silenced on purpose: preloading asks browser vendors to hard-code
-# HTTPS for a whole registrable domain (hstspreload.org), its owner's choice, and slow to undo.
-SILENCED_SYSTEM_CHECKS = ["security.W021"]
-# Load balancers probe plain HTTP on the inside.
-SECURE_REDIRECT_EXEMPT = [r"^healthz$"]
-
-# LOG_FORMAT=json writes one JSON object per line (for log shippers); secrets stay redacted.
-LOG_FORMAT = os.environ.get("LOG_FORMAT", "text").strip().lower()
-LOGGING["formatters"] = {
-    "text": {"format": "%(asctime)s %(levelname)s %(name)s [%(process)d] %(message)s"},
-    "json": {"()": "voicechat.logformat.JsonFormatter"},
-}
-# Servers' own loggers go through our handler too (one format, and redacted): uvicorn gives
-# them handlers of their own, which this replaces.
-LOGGING.setdefault("loggers", {}).update(
-    {name: {"handlers": [], "propagate": True} for name in ("uvicorn", "uvicorn.access")}
-)
-for _handler in LOGGING["handlers"].values():
-    _handler["formatter"] = "json" if LOG_FORMAT == "json" else "text"
-    _handler.setdefault("filters", [])
-    if "redact_secrets" not in _handler["filters"]:
-        _handler["filters"].append("redact_secrets")
-
-# /metrics (Prometheus) for staff sessions, and for `Authorization: Bearer <METRICS_TOKEN>`
-# (a scraper); empty = token access off. Anyone else is refused with 403.
-METRICS_TOKEN = os.environ.get("METRICS_TOKEN", "")
-
-# Limits that hold across processes (counted in the shared database).
-# Conversations one user may hold at once (0 = no limit).
-REALTIME_MAX_CONCURRENT_PER_USER = envint("REALTIME_MAX_CONCURRENT_PER_USER", 3)
-# How often open sockets are checked for access withdrawn since they opened (a revoked token, a
-# deactivated or demoted user, a signed-out session): the most such a socket lives on.
-REALTIME_ACCESS_CHECK_SECONDS = float(envdecimal("REALTIME_ACCESS_CHECK_SECONDS", "5"))
-# A continued conversation (?resume=) replays at most this many tokens of the old transcript to
-# the model, its latest lines first (voicechat/resume.py).
-REALTIME_RESUME_CONTEXT_TOKENS = envint("REALTIME_RESUME_CONTEXT_TOKENS", 4000)
-# Longest conversation in seconds (0 = no limit; OpenAI's own cap is 60 minutes).
-REALTIME_MAX_DURATION = envint("REALTIME_MAX_DURATION", 3600)
-# Each process marks its live conversations this often (seconds); rows not marked for
-# REALTIME_STALE_AFTER seconds belong to a crashed process and are ended as process_lost.
-REALTIME_HEARTBEAT_INTERVAL = envint("REALTIME_HEARTBEAT_INTERVAL", 30)
-REALTIME_STALE_AFTER = envint("REALTIME_STALE_AFTER", 120)
-# On SIGTERM/SIGINT, seconds to tell clients, close upstreams and store transcripts
-# before the server's own shutdown goes on.
-REALTIME_SHUTDOWN_TIMEOUT = envint("REALTIME_SHUTDOWN_TIMEOUT", 10)
-# Where a conversation's transcript goes when the database is still away at its end (one JSONL
-# file per conversation); `manage.py replay_spilled_transcripts` stores it once it is back.
-TRANSCRIPT_SPILL_DIR = os.environ.get("TRANSCRIPT_SPILL_DIR", str(BASE_DIR / "var" / "spill"))
