@@ -303,6 +303,17 @@ class Bench:
                 gw,
                 "/v1/realtime",
             )
+        # The same production command with the metrics switched off (bench/no_metrics.py), for
+        # their cost on the relay path in the same run.
+        known["gw-uvicorn-nometrics"] = Target(
+            "gw-uvicorn-nometrics",
+            "gateway",
+            UVICORN_CMD.replace("{workers}", "1").replace(
+                "config.asgi:application", "bench.no_metrics:application"
+            ),
+            gw,
+            "/v1/realtime",
+        )
         for spec in self.args.target:  # --target NAME=COMMAND: any relay, e.g. another server
             name, _, command = spec.partition("=")
             known[name] = Target(name, "custom", command, {}, "/")
