@@ -61,9 +61,10 @@ TURN_DETECTION = {
 }
 # Silence sent after each phrase: enough for the turn to end (semantic_vad waits at most 4 s).
 TAIL_MS = {"server_vad": SILENCE_MS + 400, "semantic_vad": 4000 + 400}
-# " | " is a pause mid-sentence, MID_PAUSE_MS long: shorter than server_vad's window, so the
-# turn goes on, but long enough for the engine to start a reply it then throws away.
-MID_PAUSE_MS = 400
+# " | " is a pause mid-sentence: MID_PAUSE_MS of silence between the two readings, which trail
+# and lead with ~0.15 s more (~0.4 s of silence in all). Shorter than server_vad's window, so
+# the turn goes on, but long enough for the engine to start a reply it then throws away.
+MID_PAUSE_MS = 250
 SCRIPT = [
     "Hello there.",
     "My name is Ada.",

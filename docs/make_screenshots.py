@@ -29,7 +29,8 @@ from django.test import Client  # noqa: E402
 from django.utils.timezone import now  # noqa: E402
 from playwright.sync_api import sync_playwright  # noqa: E402
 
-from voicechat.models import EndReason, ItemStatus, Role, TranscriptItem  # noqa: E402
+from voicechat.enums import EndReason, ItemStatus, Role  # noqa: E402
+from voicechat.models import TranscriptItem  # noqa: E402
 from voicechat.services import conversation_start  # noqa: E402
 from voicechat.tests.browser import ChatServer, chromium_args, speech_wav  # noqa: E402
 from voicechat.tests.fake_voice_upstream import ServerThread, VoiceFakeUpstream  # noqa: E402

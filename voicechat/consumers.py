@@ -16,8 +16,8 @@ from django.conf import settings
 
 from voicechat import ratelimit
 from voicechat.auth import authenticate, header
+from voicechat.enums import EndReason
 from voicechat.gateway import GatewayConversation
-from voicechat.models import EndReason
 from voicechat.websocket_server import TEXT_SHORTCUT, TextShortcut
 
 logger = logging.getLogger(__name__)

@@ -14,7 +14,8 @@ from datetime import datetime, timedelta
 from django.utils.timezone import now
 from django.utils.translation import gettext as _
 
-from voicechat.models import Conversation, EndReason, Role, TranscriptItem
+from voicechat.enums import EndReason, Role
+from voicechat.models import Conversation, TranscriptItem
 
 LATENCY_WINDOW = timedelta(minutes=15)
 ERROR_WINDOW = timedelta(hours=1)

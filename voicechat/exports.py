@@ -4,7 +4,8 @@ import re
 
 from django.http import HttpResponse
 
-from voicechat.models import Conversation, EndReason
+from voicechat.enums import EndReason
+from voicechat.models import Conversation
 
 # Characters that are Markdown markup anywhere in a line (emphasis, code, links, HTML, tables,
 # and entities: "&#35;" would show as "#").

@@ -22,8 +22,9 @@ from django.conf import settings
 from voicechat import lifecycle, logformat, metrics, ratelimit, services
 from voicechat.auth import Identity
 from voicechat.budgets import budget_problem, watch_budget
+from voicechat.enums import Backend, EndReason
 from voicechat.limits import TOO_MANY_CODE, DurationLimit
-from voicechat.models import Backend, Conversation, EndReason
+from voicechat.models import Conversation
 from voicechat.monitor import ConversationPublisher, EndRequests, end_requests
 from voicechat.policy import ClientEventPolicy, session_defaults
 from voicechat.protocol import (

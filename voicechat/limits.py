@@ -10,7 +10,7 @@ from collections.abc import Awaitable, Callable
 
 from django.conf import settings
 
-from voicechat.models import EndReason
+from voicechat.enums import EndReason
 
 TOO_MANY_CODE = "too_many_conversations"
 DURATION_MESSAGE = (

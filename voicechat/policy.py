@@ -15,7 +15,7 @@ from dataclasses import dataclass, replace
 import orjson
 from django.conf import settings
 
-from voicechat.models import Backend
+from voicechat.enums import Backend
 from voicechat.protocol import error_event, new_event_id
 from voicechat.scopes import Scope
 

@@ -7,7 +7,7 @@ import os
 
 import orjson
 
-from voicechat.models import EndReason
+from voicechat.enums import EndReason
 
 # Unique per process and cheap: a random prefix and a counter.
 _event_ids = itertools.count(1)

@@ -22,8 +22,9 @@ from django.db import InterfaceError, OperationalError
 from django.utils.timezone import now
 
 from voicechat import metrics, services, upstream_fields
+from voicechat.enums import ItemStatus, Role
 from voicechat.metrics import TurnLatency
-from voicechat.models import Conversation, ItemStatus, Role
+from voicechat.models import Conversation
 from voicechat.services import ItemChange, RecorderBatch, TokenCounts, UsageChange
 
 logger = logging.getLogger(__name__)

@@ -14,7 +14,8 @@ import secrets
 import orjson
 from django.conf import settings
 
-from voicechat.models import Conversation, Role
+from voicechat.enums import Role
+from voicechat.models import Conversation
 
 CHARACTERS_PER_TOKEN = 4
 _CONTENT_TYPE = {Role.USER: "input_text", Role.ASSISTANT: "output_text"}

@@ -14,15 +14,8 @@ from django.db.models.functions import Coalesce, Greatest, Least
 from django.utils.timezone import now
 
 from voicechat import upstream_fields
-from voicechat.models import (
-    ApiToken,
-    Backend,
-    Conversation,
-    EndReason,
-    ItemStatus,
-    TranscriptItem,
-    UsageRecord,
-)
+from voicechat.enums import Backend, EndReason, ItemStatus
+from voicechat.models import ApiToken, Conversation, TranscriptItem, UsageRecord
 from voicechat.offline_models import offline_models
 from voicechat.scopes import ScopeKind
 

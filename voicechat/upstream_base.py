@@ -9,7 +9,7 @@ implementation, so neither depends on the other through it (they used to import 
 import abc
 from collections.abc import AsyncIterator, Callable
 
-from voicechat.models import Backend
+from voicechat.enums import Backend
 from voicechat.protocol import EndConversation
 
 

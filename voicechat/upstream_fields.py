@@ -10,7 +10,8 @@ import hashlib
 
 import orjson
 
-from voicechat.models import Conversation, Role, TranscriptItem, UsageRecord
+from voicechat.enums import Role
+from voicechat.models import Conversation, TranscriptItem, UsageRecord
 
 # The largest value a PositiveIntegerField holds on every backend (PostgreSQL's `integer`).
 MAX_WHOLE_NUMBER = 2**31 - 1

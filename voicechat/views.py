@@ -13,8 +13,9 @@ from django.utils.translation import gettext as _
 from django.views.decorators.http import require_http_methods, require_safe
 
 from voicechat import services
+from voicechat.enums import Backend, Role
 from voicechat.exports import attachment, conversation_as_markdown
-from voicechat.models import Backend, Conversation, ConversationQuerySet, Role, TranscriptItem
+from voicechat.models import Conversation, ConversationQuerySet, TranscriptItem
 from voicechat.resume import resumable
 from voicechat.upstream import resolve_backend
 

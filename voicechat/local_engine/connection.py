@@ -4,11 +4,11 @@ import asyncio
 import logging
 from collections.abc import AsyncIterator
 
+from voicechat.enums import Backend
 from voicechat.local_engine import speech
 from voicechat.local_engine.events import ClientEventError, dumps, parse_client_event
 from voicechat.local_engine.responder import Responder
 from voicechat.local_engine.session import RealtimeSession
-from voicechat.models import Backend
 from voicechat.upstream_base import Upstream, UpstreamClosed
 
 logger = logging.getLogger(__name__)

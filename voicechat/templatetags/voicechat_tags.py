@@ -6,7 +6,7 @@ from decimal import Decimal
 from django import template
 from django.utils.translation import gettext, gettext_lazy
 
-from voicechat.models import EndReason
+from voicechat.enums import EndReason
 
 register = template.Library()
 

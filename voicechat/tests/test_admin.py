@@ -5,7 +5,8 @@ import json
 import pytest
 from django.urls import reverse
 
-from voicechat.models import ApiToken, Conversation, EndReason, TranscriptItem, UserLimits
+from voicechat.enums import EndReason
+from voicechat.models import ApiToken, Conversation, TranscriptItem, UserLimits
 from voicechat.services import (
     ItemChange,
     RecorderBatch,

@@ -9,7 +9,8 @@ import base64
 
 import pytest
 
-from voicechat.models import Conversation, ItemStatus, Role
+from voicechat.enums import ItemStatus, Role
+from voicechat.models import Conversation
 from voicechat.tests import browser
 from voicechat.tests.browser import (
     pcm_rms,

@@ -7,7 +7,8 @@ and speaks (piper) into the page, with the defaults a fresh install runs.
 
 import pytest
 
-from voicechat.models import Conversation, ItemStatus, Role
+from voicechat.enums import ItemStatus, Role
+from voicechat.models import Conversation
 from voicechat.tests import browser
 from voicechat.tests.browser import (
     RATE,

@@ -17,7 +17,8 @@ from websockets.asyncio.client import connect as ws_connect
 from websockets.exceptions import ConnectionClosed
 
 from voicechat import lifecycle, monitor
-from voicechat.models import Conversation, EndReason
+from voicechat.enums import EndReason
+from voicechat.models import Conversation
 from voicechat.tests.conftest import db, finished_conversation
 
 pytestmark = pytest.mark.django_db(transaction=True)

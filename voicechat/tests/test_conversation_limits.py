@@ -7,7 +7,8 @@ import pytest
 from django.utils.timezone import now
 
 from voicechat import services
-from voicechat.models import Conversation, EndReason
+from voicechat.enums import EndReason
+from voicechat.models import Conversation
 from voicechat.protocol import CloseCode
 from voicechat.tests.conftest import db
 

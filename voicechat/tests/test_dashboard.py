@@ -6,7 +6,8 @@ import pytest
 from django.utils.timezone import now
 
 from voicechat import dashboard
-from voicechat.models import Conversation, EndReason, Role, TranscriptItem
+from voicechat.enums import EndReason, Role
+from voicechat.models import Conversation, TranscriptItem
 from voicechat.services import conversation_end, conversation_start
 
 pytestmark = pytest.mark.django_db

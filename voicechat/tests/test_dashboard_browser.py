@@ -8,7 +8,8 @@ from pathlib import Path
 import pytest
 from playwright.async_api import async_playwright, expect
 
-from voicechat.models import EndReason, Role, TranscriptItem
+from voicechat.enums import EndReason, Role
+from voicechat.models import TranscriptItem
 from voicechat.services import conversation_end, conversation_start
 from voicechat.tests.conftest import db, session_cookie
 from voicechat.tests.test_multiprocess import gateway

@@ -10,7 +10,8 @@ import asyncio
 import pytest
 
 from voicechat import monitor
-from voicechat.models import Conversation, EndReason
+from voicechat.enums import EndReason
+from voicechat.models import Conversation
 from voicechat.protocol import CloseCode
 from voicechat.tests.conftest import db, finished_conversation
 

@@ -13,7 +13,8 @@ from websockets.asyncio.client import connect as ws_connect
 from websockets.exceptions import ConnectionClosed
 
 from voicechat import lifecycle
-from voicechat.models import Conversation, EndReason
+from voicechat.enums import EndReason
+from voicechat.models import Conversation
 from voicechat.policy import ClientEventPolicy
 from voicechat.protocol import CloseCode
 from voicechat.tests.conftest import db

@@ -4,7 +4,7 @@ import base64
 
 import pytest
 
-from voicechat.models import EndReason
+from voicechat.enums import EndReason
 from voicechat.tests.conftest import finished_conversation
 from voicechat.tests.fake_upstream import FakeRealtimeServer
 

@@ -2,7 +2,8 @@
 
 import pytest
 
-from voicechat.models import Conversation, EndReason
+from voicechat.enums import EndReason
+from voicechat.models import Conversation
 from voicechat.protocol import CloseCode
 from voicechat.tests.conftest import PROVIDER_KEY, finished_conversation, free_port
 from voicechat.tests.fake_upstream import FakeRealtimeServer

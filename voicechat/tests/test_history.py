@@ -6,8 +6,9 @@ import pytest
 from django.test import Client
 from django.utils.timezone import now
 
+from voicechat.enums import EndReason, ItemStatus, Role
 from voicechat.exports import markdown_text
-from voicechat.models import Conversation, EndReason, ItemStatus, Role, TranscriptItem
+from voicechat.models import Conversation, TranscriptItem
 from voicechat.services import conversation_start
 
 pytestmark = pytest.mark.django_db

@@ -11,7 +11,8 @@ from pathlib import Path
 import pytest
 from django.conf import settings
 
-from voicechat.models import Backend, EndReason, Role, TranscriptItem
+from voicechat.enums import Backend, EndReason, Role
+from voicechat.models import TranscriptItem
 from voicechat.services import conversation_start
 
 ROOT = Path(settings.BASE_DIR)

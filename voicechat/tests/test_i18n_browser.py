@@ -7,7 +7,8 @@ from datetime import timedelta
 
 import pytest
 
-from voicechat.models import EndReason, Role, TranscriptItem
+from voicechat.enums import EndReason, Role
+from voicechat.models import TranscriptItem
 from voicechat.services import conversation_start
 from voicechat.tests import browser
 from voicechat.tests.browser import received, signed_in_page

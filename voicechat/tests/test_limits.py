@@ -8,7 +8,8 @@ import pytest
 from django.utils.timezone import now
 
 from voicechat import ratelimit
-from voicechat.models import Conversation, EndReason, UserLimits
+from voicechat.enums import EndReason
+from voicechat.models import Conversation, UserLimits
 from voicechat.protocol import CloseCode
 from voicechat.tests.conftest import db
 from voicechat.tests.fake_upstream import USAGE

@@ -8,7 +8,7 @@ from zoneinfo import ZoneInfo
 import pytest
 from openai import AsyncOpenAI
 
-from voicechat.models import Backend
+from voicechat.enums import Backend
 from voicechat.tests.conftest import db, finished_conversation
 from voicechat.tests.realtime_validation import EventLog, validate_server_event
 

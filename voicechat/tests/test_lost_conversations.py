@@ -14,7 +14,8 @@ from django.utils.timezone import now
 from websockets.asyncio.client import connect
 
 from voicechat import lifecycle
-from voicechat.models import Conversation, EndReason, Role, TranscriptItem
+from voicechat.enums import EndReason, Role
+from voicechat.models import Conversation, TranscriptItem
 from voicechat.services import (
     ItemChange,
     RecorderBatch,

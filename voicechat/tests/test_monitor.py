@@ -7,7 +7,8 @@ from channels.layers import InMemoryChannelLayer
 from channels.testing import WebsocketCommunicator
 from django.urls import reverse
 
-from voicechat.models import Conversation, EndReason
+from voicechat.enums import EndReason
+from voicechat.models import Conversation
 from voicechat.protocol import CloseCode
 from voicechat.tests.conftest import db, session_cookie
 

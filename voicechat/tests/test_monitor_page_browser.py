@@ -5,7 +5,8 @@ import json
 import pytest
 from playwright.async_api import async_playwright, expect
 
-from voicechat.models import Conversation, EndReason
+from voicechat.enums import EndReason
+from voicechat.models import Conversation
 from voicechat.protocol import CloseCode
 from voicechat.tests.conftest import db, session_cookie
 from voicechat.tests.test_multiprocess import gateway

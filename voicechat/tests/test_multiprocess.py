@@ -15,7 +15,8 @@ from django.conf import settings
 from django.db import connection
 from websockets.asyncio.client import connect as ws_connect
 
-from voicechat.models import Conversation, EndReason
+from voicechat.enums import EndReason
+from voicechat.models import Conversation
 from voicechat.protocol import CloseCode
 from voicechat.tests.conftest import db, session_cookie
 from voicechat.tests.test_shutdown import LINES, is_done_of, receive_until_closed, typed

@@ -9,7 +9,8 @@ import json
 import pytest
 
 from voicechat import upstream_fields
-from voicechat.models import Conversation, ItemStatus, TranscriptItem, UsageRecord
+from voicechat.enums import ItemStatus
+from voicechat.models import Conversation, TranscriptItem, UsageRecord
 from voicechat.recorder import TranscriptRecorder
 from voicechat.services import ItemChange, RecorderBatch, conversation_start
 from voicechat.tests.conftest import db

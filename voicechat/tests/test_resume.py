@@ -7,7 +7,8 @@ are not stored a second time, and the replay is bounded by REALTIME_RESUME_CONTE
 import pytest
 from django.urls import reverse
 
-from voicechat.models import Conversation, EndReason, Role, TranscriptItem
+from voicechat.enums import EndReason, Role
+from voicechat.models import Conversation, TranscriptItem
 from voicechat.protocol import CloseCode
 from voicechat.resume import context_frames
 from voicechat.services import conversation_end, conversation_start

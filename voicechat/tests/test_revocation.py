@@ -13,7 +13,8 @@ from channels.testing import WebsocketCommunicator
 from django.contrib.sessions.backends.db import SessionStore
 from django.utils.timezone import now
 
-from voicechat.models import ApiToken, Conversation, EndReason
+from voicechat.enums import EndReason
+from voicechat.models import ApiToken, Conversation
 from voicechat.protocol import CloseCode
 from voicechat.tests.conftest import db, finished_conversation, session_cookie
 

@@ -18,7 +18,8 @@ from django.conf import settings
 from websockets.asyncio.client import connect
 
 from voicechat import monitor
-from voicechat.models import Conversation, EndReason
+from voicechat.enums import EndReason
+from voicechat.models import Conversation
 from voicechat.protocol import CloseCode
 from voicechat.tests.conftest import db, free_port
 from voicechat.tests.servers import ROOT, server_env

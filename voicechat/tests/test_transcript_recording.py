@@ -4,7 +4,8 @@ from decimal import Decimal
 
 import pytest
 
-from voicechat.models import Conversation, EndReason, ItemStatus, TranscriptItem, UsageRecord
+from voicechat.enums import EndReason, ItemStatus
+from voicechat.models import Conversation, TranscriptItem, UsageRecord
 from voicechat.services import TokenCounts
 from voicechat.tests.conftest import db
 from voicechat.tests.fake_upstream import USAGE, load_fixture

@@ -8,8 +8,9 @@ import pytest
 from django.test import Client
 from django.urls import reverse
 
+from voicechat.enums import Backend, Role
 from voicechat.local_engine import speech, vad
-from voicechat.models import Backend, Role, TranscriptItem
+from voicechat.models import TranscriptItem
 from voicechat.tests.conftest import db, finished_conversation
 from voicechat.tests.test_local_engine_push_to_talk import LoudnessVAD
 from voicechat.tests.test_local_transcription import ScriptedRecognizer
