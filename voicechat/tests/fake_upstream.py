@@ -3,11 +3,13 @@
 It answers the common client events the way the real API does (session.updated, committed,
 item added/done, a text or audio response with usage) and records everything it receives, so
 tests see exactly what the gateway forwarded. Tests can also push any event sequence (the
-fixtures in fixtures/*.json are recorded GA sequences), refuse handshakes, start slowly or drop.
+fixtures in fixtures/*.json are recorded GA sequences), refuse handshakes, start slowly or drop,
+and make the next responses call functions (call_function_next), as a model does with tools.
 """
 
 import asyncio
 import base64
+import collections
 import itertools
 import json
 from pathlib import Path
@@ -101,6 +103,8 @@ class FakeRealtimeServer:
         self.request_paths: list[str] = []
         self.connections: list[ServerConnection] = []
         self.closed = asyncio.Event()
+        # (name, arguments) of the function each next response.create calls, in order.
+        self.planned_calls: collections.deque[tuple[str, dict]] = collections.deque()
         self._ids = itertools.count(1)
         self._server = None
         self.port = 0
@@ -151,6 +155,10 @@ class FakeRealtimeServer:
         ws = self.connections[connection]
         for event in events:
             await ws.send(json.dumps({"event_id": self._id("event"), **event}))
+
+    def call_function_next(self, name: str, arguments: dict | None = None) -> None:
+        """Make the next response call function `name` instead of answering in text."""
+        self.planned_calls.append((name, arguments or {}))
 
     async def drop(self, connection: int = -1, code: int = 1011, reason: str = "") -> None:
         await self.connections[connection].close(code, reason)
@@ -242,6 +250,8 @@ class FakeRealtimeServer:
                 {"type": "conversation.item.done", "previous_item_id": previous, "item": item},
             ]
         if etype == "response.create":
+            if self.planned_calls:
+                return self._function_call(state, *self.planned_calls.popleft())
             return self._response(state)
         if etype == "input_audio_buffer.clear":
             return [{"type": "input_audio_buffer.cleared"}]
@@ -296,6 +306,60 @@ class FakeRealtimeServer:
                 "type": "response.content_part.done",
                 **part_ids,
                 "part": {"type": "text", "text": text},
+            },
+            {
+                "type": "response.output_item.done",
+                "response_id": response_id,
+                "output_index": 0,
+                "item": done_item,
+            },
+            {"type": "conversation.item.done", "previous_item_id": previous, "item": done_item},
+            {
+                "type": "response.done",
+                "response": {**base, "status": "completed", "output": [done_item], "usage": USAGE},
+            },
+        ]
+
+    def _function_call(self, state: dict, name: str, arguments: dict) -> list[dict]:
+        """A response whose one output is a call of function `name` (GA event order)."""
+        response_id, item_id, call_id = self._id("resp"), self._id("item"), self._id("call")
+        previous, state["last_item"] = state["last_item"], item_id
+        args = json.dumps(arguments)
+        item = {
+            "id": item_id,
+            "object": "realtime.item",
+            "type": "function_call",
+            "call_id": call_id,
+            "name": name,
+        }
+        started = dict(item, status="in_progress", arguments="")
+        done_item = dict(item, status="completed", arguments=args)
+        base = {"object": "realtime.response", "id": response_id, "conversation_id": "conv_fake"}
+        ids = {"response_id": response_id, "item_id": item_id, "output_index": 0}
+        return [
+            {
+                "type": "response.created",
+                "response": {**base, "status": "in_progress", "output": []},
+            },
+            {
+                "type": "response.output_item.added",
+                "response_id": response_id,
+                "output_index": 0,
+                "item": started,
+            },
+            {"type": "conversation.item.added", "previous_item_id": previous, "item": started},
+            {
+                "type": "response.function_call_arguments.delta",
+                **ids,
+                "call_id": call_id,
+                "delta": args,
+            },
+            {
+                "type": "response.function_call_arguments.done",
+                **ids,
+                "call_id": call_id,
+                "name": name,
+                "arguments": args,
             },
             {
                 "type": "response.output_item.done",
