@@ -20,10 +20,12 @@ from voicechat.tests.conftest import db, finished_conversation
 from voicechat.tests.fake_upstream import FakeRealtimeServer
 from voicechat.tests.fake_voice_upstream import RATE, VoiceFakeUpstream, speechlike
 from voicechat.tests.realtime_validation import validate_server_event
+from voicechat.tests.speech import spoken, words
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
 MODEL = "gpt-realtime-2.1"
+REPLY_MS = 600  # the voice fake's spoken reply
 WEATHER = "Sunny and 21 degrees in Paris."
 
 
@@ -50,9 +52,9 @@ def scripts_token(alice) -> str:
 @pytest.fixture
 async def voice_upstream(settings):
     """A fake upstream that hears turns in the audio (server VAD) and answers with audio."""
-    async with VoiceFakeUpstream(reply_ms=600, transcripts=["What is the weather in Paris?"]) as (
-        server
-    ):
+    async with VoiceFakeUpstream(
+        reply_ms=REPLY_MS, transcripts=["What is the weather in Paris?"]
+    ) as (server):
         settings.OPENAI_API_KEY = "sk-test-provider"
         settings.OPENAI_REALTIME_URL = server.url
         settings.REALTIME_BACKEND = "openai"
@@ -171,6 +173,11 @@ def heard(events: Events) -> list[str]:
     ]
 
 
+def silence(ms: int) -> bytes:
+    """`ms` of PCM16 silence at 24 kHz."""
+    return bytes(RATE * 2 * ms // 1000)
+
+
 def sent(upstream: FakeRealtimeServer, kind: str) -> list[dict]:
     return [event for event in upstream.received if event.get("type") == kind]
 
@@ -260,13 +267,12 @@ async def test_audio_turn(voice_upstream, gateway_server, full_token):
     ) as session:
         events = Events(session)
         await events.until(lambda: len(session_updates(events)) >= 2)
-        silence = bytes(RATE * 2 * 600 // 1000)  # the pause that ends the turn
-        await session.send_audio(speechlike(800) + silence)
+        await session.send_audio(speechlike(800) + silence(600))  # the pause ends the turn
         await events.next("agent_end")
         await events.until(lambda: heard(events))
 
     assert events.of("error") == []
-    assert sum(len(e.audio.data) for e in events.of("audio")) == RATE * 2 * 600 // 1000
+    assert sum(len(e.audio.data) for e in events.of("audio")) == RATE * 2 * REPLY_MS // 1000
     assert replies(events) == ["Hello from the fake upstream."]
     assert heard(events) == ["What is the weather in Paris?"]
     assert sent(voice_upstream, "input_audio_buffer.append")
@@ -359,3 +365,22 @@ async def test_offline_engine_text_tool_and_handoff(local_backend, gateway_serve
     said = replies(events)
     assert "84" in said[0]
     assert "Sunny and 21 degrees" in said[-1]
+
+
+async def test_offline_engine_audio_turn(local_backend, gateway_server, full_token):
+    """The engine hears the SDK's audio with the SDK's own turn detection (semantic_vad), and
+    answers in audio with a transcript."""
+    speech = await asyncio.to_thread(spoken, "What is twelve times seven?")
+    async with agent_session(
+        gateway_server, full_token, text_agent(), output_modalities=["audio"]
+    ) as session:
+        events = Events(session)
+        await events.until(lambda: len(session_updates(events)) >= 2, timeout=60)
+        await session.send_audio(silence(500) + speech + silence(1500))
+        # The transcript of the reply grows with it: read it once the turn has ended.
+        await events.until(lambda: events.of("agent_end") and heard(events), timeout=90)
+
+    assert refusals(events) == []
+    assert words(heard(events)[0]) == words("What is twelve times seven?")
+    assert "84" in replies(events)[0]
+    assert events.of("audio")
