@@ -501,9 +501,15 @@ REALTIME_SHUTDOWN_TIMEOUT = envint("REALTIME_SHUTDOWN_TIMEOUT", 10)
 # file per conversation); `manage.py replay_spilled_transcripts` stores it once it is back.
 TRANSCRIPT_SPILL_DIR = os.environ.get("TRANSCRIPT_SPILL_DIR", str(BASE_DIR / "var" / "spill"))
 
-# A continued conversation (?resume=) replays at most this many tokens of the old transcript to
-# the model, its latest lines first (voicechat/resume.py).
+# A continued conversation (?resume=), and one moved to a fresh upstream session (recycled),
+# replays at most this many tokens of its transcript to the model, the latest lines first
+# (voicechat/resume.py).
 REALTIME_RESUME_CONTEXT_TOKENS = envint("REALTIME_RESUME_CONTEXT_TOKENS", 4000)
+# Before the upstream's own session limit (60 minutes at OpenAI), a conversation moves to a fresh
+# upstream session: at a quiet moment after this many seconds (no reply being made, the user not
+# speaking), or regardless once REALTIME_RECYCLE_GRACE_SECONDS more have passed. 0 = never.
+REALTIME_RECYCLE_AFTER_SECONDS = float(envdecimal("REALTIME_RECYCLE_AFTER_SECONDS", "3300"))
+REALTIME_RECYCLE_GRACE_SECONDS = float(envdecimal("REALTIME_RECYCLE_GRACE_SECONDS", "240"))
 
 # ==================================================================================================
 # The offline engine (REALTIME_BACKEND=local, or auto without a key)

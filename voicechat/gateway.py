@@ -48,6 +48,18 @@ audit = logging.getLogger("voicechat.audit")
 
 SHUTDOWN_MESSAGE = "The server is restarting. Please reconnect in a moment."
 
+# Server events that start or end what a recycle waits out: (what, busy after it).
+_BUSY_AFTER = {
+    "response.created": ("reply", True),
+    "response.done": ("reply", False),
+    "input_audio_buffer.speech_started": ("speech", True),
+    "input_audio_buffer.speech_stopped": ("speech", False),
+}
+# How often a due recycle looks for a quiet moment, and how long a fresh session may take to
+# take in the configuration and transcript (on top of REALTIME_CONNECT_TIMEOUT).
+RECYCLE_POLL_SECONDS = 0.2
+RECYCLE_REPLAY_SECONDS = 10
+
 
 class ClientSocket(Protocol):
     """The client's end of a conversation, as the transport carrying it offers it."""
@@ -86,6 +98,8 @@ class GatewayConversation:
     budget_task: asyncio.Task | None = None
     end_requests: EndRequests | None = None  # where staff "End" reaches this conversation
     end_reason: EndReason | None = None
+    recycle_task: asyncio.Task | None = None  # moves it to a fresh upstream session when due
+    recycles = 0
     _finished: asyncio.Future | None = None
 
     def __init__(
@@ -129,6 +143,8 @@ class GatewayConversation:
         self.end_detail = ""
         self.last_error_code = ""
         self.budget_wake = asyncio.Event()
+        # What a recycle waits out: a reply being made, the user speaking (_BUSY_AFTER).
+        self.busy = {"reply": False, "speech": False}
         if lifecycle.draining():
             await self._refuse(SHUTDOWN_MESSAGE, "server_shutdown", CloseCode.SERVER_SHUTDOWN)
             return
@@ -178,11 +194,13 @@ class GatewayConversation:
         price_model = self.model if self.stored.backend == Backend.OPENAI else ""
         self.recorder = TranscriptRecorder(conversation_id=self.stored.pk, price_model=price_model)
         self.recorder.start()
+        # Ids of the items this conversation replays to a model (a resumed conversation's lines
+        # now, its own after a recycle): stored already, so not again.
+        self.replay_prefix = self.recorder.replayed_prefix = context_item_prefix()
         self.context: list[str] = []  # the resumed conversation's lines, sent before anything
         if resumed is not None:
-            self.recorder.replayed_prefix = context_item_prefix()
             self.context = await database_sync_to_async(context_frames)(
-                resumed, id_prefix=self.recorder.replayed_prefix
+                resumed, id_prefix=self.replay_prefix
             )
         self.monitor = ConversationPublisher(self.stored)
         self.monitor.start()
@@ -253,6 +271,7 @@ class GatewayConversation:
         with self._cleanup_step("stop watching its access"):
             access_watch().forget(self)
         with self._cleanup_step("stop the relay"):
+            await _cancel_and_wait(self.recycle_task)
             await _cancel_and_wait(self.relay_task)
         with self._cleanup_step("stop the budget guard"):
             await _cancel_and_wait(self.budget_task)
@@ -330,13 +349,19 @@ class GatewayConversation:
                 await self.upstream.send(self.pending.popleft())
             self.upstream_ready = True
             self._take_shortcut()
-            async for frame in self.upstream:
-                try:
-                    await self.client.send_frame(self._observe(frame))
-                except OSError:
-                    # The client has gone (ASGI servers raise an OSError for that): its
-                    # disconnect ends the conversation as client_closed, not as our error.
-                    return
+            if settings.REALTIME_RECYCLE_AFTER_SECONDS:
+                self.recycle_task = asyncio.create_task(self._recycle_when_due())
+            while True:
+                upstream = self.upstream
+                async for frame in upstream:
+                    try:
+                        await self.client.send_frame(self._observe(frame))
+                    except OSError:
+                        # The client has gone (ASGI servers raise an OSError for that): its
+                        # disconnect ends the conversation as client_closed, not as our error.
+                        return
+                if self.upstream is upstream:
+                    break  # the session ended; a recycled one goes on with its successor
         except EndConversation as end:
             await self.end(end.reason, end.message, code=end.code)
             return
@@ -359,6 +384,9 @@ class GatewayConversation:
             self._note_fatal_error(frame)
         elif etype == "response.done":
             self.budget_wake.set()
+        busy = _BUSY_AFTER.get(etype)
+        if busy is not None:  # a reply or the user's speech began or ended
+            self.busy[busy[0]] = busy[1]
         self.recorder.observe(etype, frame)
         self.monitor.observe(etype, frame)
         latency = self.meter.to_client(etype, frame)
@@ -383,7 +411,11 @@ class GatewayConversation:
         self.upstream.on_text(self._relay_server_frame_now)
 
     def _relay_client_frame_now(self, text: str) -> bool:
-        if self.end_reason is not None or not self.upstream.can_send_now():
+        if (
+            self.end_reason is not None
+            or not self.upstream_ready  # moving to a fresh upstream session: frames wait
+            or not self.upstream.can_send_now()
+        ):
             return False
         frame = self.policy.admit(text)
         if frame is None:
@@ -397,6 +429,83 @@ class GatewayConversation:
             return False
         self.client_text.send(self._observe(frame))
         return True
+
+    # --- recycling: the conversation outlives its upstream session -------------------------
+
+    async def _recycle_when_due(self) -> None:
+        """Move to a fresh upstream session REALTIME_RECYCLE_AFTER_SECONDS into this one, at a
+        quiet moment (no reply being made, the user not speaking), or after the grace period
+        regardless: the provider would otherwise end the conversation at its limit."""
+        while True:
+            await asyncio.sleep(settings.REALTIME_RECYCLE_AFTER_SECONDS)
+            loop = asyncio.get_running_loop()
+            deadline = loop.time() + settings.REALTIME_RECYCLE_GRACE_SECONDS
+            while any(self.busy.values()) and loop.time() < deadline:
+                await asyncio.sleep(RECYCLE_POLL_SECONDS)
+            await self._recycle()
+
+    async def _recycle(self) -> None:
+        """Open a fresh upstream session with this one's configuration and transcript, then
+        relay through it; the client's socket stays open and sees none of it. If the new
+        session cannot be prepared, the conversation goes on with the old one."""
+        old = self.upstream
+        self.upstream_ready = False  # client frames wait in `pending` meanwhile
+        new = None
+        try:
+            new = open_upstream(self.model, time_zone=self.time_zone)
+            async with asyncio.timeout(settings.REALTIME_CONNECT_TIMEOUT + RECYCLE_REPLAY_SECONDS):
+                await self._prepare_successor(new)
+        except (EndConversation, UpstreamClosed, OSError, TimeoutError):
+            logger.warning(
+                "could not move conversation %s to a fresh upstream session; it goes on with "
+                "the current one",
+                self.conversation_id,
+                exc_info=True,
+            )
+            if new is not None:
+                await new.close()
+            await self._resume_relay()
+            return
+        except asyncio.CancelledError:  # the conversation ended meanwhile
+            if new is not None:
+                await new.close()
+            raise
+        self.upstream = new
+        self.busy = dict.fromkeys(self.busy, False)  # nothing is under way in a fresh session
+        old.on_text(None)
+        await old.close()  # ends the relay loop's pass over it: it goes on with `new`
+        await self._resume_relay()
+        self.recycles += 1
+        audit.info("conversation %s moved to a fresh upstream session", self.conversation_id)
+        await database_sync_to_async(services.conversation_recycled)(
+            conversation_id=self.conversation_id
+        )
+
+    async def _prepare_successor(self, new: Upstream) -> None:
+        """Connect `new` and give it this session's configuration and transcript, swallowing
+        its answers: the client already has a session, and these items are not news to it."""
+        await new.connect()
+        await new.send(session_defaults(self.policy.scope, backend=new.backend))
+        for frame in self.policy.session_updates:
+            await new.send(frame)
+        await self.recorder.flushed(timeout=RECYCLE_REPLAY_SECONDS / 2)
+        context = await database_sync_to_async(context_frames)(
+            self.stored, id_prefix=f"{self.replay_prefix}r{self.recycles}_"
+        )
+        for frame in context:
+            await new.send(frame)
+        # Events are answered in order: once this one is, everything before it has been.
+        await new.send(orjson.dumps({"type": "input_audio_buffer.clear"}).decode())
+        frames = aiter(new)
+        while peek_type(await anext(frames)) != "input_audio_buffer.cleared":
+            pass
+
+    async def _resume_relay(self) -> None:
+        """Send what the client sent meanwhile, then relay its frames as they come again."""
+        while self.pending:
+            await self.upstream.send(self.pending.popleft())
+        self.upstream_ready = True
+        self._take_shortcut()
 
     async def _admit(self) -> None:
         """Raise EndConversation unless this conversation may start; then guard its budget."""

@@ -347,6 +347,9 @@ class ClientEventPolicy:
         self._voices = frozenset(settings.REALTIME_VOICES)
         self._refusals: collections.deque[float] = collections.deque()
         self.pacer = AudioPacer()
+        # The session.updates let through, in order: a fresh upstream session (a recycled
+        # conversation, gateway.py) gets them again. The latest ones, if a client sends many.
+        self.session_updates: collections.deque[str] = collections.deque(maxlen=32)
 
     def admit(self, text: str) -> str | None:
         """The frame to forward if the event is allowed; None, with nothing noted, if not.
@@ -431,7 +434,9 @@ class ClientEventPolicy:
         input_format = ((session.get("audio") or {}).get("input") or {}).get("format")
         if isinstance(input_format, dict) and isinstance(input_format.get("type"), str):
             self.pacer.set_format(input_format["type"])
-        return _reencoded(event)
+        verdict = _reencoded(event)
+        self.session_updates.append(verdict.frame)
+        return verdict
 
     def _check_response_create(self, event: dict) -> Verdict:
         if event.get("response") is not None:

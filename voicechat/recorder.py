@@ -90,6 +90,8 @@ class TranscriptRecorder:
         # Estimated cost of the responses seen so far, for the live budget check.
         self.cost_usd = Decimal(0)
         self._dirty = asyncio.Event()
+        # Set while everything observed is stored (or held after a failure): for flushed().
+        self._idle = asyncio.Event()
         self._closing = False
         self._close_requested = asyncio.Event()
         self._failures = 0
@@ -132,6 +134,7 @@ class TranscriptRecorder:
             # A malformed event is the client's to see; it must not break recording.
             logger.warning("recorder skipped a malformed %s event", etype)
             return
+        self._idle.clear()
         self._dirty.set()
 
     def reply_latency(self, first_audio: str, latency: TurnLatency) -> None:
@@ -147,7 +150,17 @@ class TranscriptRecorder:
             transcript_ms=latency.transcript_ms,
             first_token_ms=latency.first_token_ms,
         )
+        self._idle.clear()
         self._dirty.set()
+
+    async def flushed(self, timeout: float) -> bool:
+        """Wait until everything observed so far has been written (at most `timeout` s);
+        False if it has not been (the database is slow or away: it stays held, not lost)."""
+        try:
+            await asyncio.wait_for(self._idle.wait(), timeout)
+        except TimeoutError:
+            return False
+        return True
 
     async def close(self) -> None:
         """Store everything observed so far; returns when it is in the database or, if the
@@ -296,6 +309,8 @@ class TranscriptRecorder:
 
     async def _write_forever(self) -> None:
         while True:
+            if self._batch.is_empty():
+                self._idle.set()
             await self._dirty.wait()
             self._dirty.clear()
             batch, self._batch = self._batch, RecorderBatch()

@@ -110,6 +110,13 @@ def conversation_start(
         )
 
 
+def conversation_recycled(*, conversation_id: int) -> None:
+    """Note that a conversation moved to a fresh upstream session."""
+    Conversation.objects.filter(pk=conversation_id).update(
+        recycles=F("recycles") + 1, last_recycled=now()
+    )
+
+
 def conversation_end(*, conversation_id: int, reason: str, detail: str = "") -> None:
     # Only the first end counts: a late second call (e.g. from disconnect) must not overwrite it.
     Conversation.objects.filter(pk=conversation_id, ended__isnull=True).update(
