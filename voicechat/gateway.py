@@ -36,6 +36,7 @@ from voicechat.protocol import (
     peek_type,
 )
 from voicechat.recorder import TranscriptRecorder
+from voicechat.recordings import ConversationRecorder, recording_enabled
 from voicechat.redaction import redact, redact_server_frame
 from voicechat.resume import context_frames, context_item_prefix, resumable
 from voicechat.revocation import access_watch
@@ -59,6 +60,8 @@ _BUSY_AFTER = {
 # take in the configuration and transcript (on top of REALTIME_CONNECT_TIMEOUT).
 RECYCLE_POLL_SECONDS = 0.2
 RECYCLE_REPLAY_SECONDS = 10
+# A move that failed is tried again after this long (the old session goes on meanwhile).
+RECYCLE_RETRY_SECONDS = 15
 
 
 class ClientSocket(Protocol):
@@ -100,6 +103,7 @@ class GatewayConversation:
     end_reason: EndReason | None = None
     recycle_task: asyncio.Task | None = None  # moves it to a fresh upstream session when due
     recycles = 0
+    recordings: ConversationRecorder | None = None  # the audio, when recording is on
     _finished: asyncio.Future | None = None
 
     def __init__(
@@ -194,6 +198,9 @@ class GatewayConversation:
         price_model = self.model if self.stored.backend == Backend.OPENAI else ""
         self.recorder = TranscriptRecorder(conversation_id=self.stored.pk, price_model=price_model)
         self.recorder.start()
+        if await database_sync_to_async(recording_enabled)(self.user):
+            self.recordings = ConversationRecorder(conversation_id=self.stored.pk)
+            self.recordings.start()
         # Ids of the items this conversation replays to a model (a resumed conversation's lines
         # now, its own after a recycle): stored already, so not again.
         self.replay_prefix = self.recorder.replayed_prefix = context_item_prefix()
@@ -235,10 +242,14 @@ class GatewayConversation:
                 )
         elif self.upstream_ready:
             self.meter.to_upstream(verdict.frame)
+            if self.recordings is not None:
+                self.recordings.client_frame(verdict.frame)
             with contextlib.suppress(UpstreamClosed):  # the relay task reports the close
                 await self.upstream.send(verdict.frame)
         elif len(self.pending) < settings.REALTIME_PENDING_FRAMES:
             self.meter.to_upstream(verdict.frame)
+            if self.recordings is not None:
+                self.recordings.client_frame(verdict.frame)
             self.pending.append(verdict.frame)
         else:
             await self.client.send_text(
@@ -280,6 +291,9 @@ class GatewayConversation:
                 await self.upstream.close()
         with self._cleanup_step("store the transcript"):
             await self.recorder.close()
+        with self._cleanup_step("store the recordings"):
+            if self.recordings is not None:
+                await self.recordings.close()
         with self._cleanup_step("store the end"):
             await database_sync_to_async(services.conversation_end)(
                 conversation_id=self.stored.pk,
@@ -387,7 +401,10 @@ class GatewayConversation:
         busy = _BUSY_AFTER.get(etype)
         if busy is not None:  # a reply or the user's speech began or ended
             self.busy[busy[0]] = busy[1]
+            self.policy.reply_requested = False
         self.recorder.observe(etype, frame)
+        if self.recordings is not None:
+            self.recordings.server_event(etype, frame)
         self.monitor.observe(etype, frame)
         latency = self.meter.to_client(etype, frame)
         if latency is not None:  # the first reply audio of a turn
@@ -422,6 +439,8 @@ class GatewayConversation:
             return False  # refused: receive() tells the client why and counts it
         self.upstream.send_now(frame)
         self.meter.to_upstream(frame)
+        if self.recordings is not None:
+            self.recordings.client_frame(frame)
         return True
 
     def _relay_server_frame_now(self, frame: str) -> bool:
@@ -436,18 +455,26 @@ class GatewayConversation:
         """Move to a fresh upstream session REALTIME_RECYCLE_AFTER_SECONDS into this one, at a
         quiet moment (no reply being made, the user not speaking), or after the grace period
         regardless: the provider would otherwise end the conversation at its limit."""
+        wait = settings.REALTIME_RECYCLE_AFTER_SECONDS
         while True:
-            await asyncio.sleep(settings.REALTIME_RECYCLE_AFTER_SECONDS)
+            await asyncio.sleep(wait)
             loop = asyncio.get_running_loop()
             deadline = loop.time() + settings.REALTIME_RECYCLE_GRACE_SECONDS
-            while any(self.busy.values()) and loop.time() < deadline:
+            while not self._quiet() and loop.time() < deadline:
                 await asyncio.sleep(RECYCLE_POLL_SECONDS)
-            await self._recycle()
+            moved = await self._recycle()
+            # A failed move is tried again soon: the current session will not last.
+            wait = settings.REALTIME_RECYCLE_AFTER_SECONDS if moved else RECYCLE_RETRY_SECONDS
 
-    async def _recycle(self) -> None:
+    def _quiet(self) -> bool:
+        """No reply asked for or under way, the user not speaking: a move goes unnoticed."""
+        return not (self.policy.reply_requested or any(self.busy.values()))
+
+    async def _recycle(self) -> bool:
         """Open a fresh upstream session with this one's configuration and transcript, then
-        relay through it; the client's socket stays open and sees none of it. If the new
-        session cannot be prepared, the conversation goes on with the old one."""
+        relay through it; the client's socket stays open and sees none of it. True once moved;
+        False if the new session could not be prepared (the conversation goes on with the old
+        one)."""
         old = self.upstream
         self.upstream_ready = False  # client frames wait in `pending` meanwhile
         new = None
@@ -465,7 +492,7 @@ class GatewayConversation:
             if new is not None:
                 await new.close()
             await self._resume_relay()
-            return
+            return False
         except asyncio.CancelledError:  # the conversation ended meanwhile
             if new is not None:
                 await new.close()
@@ -480,6 +507,7 @@ class GatewayConversation:
         await database_sync_to_async(services.conversation_recycled)(
             conversation_id=self.conversation_id
         )
+        return True
 
     async def _prepare_successor(self, new: Upstream) -> None:
         """Connect `new` and give it this session's configuration and transcript, swallowing

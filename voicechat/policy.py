@@ -350,6 +350,9 @@ class ClientEventPolicy:
         # The session.updates let through, in order: a fresh upstream session (a recycled
         # conversation, gateway.py) gets them again. The latest ones, if a client sends many.
         self.session_updates: collections.deque[str] = collections.deque(maxlen=32)
+        # A response.create let through that no response.created has answered yet: a recycle
+        # waits for it (the gateway clears it when the reply starts).
+        self.reply_requested = False
 
     def admit(self, text: str) -> str | None:
         """The frame to forward if the event is allowed; None, with nothing noted, if not.
@@ -435,7 +438,8 @@ class ClientEventPolicy:
         if isinstance(input_format, dict) and isinstance(input_format.get("type"), str):
             self.pacer.set_format(input_format["type"])
         verdict = _reencoded(event)
-        self.session_updates.append(verdict.frame)
+        if verdict.frame is not None:
+            self.session_updates.append(verdict.frame)
         return verdict
 
     def _check_response_create(self, event: dict) -> Verdict:
@@ -454,7 +458,10 @@ class ClientEventPolicy:
             )
             if refused:
                 return refused
-        return _reencoded(event)
+        verdict = _reencoded(event)
+        if verdict.frame is not None:
+            self.reply_requested = True
+        return verdict
 
     def _check_item_create(self, event: dict) -> Verdict:
         item = event.get("item")

@@ -136,3 +136,69 @@ def test_admin_shows_how_often_a_conversation_moved_to_a_fresh_session(admin_cli
     assert page.status_code == 200
     html = page.content.decode()
     assert "Recycles" in html and '<div class="readonly">2</div>' in html
+
+
+async def test_three_recycles_keep_one_transcript_in_order(
+    recycle_soon, alice, alice_token, connect, settings
+):
+    settings.REALTIME_BACKEND, settings.OPENAI_API_KEY = "local", ""
+    _, client = await connect(token=alice_token)
+    await client.receive_until("session.updated")
+    said = []
+    for times, text in enumerate(
+        ["My name is Ada.", "What is twelve times seven?", "What is my name?"], start=1
+    ):
+        await client.send(typed(text))
+        await client.send({"type": "response.create"})
+        done = (await client.receive_until("response.done", timeout=30))[-1]["response"]
+        said.append(done["output"][0])
+        await recycled(alice, times)
+    assert said[-1]["content"][0]["transcript"] == "Your name is Ada."
+
+    # An item from before the first move is unknown to today's session: a clear error.
+    first_reply = said[0]["id"]
+    await client.send(
+        {
+            "type": "conversation.item.truncate",
+            "event_id": "old_item",
+            "item_id": first_reply,
+            "content_index": 0,
+            "audio_end_ms": 100,
+        }
+    )
+    error = (await client.receive_until("error"))[-1]["error"]
+    assert (error["event_id"], error["param"]) == ("old_item", "item_id")
+
+    await client.communicator.disconnect()
+    conversation = await finished_conversation(alice)
+    assert conversation.recycles >= 3
+    lines = await db(lambda: [item.text for item in conversation.ordered_items()])
+    assert lines == [
+        "My name is Ada.",
+        "Nice to meet you, Ada!",
+        "What is twelve times seven?",
+        "12 times 7 is 84.",
+        "What is my name?",
+        "Your name is Ada.",
+    ]
+
+
+async def test_a_failed_move_keeps_the_old_session_and_is_tried_again(
+    recycle_soon, fake_upstream, alice, alice_token, connect, monkeypatch
+):
+    monkeypatch.setattr("voicechat.gateway.RECYCLE_RETRY_SECONDS", 0.3)
+    _, client = await connect(token=alice_token)
+    await client.receive_until("session.updated")
+    fake_upstream.reject_status = 503  # the provider refuses new sessions for a while
+    await fake_upstream.wait_for("session.update", count=1)
+    async with asyncio.timeout(10):
+        while len(fake_upstream.request_paths) < 3:  # tried, and tried again
+            await asyncio.sleep(0.05)
+    await client.send({"type": "input_audio_buffer.commit", "event_id": "meanwhile"})
+    await client.receive_until("input_audio_buffer.committed")  # the old session goes on
+    assert (await db(Conversation.objects.get, user=alice)).recycles == 0
+
+    fake_upstream.reject_status = None
+    await recycled(alice)
+    await client.send({"type": "input_audio_buffer.commit", "event_id": "after"})
+    await client.receive_until("input_audio_buffer.committed")
