@@ -12,6 +12,7 @@ from datetime import timedelta
 from decimal import Decimal
 from pathlib import Path
 
+from django.conf import global_settings
 from django.core.exceptions import ImproperlyConfigured
 
 BASE_DIR = Path(__file__).resolve().parent.parent
@@ -510,6 +511,28 @@ REALTIME_RESUME_CONTEXT_TOKENS = envint("REALTIME_RESUME_CONTEXT_TOKENS", 4000)
 # speaking), or regardless once REALTIME_RECYCLE_GRACE_SECONDS more have passed. 0 = never.
 REALTIME_RECYCLE_AFTER_SECONDS = float(envdecimal("REALTIME_RECYCLE_AFTER_SECONDS", "3300"))
 REALTIME_RECYCLE_GRACE_SECONDS = float(envdecimal("REALTIME_RECYCLE_GRACE_SECONDS", "240"))
+
+# ==================================================================================================
+# Recordings: both sides' audio per turn, off unless turned on (voicechat/recordings.py)
+# ==================================================================================================
+
+# On for every user; a user's own "record audio" (admin, User limits) overrides it either way.
+RECORDING_ENABLED = envbool("RECORDING_ENABLED", "false")
+# `manage.py purge_recordings` (run it daily) erases recordings older than this.
+RECORDING_RETENTION_DAYS = envint("RECORDING_RETENTION_DAYS", 30)
+# The longest turn kept in memory while it is spoken; audio beyond it is not recorded.
+RECORDING_MAX_TURN_SECONDS = envint("RECORDING_MAX_TURN_SECONDS", 120)
+# Files go through Django's storage API: replace STORAGES["recordings"] with any storage backend
+# (django-storages' S3Storage, say) to keep them on object storage. Never served publicly: only
+# the owner's History page (and staff in admin) play them, through a view.
+RECORDING_DIR = os.environ.get("RECORDING_DIR", str(BASE_DIR / "var" / "recordings"))
+STORAGES = {
+    **globals().get("STORAGES", global_settings.STORAGES),
+    "recordings": {
+        "BACKEND": "django.core.files.storage.FileSystemStorage",
+        "OPTIONS": {"location": RECORDING_DIR},
+    },
+}
 
 # ==================================================================================================
 # The offline engine (REALTIME_BACKEND=local, or auto without a key)

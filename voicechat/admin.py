@@ -7,7 +7,9 @@ from django.contrib import admin
 from django.contrib.auth import get_user_model
 from django.contrib.auth.admin import UserAdmin
 from django.db.models import Case, Count, IntegerField, Max, Q, Value, When
+from django.urls import reverse
 from django.utils.formats import date_format
+from django.utils.html import format_html
 from django.utils.timezone import localtime, now
 
 from voicechat import monitor, services
@@ -15,6 +17,7 @@ from voicechat.exports import attachment, conversation_as_dict, conversation_as_
 from voicechat.models import (
     ApiToken,
     Conversation,
+    Recording,
     TranscriptItem,
     UsageRecord,
     UserLimits,
@@ -105,6 +108,22 @@ class UsageInline(ReadOnlyInline):
     readonly_fields = fields
 
 
+@admin.display(description="Audio")
+def player(recording: Recording) -> str:
+    """Played through the same view as History's (never a public URL): staff need the
+    "view recording" permission."""
+    url = reverse("recording_audio", args=[recording.pk])
+    return format_html('<audio controls preload="none" src="{}"></audio>', url)
+
+
+class RecordingInline(ReadOnlyInline):
+    model = Recording
+    fields = ["role", "item_id", player, "duration_ms", "created"]
+    readonly_fields = fields
+    ordering = ["created", "pk"]
+    verbose_name_plural = "Recordings (when recording was on)"
+
+
 @admin.register(Conversation)
 class ConversationAdmin(admin.ModelAdmin):
     list_display = [
@@ -122,7 +141,7 @@ class ConversationAdmin(admin.ModelAdmin):
     list_select_related = ["user"]
     search_fields = ["items__text", "user__username"]
     date_hierarchy = "started"
-    inlines = [TranscriptInline, UsageInline]
+    inlines = [TranscriptInline, RecordingInline, UsageInline]
     actions = ["export_json", "export_markdown", "end_conversations"]
     readonly_fields = [
         "user",
@@ -295,7 +314,7 @@ class UserLimitsInline(admin.StackedInline):
     model = UserLimits
     can_delete = True
     # One row per user, so the admin titles it with the singular name.
-    verbose_name = "Daily limits (empty = site default, 0 = unlimited)"
+    verbose_name = "Daily limits and recording (empty = site default, 0 = unlimited)"
 
 
 # The budgets are edited where the user is: on the user's own admin page.
@@ -310,6 +329,6 @@ class UserWithLimitsAdmin(UserAdmin):
 
 @admin.register(UserLimits)
 class UserLimitsAdmin(admin.ModelAdmin):
-    list_display = ["user", "daily_minutes", "daily_cost_usd"]
+    list_display = ["user", "daily_minutes", "daily_cost_usd", "record_audio"]
     list_select_related = ["user"]
     search_fields = ["user__username"]

@@ -1,11 +1,15 @@
-"""Conversations as JSON and Markdown, for the admin export actions and the owner's download."""
+"""Conversations as JSON and Markdown, for the admin export actions and the owner's download;
+and as a ZIP of both with the conversation's recordings, when asked for."""
 
+import io
 import re
+import zipfile
 
+import orjson
 from django.http import HttpResponse
 
 from voicechat.enums import EndReason
-from voicechat.models import Conversation
+from voicechat.models import Conversation, recordings_storage
 
 # Characters that are Markdown markup anywhere in a line (emphasis, code, links, HTML, tables,
 # and entities: "&#35;" would show as "#").
@@ -17,7 +21,7 @@ _LINE_START_MARKUP = re.compile(r"^(\s*\d*)([#>+=.)-])", re.MULTILINE)
 _BLANK_LINES = re.compile(r"\n\s*\n")
 
 
-def attachment(content: str, filename: str, content_type: str) -> HttpResponse:
+def attachment(content: str | bytes, filename: str, content_type: str) -> HttpResponse:
     """A download the browser saves as `filename` instead of showing it."""
     response = HttpResponse(content, content_type=content_type)
     response["Content-Disposition"] = f'attachment; filename="{filename}"'
@@ -97,3 +101,34 @@ def conversation_as_markdown(conversation: Conversation) -> str:
         lines.append(f"**{item.get_role_display()}:** {text}{marker}")
         lines.append("")
     return "\n".join(lines)
+
+
+def conversation_as_zip(conversation: Conversation) -> bytes:
+    """The transcript as Markdown and JSON, and each recorded turn as audio/<role>-<item>.ogg
+    (the JSON's "recordings" says which line each file is the audio of)."""
+    storage = recordings_storage()
+    data = conversation_as_dict(conversation)
+    data["recordings"] = []
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as archive:
+        for recording in conversation.recordings.order_by("created", "pk"):
+            name = f"audio/{recording.role}-{recording.item_id}-{recording.pk}.ogg"
+            try:
+                with storage.open(recording.file.name) as audio:
+                    # Stored, not deflated: Opus is compressed already.
+                    archive.writestr(name, audio.read(), zipfile.ZIP_STORED)
+            except FileNotFoundError:
+                continue  # erased meanwhile (retention): the transcript still goes
+            data["recordings"].append(
+                {
+                    "item_id": recording.item_id,
+                    "role": recording.role,
+                    "duration_ms": recording.duration_ms,
+                    "file": name,
+                }
+            )
+        archive.writestr("conversation.md", conversation_as_markdown(conversation))
+        archive.writestr(
+            "conversation.json", orjson.dumps(data, option=orjson.OPT_INDENT_2).decode()
+        )
+    return buffer.getvalue()

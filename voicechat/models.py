@@ -200,6 +200,32 @@ class TranscriptItem(models.Model):
         return None if self.latency_ms is None else self.latency_ms / 1000
 
 
+def recordings_storage():
+    """Where recordings are kept: STORAGES["recordings"] (config/settings.py)."""
+    from django.core.files.storage import storages
+
+    return storages["recordings"]
+
+
+class Recording(models.Model):
+    """One turn's audio, one side of it, when recording is on (voicechat/recordings.py)."""
+
+    conversation = models.ForeignKey(Conversation, models.CASCADE, related_name="recordings")
+    # The transcript line it is the audio of (TranscriptItem.item_id).
+    item_id = models.CharField(max_length=64)
+    role = models.CharField(max_length=16, choices=Role)
+    file = models.FileField(storage=recordings_storage, max_length=200)
+    duration_ms = models.PositiveIntegerField()
+    created = models.DateTimeField(default=now)
+
+    class Meta:
+        # The retention purge reads by age.
+        indexes = [models.Index(fields=["created"], name="recording_created")]
+
+    def __str__(self) -> str:
+        return f"{self.role} {self.item_id} ({self.duration_ms} ms)"
+
+
 class UsageRecord(models.Model):
     """Token usage of one response, from its response.done event."""
 
@@ -284,6 +310,13 @@ class UserLimits(models.Model):
         null=True,
         blank=True,
         help_text="Estimated US dollars per day; 0 means unlimited.",
+    )
+    record_audio = models.BooleanField(
+        "record audio",
+        null=True,
+        blank=True,
+        help_text="Store both sides' audio of this user's conversations; empty means the"
+        " site default (RECORDING_ENABLED).",
     )
 
     class Meta:

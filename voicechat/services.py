@@ -17,6 +17,7 @@ from voicechat import upstream_fields
 from voicechat.enums import Backend, EndReason, ItemStatus
 from voicechat.models import ApiToken, Conversation, TranscriptItem, UsageRecord
 from voicechat.offline_models import offline_models
+from voicechat.recordings import recordings_delete
 from voicechat.scopes import ScopeKind
 
 
@@ -157,7 +158,8 @@ def prices_for(model: str) -> dict[str, Decimal]:
 
 @transaction.atomic
 def conversation_delete(*, conversation: Conversation) -> bool:
-    """Erase an ended conversation for its owner: its transcript and where it came from.
+    """Erase an ended conversation for its owner: its transcript, its recordings and where it
+    came from.
 
     The row itself stays, hidden (`deleted`), with its times and cost: the daily budgets sum
     them, and deleting a conversation must not hand the day's minutes back. An open
@@ -168,6 +170,7 @@ def conversation_delete(*, conversation: Conversation) -> bool:
     ).update(deleted=now(), client_ip=None, user_agent="", end_detail="")
     if erased:
         conversation.items.all().delete()
+        recordings_delete(conversation=conversation)
     return bool(erased)
 
 

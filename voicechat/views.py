@@ -5,7 +5,7 @@ from django.contrib import messages
 from django.contrib.auth.decorators import login_required
 from django.core.paginator import Paginator
 from django.db.models import Count, OuterRef, Subquery
-from django.http import HttpRequest, HttpResponse
+from django.http import FileResponse, Http404, HttpRequest, HttpResponse
 from django.shortcuts import get_object_or_404, redirect, render
 from django.templatetags.static import static
 from django.utils.translation import get_language, override
@@ -14,8 +14,15 @@ from django.views.decorators.http import require_http_methods, require_safe
 
 from voicechat import services
 from voicechat.enums import Backend, Role
-from voicechat.exports import attachment, conversation_as_markdown
-from voicechat.models import Conversation, ConversationQuerySet, TranscriptItem
+from voicechat.exports import attachment, conversation_as_markdown, conversation_as_zip
+from voicechat.models import (
+    Conversation,
+    ConversationQuerySet,
+    Recording,
+    TranscriptItem,
+    recordings_storage,
+)
+from voicechat.recordings import CONTENT_TYPE, recording_enabled
 from voicechat.resume import resumable
 from voicechat.upstream import resolve_backend
 
@@ -69,7 +76,12 @@ def chat(request: HttpRequest) -> HttpResponse:
     resumed = resumable(request.user, request.GET.get("resume", ""))
     if resumed is not None:
         config["resume"] = {"id": resumed.pk, "started": resumed.started.isoformat()}
-    return render(request, "voicechat/chat.html", {"chat_config": config, "nav": "chat"})
+    return render(
+        request,
+        "voicechat/chat.html",
+        # Said on the page, before anyone speaks: what they say will be kept as audio.
+        {"chat_config": config, "nav": "chat", "recording": recording_enabled(request.user)},
+    )
 
 
 @login_required
@@ -109,10 +121,22 @@ def own_conversations(request: HttpRequest) -> ConversationQuerySet:
 @require_safe
 def conversation_detail(request: HttpRequest, pk: int) -> HttpResponse:
     conversation = get_object_or_404(own_conversations(request), pk=pk)
+    items = conversation.ordered_items()
+    # Each line's audio, played next to it (both sides' of a turn, when recording was on).
+    recordings: dict[str, list[Recording]] = {}
+    for recording in conversation.recordings.order_by("created", "pk"):
+        recordings.setdefault(recording.item_id, []).append(recording)
+    for item in items:
+        item.recordings = recordings.get(item.item_id, [])
     return render(
         request,
         "voicechat/conversation_detail.html",
-        {"conversation": conversation, "items": conversation.ordered_items(), "nav": "history"},
+        {
+            "conversation": conversation,
+            "items": items,
+            "has_recordings": bool(recordings),
+            "nav": "history",
+        },
     )
 
 
@@ -148,3 +172,38 @@ def conversation_export(request: HttpRequest, pk: int) -> HttpResponse:
         f"conversation-{conversation.pk}-{conversation.started:%Y%m%d-%H%M}.md",
         "text/markdown; charset=utf-8",
     )
+
+
+@login_required
+@require_safe
+def conversation_export_zip(request: HttpRequest, pk: int) -> HttpResponse:
+    """The user's own transcript (Markdown and JSON) with its recordings, as one ZIP file."""
+    conversation = get_object_or_404(own_conversations(request).select_related("user"), pk=pk)
+    with override("en"):
+        archive = conversation_as_zip(conversation)
+    return attachment(
+        archive,
+        f"conversation-{conversation.pk}-{conversation.started:%Y%m%d-%H%M}.zip",
+        "application/zip",
+    )
+
+
+@login_required
+@require_safe
+def recording_audio(request: HttpRequest, pk: int) -> FileResponse:
+    """One recorded turn, streamed to its conversation's owner, or to staff who may view
+    recordings (admin); anyone else gets a 404. Never a public URL: files live in storage."""
+    recording = get_object_or_404(Recording.objects.select_related("conversation"), pk=pk)
+    conversation = recording.conversation
+    owner = conversation.user_id == request.user.pk and conversation.deleted is None
+    if not owner and not (
+        request.user.is_staff and request.user.has_perm("voicechat.view_recording")
+    ):
+        raise Http404
+    try:
+        audio = recordings_storage().open(recording.file.name)
+    except FileNotFoundError:
+        raise Http404 from None
+    response = FileResponse(audio, content_type=CONTENT_TYPE)
+    response["Cache-Control"] = "private, no-store"
+    return response
