@@ -581,6 +581,9 @@ class RealtimeSession:
         self.response = run
         run.announce()
         self._response_task = self._spawn(run.run())
+        if ahead is not None:
+            # A response cut short before it asked for its reply leaves that reply unused.
+            self._response_task.add_done_callback(lambda _task: ahead.drop())
 
     def _cancel_response(self, reason: str) -> None:
         run, task = self.response, self._response_task

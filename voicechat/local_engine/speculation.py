@@ -63,7 +63,7 @@ class Speculation:
         self._grew.set()
 
     def drop(self) -> None:
-        """The reply will not be used: stop generating it and forget what it said."""
+        """The reply will not be used (more): stop generating it and forget what it said."""
         if not self._settled:
             self._settled = True
             self._stats.thrown_away += 1

@@ -160,6 +160,25 @@ async def test_a_thrown_away_generation_stops():
         assert not client.log.of("response.output_text.delta")
 
 
+async def test_a_response_cancelled_before_it_asked_for_the_reply_stops_it():
+    from voicechat.local_engine import stt
+
+    watched = Watched()
+    scripted = stt.get_recognizer("en")
+    async with client_with(watched) as client:
+        await client.send(hands_free(SERVER_VAD))
+        scripted.hold.clear()  # the transcript both the reply and the response wait for
+        await client.append_audio(silence(200) + voice(1000) + silence(700))
+        await client.wait("response.created")
+        await client.send({"type": "response.cancel"})
+        await client.wait("response.done")
+        scripted.hold.set()
+        await client.wait("conversation.item.input_audio_transcription.completed")
+        await client.settle(0.2)
+        assert watched.asked == []  # the reply begun in the pause never started writing
+        assert (stats(client).used, stats(client).thrown_away) == (0, 1)
+
+
 async def test_a_reply_to_a_conversation_that_changed_meanwhile_is_not_used():
     watched = Watched()
     async with client_with(watched) as client:
