@@ -43,6 +43,7 @@ logger = logging.getLogger(__name__)
 
 SAMPLE_RATE = 24000  # the Realtime API's audio/pcm rate
 BYTES_PER_SECOND = SAMPLE_RATE * 2  # PCM16 mono
+BYTES_PER_MS = BYTES_PER_SECOND // 1000
 MAX_OPEN_REPLIES = 2  # assistant items being spoken at once (one, in practice)
 MAX_QUEUED_TURNS = 4
 OPUS_BIT_RATE = 32000  # speech at 24 kHz: clear, about 4 kB per second
@@ -84,28 +85,43 @@ def _item_id(value) -> str | None:
 
 
 def _pcm(value) -> bytes | None:
-    """The audio of a base64 field, or None when it is not base64 text."""
+    """The PCM16 of a base64 field (whole samples), or None when it is not base64 text."""
     if not isinstance(value, str):
         return None
     try:
-        return base64.b64decode(value, validate=True)
+        pcm = base64.b64decode(value, validate=True)
     except (binascii.Error, ValueError):
         return None
+    return pcm[: len(pcm) - len(pcm) % 2]
 
 
 class _Turn:
-    """One side's audio of one turn, at most RECORDING_MAX_TURN_SECONDS of it."""
+    """One side's audio of one turn, at most RECORDING_MAX_TURN_SECONDS of it: the first ones
+    (a reply), or the latest ones (`latest`: the user's input, which may be a long silence
+    before the words)."""
 
-    def __init__(self) -> None:
+    def __init__(self, *, latest: bool = False) -> None:
         self.chunks: list[bytes] = []
         self.size = 0
+        self.latest = latest
 
     def add(self, pcm: bytes) -> None:
-        room = settings.RECORDING_MAX_TURN_SECONDS * BYTES_PER_SECOND - self.size
-        if room > 0:
-            pcm = pcm[: room - room % 2]
+        limit = settings.RECORDING_MAX_TURN_SECONDS * BYTES_PER_SECOND
+        if not self.latest:
+            pcm = pcm[: max(0, limit - self.size)]
+        if pcm:
             self.chunks.append(pcm)
             self.size += len(pcm)
+        if self.size > limit:
+            self.keep_last(limit)
+
+    def keep_last(self, size: int) -> None:
+        """Drop all but the last `size` bytes (an even number: whole samples)."""
+        while self.chunks and self.size - len(self.chunks[0]) >= size:
+            self.size -= len(self.chunks.pop(0))
+        if self.chunks and self.size > size:
+            self.chunks[0] = self.chunks[0][self.size - size :]
+            self.size = size
 
     def audio(self) -> bytes:
         return b"".join(self.chunks)
@@ -124,7 +140,10 @@ class ConversationRecorder:
     def __init__(self, *, conversation_id: int) -> None:
         self.conversation_id = conversation_id
         self.stopped = False  # storage failed: nothing more is recorded
-        self._user = _Turn()  # input audio appended since the last commit or clear
+        self._user = _Turn(latest=True)  # input audio since the last commit or clear
+        # Input audio appended in this upstream session, in bytes: where its speech_started
+        # audio_start_ms falls.
+        self._appended = 0
         self._replies: dict[str, _Turn] = {}  # assistant audio by output item id
         self._queue: asyncio.Queue[_Finished | None] = asyncio.Queue(MAX_QUEUED_TURNS)
         self._writer: asyncio.Task | None = None
@@ -145,8 +164,9 @@ class ConversationRecorder:
             pcm = _pcm(_event(frame).get("audio")) if self._pcm_in else None
             if pcm:
                 self._user.add(pcm)
+                self._appended += len(pcm)
         elif etype == "input_audio_buffer.clear":
-            self._user = _Turn()
+            self._user = _Turn(latest=True)
         elif etype == "conversation.item.create":
             self._client_item(_event(frame).get("item"))
 
@@ -187,14 +207,21 @@ class ConversationRecorder:
             turn = self._replies.pop(item_id, None)
             if turn is not None:
                 self._finish(item_id, Role.ASSISTANT, turn)
+        elif etype == "input_audio_buffer.speech_started":
+            # The words start here: the silence before them is not kept.
+            start_ms = event.get("audio_start_ms")
+            if isinstance(start_ms, int) and 0 <= start_ms * BYTES_PER_MS <= self._appended:
+                self._user.keep_last(self._appended - start_ms * BYTES_PER_MS)
         elif etype == "input_audio_buffer.committed":
-            turn, self._user = self._user, _Turn()
+            turn, self._user = self._user, _Turn(latest=True)
             item_id = _item_id(event.get("item_id"))
             if item_id is not None and turn.size:
                 self._finish(item_id, Role.USER, turn)
         elif etype == "input_audio_buffer.cleared":
-            self._user = _Turn()
+            self._user = _Turn(latest=True)
         else:  # session.created / session.updated: which formats are PCM
+            if etype == "session.created":  # a fresh upstream session counts from 0
+                self._appended = self._user.size
             self._note_formats(event.get("session"))
 
     def _note_formats(self, session) -> None:
@@ -255,7 +282,7 @@ class ConversationRecorder:
 
     def _stop(self) -> None:
         self.stopped = True
-        self._user = _Turn()
+        self._user = _Turn(latest=True)
         self._replies.clear()
 
     async def close(self) -> None:
@@ -278,6 +305,7 @@ _SERVER_EVENTS = frozenset(
         "response.output_audio.delta",
         "response.output_audio.done",
         "response.output_item.done",
+        "input_audio_buffer.speech_started",
         "input_audio_buffer.committed",
         "input_audio_buffer.cleared",
         "session.created",

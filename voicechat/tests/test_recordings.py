@@ -148,6 +148,39 @@ async def test_a_users_own_setting_turns_recording_off(
     assert await db(lambda: Recording.objects.filter(conversation=conversation).count()) == 0
 
 
+async def test_the_users_turn_starts_where_the_speech_does(
+    connect, fake_upstream, alice, alice_token, recording_on, settings
+):
+    """Server VAD: the buffer holds the quiet before the words; speech_started says where they
+    begin, and the recording starts there. Minutes of quiet do not crowd the words out."""
+    settings.RECORDING_MAX_TURN_SECONDS = 2
+    _, client = await connect(token=alice_token)
+    await client.receive_until("session.updated")
+    quiet, words = b"\0" * (BYTES_PER_SECOND // 10), tone(0.1)
+    for _ in range(30):  # 3 s of quiet: more than a turn may hold
+        await client.send({"type": "input_audio_buffer.append", "audio": b64(quiet)})
+    for _ in range(12):  # then 1.2 s of speech
+        await client.send({"type": "input_audio_buffer.append", "audio": b64(words)})
+    await fake_upstream.wait_for("input_audio_buffer.append", count=42)
+    await fake_upstream.push(
+        [
+            {"type": "input_audio_buffer.speech_started", "audio_start_ms": 3000, "item_id": "u1"},
+            {"type": "input_audio_buffer.speech_stopped", "audio_end_ms": 4200, "item_id": "u1"},
+            {"type": "input_audio_buffer.committed", "item_id": "u1", "previous_item_id": None},
+        ]
+    )
+    await client.receive_until("input_audio_buffer.committed")
+    await client.communicator.disconnect()
+    conversation = await finished_conversation(alice)
+
+    recording = await db(Recording.objects.get, conversation=conversation)
+    assert (recording.item_id, recording.duration_ms) == ("u1", 1200)
+    # Only the words: every sample of the file is loud.
+    with av.open(str(recording_on / recording.file.name)) as container:
+        samples = np.concatenate([f.to_ndarray().ravel() for f in container.decode(audio=0)])
+    assert np.abs(samples[2400:-2400]).mean() > 0.1  # past the codec's edges
+
+
 class FullDisk:
     """A storage whose disk is full."""
 
@@ -324,3 +357,74 @@ def test_the_chat_page_says_when_recording_is_on(client, alice, settings):
     assert 'data-testid="recording-notice"' in client.get("/").content.decode()
     UserLimits.objects.create(user=alice, record_audio=False)
     assert 'data-testid="recording-notice"' not in client.get("/").content.decode()
+
+
+# --- the offline engine ---------------------------------------------------------------------
+
+
+@pytest.fixture
+def offline_engine(settings, monkeypatch):
+    """REALTIME_BACKEND=local, hearing by loudness and a scripted recognizer (fast, and the
+    same words every run): the recording is what is tested, not the hearing."""
+    from voicechat.local_engine import speech, stt, vad
+    from voicechat.tests.test_local_engine_push_to_talk import LoudnessVAD
+    from voicechat.tests.test_local_transcription import ScriptedRecognizer
+
+    settings.REALTIME_BACKEND = "local"
+    settings.OPENAI_API_KEY = ""
+    settings.LOCAL_LLM_URL = ""
+    monkeypatch.setattr(vad, "VoiceActivityDetector", LoudnessVAD)
+    monkeypatch.setattr(speech, "warm_up", lambda: None)
+    scripted = ScriptedRecognizer()
+    monkeypatch.setattr(stt, "get_recognizer", lambda language: scripted)
+
+
+async def test_the_offline_engine_is_recorded_both_ways(
+    connect, offline_engine, alice, alice_token, recording_on
+):
+    _, client = await connect(token=alice_token)
+    await client.receive_until("session.updated", timeout=60)
+    # Push to talk: the turn is the audio between the press and the release (the commit).
+    await client.send(
+        {
+            "type": "session.update",
+            "session": {"type": "realtime", "audio": {"input": {"turn_detection": None}}},
+        }
+    )
+    await client.receive_until("session.updated", timeout=30)
+    chunk = tone(0.1)
+    for _ in range(8):
+        await client.send({"type": "input_audio_buffer.append", "audio": b64(chunk)})
+    await client.send({"type": "input_audio_buffer.commit"})
+    user_item = (await client.receive_until("input_audio_buffer.committed", timeout=30))[-1]
+    # A typed turn, answered in speech.
+    await client.send(
+        {
+            "type": "conversation.item.create",
+            "item": {
+                "type": "message",
+                "role": "user",
+                "content": [{"type": "input_text", "text": "What is twelve times seven?"}],
+            },
+        }
+    )
+    await client.send({"type": "response.create"})
+    events = await client.receive_until("response.done", timeout=120)
+    reply_audio = sum(
+        len(base64.b64decode(e["delta"]))
+        for e in events
+        if e["type"] == "response.output_audio.delta"
+    )
+    reply_item = next(e["item_id"] for e in events if e["type"] == "response.output_audio.delta")
+    await client.communicator.disconnect()
+    conversation = await finished_conversation(alice, timeout=60)
+
+    recordings = await db(
+        lambda: {r.item_id: r for r in Recording.objects.filter(conversation=conversation)}
+    )
+    assert recordings[user_item["item_id"]].role == Role.USER
+    assert recordings[user_item["item_id"]].duration_ms == 800
+    assert recordings[reply_item].role == Role.ASSISTANT
+    assert recordings[reply_item].duration_ms == reply_audio * 1000 // BYTES_PER_SECOND > 500
+    data = (recording_on / recordings[reply_item].file.name).read_bytes()
+    assert decoded_seconds(data) == pytest.approx(reply_audio / BYTES_PER_SECOND, abs=0.03)
