@@ -428,3 +428,10 @@ async def test_the_offline_engine_is_recorded_both_ways(
     assert recordings[reply_item].duration_ms == reply_audio * 1000 // BYTES_PER_SECOND > 500
     data = (recording_on / recordings[reply_item].file.name).read_bytes()
     assert decoded_seconds(data) == pytest.approx(reply_audio / BYTES_PER_SECOND, abs=0.03)
+
+
+def test_staff_turn_recording_on_for_one_user_in_admin(client, alice, django_user_model):
+    admin_user = django_user_model.objects.create_superuser("root", password="root-password-1")
+    client.force_login(admin_user)
+    page = client.get(f"/admin/auth/user/{alice.pk}/change/").content.decode()
+    assert 'name="limits-0-record_audio"' in page
