@@ -335,6 +335,24 @@ def recordings_purge(*, days: int) -> int:
     return _delete(Recording.objects.filter(created__lt=now() - timedelta(days=days)))
 
 
+def recordings_orphans_delete() -> int:
+    """Erase files whose conversation is gone altogether (deleted in admin, or with its user):
+    the database cascade removed their rows, but no database removes files. Returns how many."""
+    storage = recordings_storage()
+    try:
+        folders, _ = storage.listdir("")
+    except FileNotFoundError:
+        return 0  # nothing was ever recorded
+    ids = {int(folder) for folder in folders if folder.isdigit()}
+    gone = ids - set(Conversation.objects.filter(pk__in=ids).values_list("pk", flat=True))
+    count = 0
+    for pk in sorted(gone):
+        for name in storage.listdir(str(pk))[1]:
+            storage.delete(f"{pk}/{name}")
+            count += 1
+    return count
+
+
 def _delete(recordings) -> int:
     storage = recordings_storage()
     count = 0

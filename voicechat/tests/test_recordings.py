@@ -337,6 +337,28 @@ def test_recordings_are_purged_after_the_retention(alice, recordings_dir, settin
     assert all(path.exists() for path in new_files)
 
 
+def test_the_purge_erases_files_of_conversations_deleted_outright(alice, recordings_dir):
+    """Deleted in admin, or with its user: the rows cascade away, the files are left to purge."""
+    gone, kept = recorded_conversation(alice), recorded_conversation(alice)
+    gone_files = [recordings_dir / r.file.name for r in gone.recordings.all()]
+    kept_files = [recordings_dir / r.file.name for r in kept.recordings.all()]
+    gone.delete()
+    assert all(path.exists() for path in gone_files)
+
+    out = io.StringIO()
+    call_command("purge_recordings", stdout=out)
+
+    assert "2 file(s) of conversations deleted outright" in out.getvalue()
+    assert not any(path.exists() for path in gone_files)
+    assert all(path.exists() for path in kept_files)
+
+
+def test_the_purge_with_nothing_ever_recorded(recordings_dir):
+    out = io.StringIO()
+    call_command("purge_recordings", stdout=out)
+    assert "0 recording(s)" in out.getvalue()
+
+
 def test_deleting_a_conversation_erases_its_recordings(client, alice, recordings_dir):
     conversation = recorded_conversation(alice)
     files = [recordings_dir / r.file.name for r in conversation.recordings.all()]
