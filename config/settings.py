@@ -380,6 +380,14 @@ REALTIME_TRANSCRIPTION_MODELS = sorted(
         ),
     }
 )
+# Tools the gateway declares in every session and runs itself (voicechat/server_tools.py):
+# dotted paths of functions decorated with @server_tool; add your own here. Empty: none.
+REALTIME_SERVER_TOOLS = envlist(
+    "REALTIME_SERVER_TOOLS",
+    "voicechat.server_tools.get_current_time,voicechat.server_tools.search_my_conversations",
+)
+# Seconds a server tool may take before the model is told it took too long.
+REALTIME_SERVER_TOOL_TIMEOUT = envint("REALTIME_SERVER_TOOL_TIMEOUT", 10)
 # Seconds to wait for the upstream handshake before telling the client it is unreachable.
 REALTIME_CONNECT_TIMEOUT = envint("REALTIME_CONNECT_TIMEOUT", 10)
 # Client frames held while the upstream opens (40 ms audio chunks: 250 frames = 10 s).

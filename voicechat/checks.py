@@ -64,7 +64,7 @@ def every_allowed_model_priced(app_configs=None, **kwargs) -> list[checks.CheckM
 @checks.register("upstream")
 def upstream_proxy_usable(app_configs=None, **kwargs) -> list[checks.CheckMessage]:
     """An https:// proxy would be reached without TLS: refused at start, not at the first call."""
-    from voicechat.upstream_client import proxy_problem
+    from voicechat.upstream_ws import proxy_problem
 
     problem = proxy_problem(settings.OPENAI_REALTIME_URL)
     return [checks.Error(problem, id="voicechat.E401")] if problem else []
@@ -101,3 +101,26 @@ def refuse_development_key() -> None:
     """
     for error in development_key_in_production():
         raise ImproperlyConfigured(str(error))
+
+
+@checks.register("server_tools")
+def server_tools_importable(app_configs=None, **kwargs) -> list[checks.CheckMessage]:
+    """Every REALTIME_SERVER_TOOLS entry names a function decorated with @server_tool."""
+    from django.utils.module_loading import import_string
+
+    errors = []
+    for path in settings.REALTIME_SERVER_TOOLS:
+        try:
+            function = import_string(path)
+        except ImportError as exc:
+            errors.append(checks.Error(f"{path}: {exc}", id="voicechat.E601"))
+            continue
+        if not hasattr(function, "server_tool"):
+            errors.append(
+                checks.Error(
+                    f"{path} is not a server tool.",
+                    hint="Decorate it with voicechat.server_tools.server_tool(name=..., ...).",
+                    id="voicechat.E601",
+                )
+            )
+    return errors

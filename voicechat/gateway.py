@@ -19,7 +19,7 @@ import orjson
 from channels.db import database_sync_to_async
 from django.conf import settings
 
-from voicechat import lifecycle, logformat, metrics, ratelimit, services
+from voicechat import lifecycle, logformat, metrics, ratelimit, server_tools, services
 from voicechat.auth import Identity
 from voicechat.budgets import budget_problem, watch_budget
 from voicechat.enums import Backend, EndReason
@@ -40,6 +40,7 @@ from voicechat.recordings import ConversationRecorder, recording_enabled
 from voicechat.redaction import redact, redact_server_frame
 from voicechat.resume import context_frames, context_item_prefix, resumable
 from voicechat.revocation import access_watch
+from voicechat.server_tools import ServerToolCalls, ToolContext
 from voicechat.upstream import open_upstream, resolve_backend, time_zone_or_none
 from voicechat.upstream_base import Upstream, UpstreamClosed
 from voicechat.websocket_server import TextShortcut
@@ -140,7 +141,13 @@ class GatewayConversation:
         self.model = (query.get("model") or [settings.REALTIME_MODEL])[0][:64]
         # The page's time zone, so "what time is it?" is answered in the user's own time.
         self.time_zone = time_zone_or_none((query.get("tz") or [""])[0])
-        self.policy = ClientEventPolicy(identity.scope, model=self.model)
+        self.policy = ClientEventPolicy(
+            identity.scope,
+            model=self.model,
+            server_tools=server_tools.declarations(
+                offline_engine=resolve_backend() == Backend.LOCAL
+            ),
+        )
         # Client frames that arrive while the upstream is still opening, replayed in order.
         self.pending: collections.deque[str] = collections.deque()
         self.upstream_ready = False
@@ -211,6 +218,10 @@ class GatewayConversation:
             )
         self.monitor = ConversationPublisher(self.stored)
         self.monitor.start()
+        self.tool_calls = ServerToolCalls(
+            ToolContext(self.user, self.stored.pk, self.time_zone),
+            send=lambda frame: self.upstream.send(frame),  # whichever session is current
+        )
         if self.end_requests is not None:
             self.end_requests.register(self.stored.pk, self._end_by_staff)
         access_watch().watch(self, identity.access, self._end_for_revoked_access)
@@ -263,6 +274,8 @@ class GatewayConversation:
 
     async def finish(self) -> None:
         """Close the upstream, store the transcript and the end reason; runs once, completely."""
+        if self.stored is None:
+            return  # refused before it began: nothing was opened or stored
         if self._finished is None:
             self._finished = asyncio.ensure_future(self._close_everything())
         # Shielded: a server that cancels the consumer (daphne at shutdown) must not cut the
@@ -286,6 +299,8 @@ class GatewayConversation:
             await _cancel_and_wait(self.relay_task)
         with self._cleanup_step("stop the budget guard"):
             await _cancel_and_wait(self.budget_task)
+        with self._cleanup_step("stop the server tools"):
+            await self.tool_calls.close()
         with self._cleanup_step("close the upstream"):
             if self.upstream is not None:
                 await self.upstream.close()
@@ -398,6 +413,8 @@ class GatewayConversation:
             self._note_fatal_error(frame)
         elif etype == "response.done":
             self.budget_wake.set()
+        if etype in server_tools.EVENTS:
+            self.tool_calls.observe(etype, frame)
         busy = _BUSY_AFTER.get(etype)
         if busy is not None:  # a reply or the user's speech began or ended
             self.busy[busy[0]] = busy[1]

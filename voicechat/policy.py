@@ -15,6 +15,7 @@ from dataclasses import dataclass, replace
 import orjson
 from django.conf import settings
 
+from voicechat import server_tools
 from voicechat.enums import Backend
 from voicechat.protocol import error_event, new_event_id
 from voicechat.scopes import Scope
@@ -341,8 +342,10 @@ def _fields_in_scope(scope: Scope, *, model: str) -> tuple[dict, dict]:
 class ClientEventPolicy:
     """Decides, frame by frame, what one client may send to its upstream."""
 
-    def __init__(self, scope: Scope, *, model: str) -> None:
+    def __init__(self, scope: Scope, *, model: str, server_tools: list[dict] = ()) -> None:
         self.scope = scope
+        # The server's own tools (server_tools.py): added to tools a client sets, names reserved.
+        self.server_tools = list(server_tools)
         self._session_fields, self._response_fields = _fields_in_scope(scope, model=model)
         self._voices = frozenset(settings.REALTIME_VOICES)
         self._refusals: collections.deque[float] = collections.deque()
@@ -434,6 +437,10 @@ class ClientEventPolicy:
         refused = self._refuse_voice(event, session, "session")
         if refused:
             return refused
+        if isinstance(session.get("tools"), list) and self.server_tools:
+            refused = self._add_server_tools(event, session)
+            if refused:
+                return refused
         input_format = ((session.get("audio") or {}).get("input") or {}).get("format")
         if isinstance(input_format, dict) and isinstance(input_format.get("type"), str):
             self.pacer.set_format(input_format["type"])
@@ -441,6 +448,21 @@ class ClientEventPolicy:
         if verdict.frame is not None:
             self.session_updates.append(verdict.frame)
         return verdict
+
+    def _add_server_tools(self, event: dict, session: dict) -> Verdict | None:
+        """Keep the server's tools in a client's tool list; refuse a client tool of that name."""
+        reserved = {tool["name"] for tool in self.server_tools}
+        for tool in session["tools"]:
+            if isinstance(tool, dict) and tool.get("name") in reserved:
+                return _refuse(
+                    f"The tool name {tool['name']!r} belongs to a tool this server runs itself; "
+                    "choose another name.",
+                    code="invalid_value",
+                    event_id=event.get("event_id"),
+                    param="session.tools",
+                )
+        session["tools"] = [*session["tools"], *self.server_tools]
+        return None
 
     def _check_response_create(self, event: dict) -> Verdict:
         if event.get("response") is not None:
@@ -559,6 +581,8 @@ def session_defaults(scope: Scope, *, backend: Backend) -> str:
     """
     limits = {"max_output_tokens": scope.max_output_tokens} if scope.max_output_tokens else {}
     turn = {} if backend == Backend.LOCAL else {"turn_detection": OPENAI_TURN_DETECTION}
+    tools = server_tools.declarations(offline_engine=backend == Backend.LOCAL)
+    tools = {"tools": tools, "tool_choice": "auto"} if tools else {}
     return orjson.dumps(
         {
             "type": "session.update",
@@ -567,6 +591,7 @@ def session_defaults(scope: Scope, *, backend: Backend) -> str:
                 "type": "realtime",
                 **limits,
                 "instructions": settings.REALTIME_INSTRUCTIONS,
+                **tools,
                 "audio": {
                     "input": {
                         "transcription": {

@@ -228,8 +228,13 @@ async def test_function_tool_call(fake_upstream, gateway_server, full_token):
     assert events.of("error") == []
     [tool_end] = events.of("tool_end")
     assert (tool_end.tool.name, tool_end.output) == ("get_weather", WEATHER)
-    [declared] = sent(fake_upstream, "session.update")[1]["session"]["tools"]
-    assert declared["name"] == "get_weather"
+    # The agent's tool, and the server's own after it (voicechat/server_tools.py).
+    declared = sent(fake_upstream, "session.update")[1]["session"]["tools"]
+    assert [tool["name"] for tool in declared] == [
+        "get_weather",
+        "get_current_time",
+        "search_my_conversations",
+    ]
     outputs = [e["item"] for e in sent(fake_upstream, "conversation.item.create")]
     assert outputs[-1]["type"] == "function_call_output"
     assert outputs[-1]["output"] == WEATHER
@@ -250,7 +255,11 @@ async def test_handoff_between_two_agents(fake_upstream, gateway_server, full_to
     # The SDK switched the session to the billing agent before answering the transfer.
     switched = sent(fake_upstream, "session.update")[-1]["session"]
     assert switched["instructions"] == "You answer billing questions."
-    assert [tool["name"] for tool in switched["tools"]] == ["get_weather"]
+    assert [tool["name"] for tool in switched["tools"]] == [
+        "get_weather",
+        "get_current_time",
+        "search_my_conversations",
+    ]
     updated = session_updates(events)[-1]["session"]
     assert updated["instructions"] == "You answer billing questions."
     assert sent(fake_upstream, "conversation.item.create")[-1]["item"]["type"] == (
