@@ -98,6 +98,7 @@ async def test_nothing_is_written_when_recording_is_off(
     assert not recordings_dir.exists() or not any(recordings_dir.rglob("*"))
 
 
+@pytest.mark.over_every_transport  # uvicorn-gateway: the synchronous shortcut's hook too
 async def test_both_sides_are_stored_per_turn_with_their_durations(
     connect, fake_upstream, alice, alice_token, recording_on
 ):
