@@ -9,10 +9,11 @@ Opus in Ogg (PyAV, already a dependency of faster-whisper) and saves it through 
 
 Memory is bounded: at most RECORDING_MAX_TURN_SECONDS of audio are kept per open turn (the
 user's pending input and each assistant item, at most MAX_OPEN_REPLIES of them; audio beyond
-that is dropped, the turn's start kept), and at most MAX_QUEUED_TURNS finished turns wait for
-the encoder: a turn that finds the queue full is dropped and logged. So one conversation holds
-at most (1 + MAX_OPEN_REPLIES + MAX_QUEUED_TURNS) turns of audio: 7 x 2 minutes x 48 kB/s, about
-40 MB in the worst case, a few hundred kB in a normal exchange.
+that is dropped: a reply keeps its start, the user's input its latest part), and at most
+MAX_QUEUED_TURNS finished turns wait for the encoder, which holds one more: a turn that finds
+the queue full is dropped and logged. So one conversation holds at most
+1 + MAX_OPEN_REPLIES + MAX_QUEUED_TURNS + 1 = 8 turns of audio: 8 x 2 minutes x 48 kB/s, about
+46 MB in the worst case, a few hundred kB in a normal exchange.
 
 A storage that fails (a full disk: OSError) is logged and recording stops for that
 conversation; the conversation itself goes on. Only PCM16 at 24 kHz (audio/pcm, the default) is

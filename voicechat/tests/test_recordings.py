@@ -458,3 +458,25 @@ def test_staff_turn_recording_on_for_one_user_in_admin(client, alice, django_use
     client.force_login(admin_user)
     page = client.get(f"/admin/auth/user/{alice.pk}/change/").content.decode()
     assert 'name="limits-0-record_audio"' in page
+
+
+async def test_memory_is_bounded_while_the_encoder_is_behind(settings, caplog):
+    """Turns wait for the encoder up to MAX_QUEUED_TURNS; past that one is dropped and logged,
+    and a turn never holds more than RECORDING_MAX_TURN_SECONDS."""
+    from voicechat.recordings import MAX_QUEUED_TURNS, ConversationRecorder
+
+    settings.RECORDING_MAX_TURN_SECONDS = 1
+    recorder = ConversationRecorder(conversation_id=1)  # never started: nothing is encoded
+    append = f'{{"type":"input_audio_buffer.append","audio":"{b64(tone(0.5))}"}}'
+    with caplog.at_level(logging.WARNING, logger="voicechat.recordings"):
+        for turn in range(MAX_QUEUED_TURNS + 1):
+            for _ in range(6):  # 3 s, of which the last 1 s is kept
+                recorder.client_frame(append)
+            recorder.server_event(
+                "input_audio_buffer.committed",
+                f'{{"type":"input_audio_buffer.committed","item_id":"u{turn}"}}',
+            )
+    queued = [recorder._queue.get_nowait() for _ in range(recorder._queue.qsize())]
+    assert [turn.item_id for turn in queued] == [f"u{i}" for i in range(MAX_QUEUED_TURNS)]
+    assert {len(turn.pcm) for turn in queued} == {BYTES_PER_SECOND}
+    assert f"turn u{MAX_QUEUED_TURNS} dropped: the encoder is behind" in caplog.text
