@@ -14,7 +14,7 @@ from urllib.parse import urlencode
 from django.conf import settings
 from websockets.exceptions import ConnectionClosed
 
-from voicechat import upstream_client
+from voicechat import upstream_ws
 from voicechat.models import Backend, EndReason
 from voicechat.redaction import redact
 from voicechat.upstream_base import Upstream, UpstreamClosed, UpstreamError
@@ -29,11 +29,11 @@ class OpenAIUpstream(Upstream):
         self._url = f"{url}?{urlencode({'model': model})}"
         self._api_key = api_key
         self._connect_timeout = connect_timeout
-        self._ws: upstream_client.UpstreamConnection | None = None
+        self._ws: upstream_ws.UpstreamConnection | None = None
 
     async def connect(self) -> None:
         try:
-            self._ws = await upstream_client.connect(
+            self._ws = await upstream_ws.connect(
                 self._url,
                 # GA protocol: no OpenAI-Beta header, ever (it selects the retired beta shape).
                 headers={"Authorization": f"Bearer {self._api_key}"},
@@ -43,7 +43,7 @@ class OpenAIUpstream(Upstream):
                 # A dead provider must not hold a closing conversation for long.
                 close_timeout=2,
             )
-        except upstream_client.HandshakeRefused as exc:
+        except upstream_ws.HandshakeRefused as exc:
             status = exc.status
             logger.warning("upstream refused the handshake: HTTP %s", status)
             hint = {
@@ -56,7 +56,7 @@ class OpenAIUpstream(Upstream):
                 f"The AI service refused the connection (HTTP {status}: {hint}).",
                 code="upstream_refused",
             ) from None
-        except (OSError, TimeoutError, ValueError, upstream_client.HandshakeError) as exc:
+        except (OSError, TimeoutError, ValueError, upstream_ws.HandshakeError) as exc:
             logger.warning("upstream unreachable: %s", redact(repr(exc)))
             raise UpstreamError(
                 EndReason.UPSTREAM_UNREACHABLE,

@@ -1,4 +1,4 @@
-"""The gateway's WebSocket client to the provider, against real servers on loopback.
+"""The gateway's WebSocket client to the provider (upstream_ws), against real servers on loopback.
 
 `websockets`' own server plays a well-behaved provider; small asyncio servers play the broken
 ones (wrong handshake, silence, a dropped line) that a `websockets` server cannot imitate.
@@ -17,15 +17,15 @@ import pytest
 from websockets.asyncio.server import serve
 from websockets.exceptions import ConnectionClosedError, ConnectionClosedOK
 
-from voicechat import upstream_client
-from voicechat.upstream_client import HandshakeError, HandshakeRefused
+from voicechat import upstream_ws
+from voicechat.upstream_ws import HandshakeError, HandshakeRefused
 from voicechat.websocket_frames import OP_CLOSE, FrameReader, build_frame, parse_close
 
 OPTIONS = {"open_timeout": 5, "max_size": 1 << 24, "max_queue": 64, "close_timeout": 2}
 
 
 async def connect(url: str, **options):
-    return await upstream_client.connect(url, headers={"Authorization": "Bearer sk-test"},
+    return await upstream_ws.connect(url, headers={"Authorization": "Bearer sk-test"},
                                          **{**OPTIONS, **options})  # fmt: skip
 
 
@@ -190,6 +190,36 @@ async def test_a_protocol_error_from_the_provider_closes_with_its_code():
         connection = await connect(url)
         assert [message async for message in connection] == []
     assert connection.close_code == 1002
+
+
+def fragment(opcode: int, payload: bytes, *, fin: bool) -> bytes:
+    """One unmasked frame with a short payload, final or not."""
+    return bytes(((0x80 if fin else 0) | opcode, len(payload))) + payload
+
+
+@pytest.mark.parametrize(
+    ("frames", "code"),
+    [
+        # 100 fragments of 100 bytes: each frame is small, the message is not.
+        ([fragment(0x1, b"a" * 100, fin=False)] + [fragment(0x0, b"a" * 100, fin=False)] * 99,
+         1009),
+        ([fragment(0x0, b"stray", fin=True)], 1002),  # a continuation of nothing
+        ([fragment(0x1, b"half", fin=False), fragment(0x1, b"new", fin=True)], 1002),
+        ([fragment(0x1, b"\xc3", fin=False), fragment(0x0, b"(", fin=True)], 1007),
+    ],
+    ids=["fragments-beyond-max-size", "stray-continuation", "interrupted", "invalid-utf8"],
+)  # fmt: skip
+async def test_a_badly_fragmented_message_closes_with_its_code(frames, code):
+    async def send_frames(reader, writer):
+        await accept_upgrade(reader, writer)
+        writer.write(b"".join(frames))
+        await reader.read()
+
+    server, url = await raw_server(send_frames)
+    async with server:
+        connection = await connect(url, max_size=5000)
+        assert [message async for message in connection] == []
+    assert connection.close_code == code
 
 
 async def test_a_close_code_no_server_may_send_is_a_protocol_error():
@@ -383,10 +413,10 @@ async def test_an_https_proxy_url_is_refused_before_any_connection(no_proxy_env)
     assert connections == []
     assert "s3cret" not in str(refused.value)
     # The same words, for a start-up check.
-    assert upstream_client.proxy_problem(url) == str(refused.value)
+    assert upstream_ws.proxy_problem(url) == str(refused.value)
     no_proxy_env.setenv("https_proxy", f"http://127.0.0.1:{port}")
-    assert upstream_client.proxy_problem(url) is None
-    assert upstream_client.proxy_problem("ws://provider.invalid/") is None  # no proxy for ws
+    assert upstream_ws.proxy_problem(url) is None
+    assert upstream_ws.proxy_problem("ws://provider.invalid/") is None  # no proxy for ws
 
 
 async def test_a_text_handler_takes_messages_in_order_with_iteration(caplog):
