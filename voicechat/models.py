@@ -128,8 +128,13 @@ class Conversation(models.Model):
         return self.input_tokens + self.output_tokens
 
     def ordered_items(self) -> list["TranscriptItem"]:
-        """The transcript in conversation order (previous_item_id chains), not arrival order."""
-        return order_by_chain(list(self.items.all()))
+        """The transcript in conversation order (previous_item_id chains), not arrival order;
+        without out-of-band responses, which are not part of the conversation."""
+        return order_by_chain(list(self.items.filter(out_of_band=False)))
+
+    def out_of_band_items(self) -> list["TranscriptItem"]:
+        """Responses made outside the conversation (conversation "none"), in arrival order."""
+        return list(self.items.filter(out_of_band=True).order_by("created", "pk"))
 
 
 def order_by_chain(items: list["TranscriptItem"]) -> list["TranscriptItem"]:
@@ -182,6 +187,11 @@ class TranscriptItem(models.Model):
     latency_ms = models.PositiveIntegerField(null=True, blank=True)
     transcript_ms = models.PositiveIntegerField(null=True, blank=True)
     first_token_ms = models.PositiveIntegerField(null=True, blank=True)
+    # A diarized transcript's segments, in order: [{"id", "speaker", "text", "start", "end"}].
+    segments = models.JSONField(null=True, blank=True)
+    # The output of a response made out of band (response.create with conversation "none"): it
+    # is not part of the conversation, so it is kept apart from the transcript.
+    out_of_band = models.BooleanField(default=False)
     created = models.DateTimeField(default=now)
     updated = models.DateTimeField(default=now)
 
@@ -236,6 +246,8 @@ class UsageRecord(models.Model):
     input_audio_tokens = models.PositiveIntegerField(default=0)
     input_cached_tokens = models.PositiveIntegerField(default=0)
     input_cached_audio_tokens = models.PositiveIntegerField(default=0)
+    input_image_tokens = models.PositiveIntegerField(default=0)
+    input_cached_image_tokens = models.PositiveIntegerField(default=0)
     output_text_tokens = models.PositiveIntegerField(default=0)
     output_audio_tokens = models.PositiveIntegerField(default=0)
     input_tokens = models.PositiveIntegerField(default=0)

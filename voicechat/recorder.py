@@ -7,6 +7,7 @@ While a batch is being written, new changes collect in the next one (natural bat
 """
 
 import asyncio
+import collections
 import contextlib
 import logging
 import os
@@ -29,7 +30,16 @@ from voicechat.services import ItemChange, RecorderBatch, TokenCounts, UsageChan
 
 logger = logging.getLogger(__name__)
 
-_ITEM_ROLES = {"function_call": Role.ASSISTANT, "function_call_output": Role.TOOL}
+_ITEM_ROLES = {
+    "function_call": Role.ASSISTANT,
+    "function_call_output": Role.TOOL,
+    "mcp_approval_response": Role.USER,
+}
+# How an image the user sent reads in the transcript (its bytes are not stored).
+IMAGE_SENT = "(an image was sent)"
+# User turns whose transcription is streaming at once; beyond, the oldest partial is dropped
+# (its final transcript still arrives whole).
+MAX_PARTIALS = 64
 _ITEM_STATUSES = {
     "completed": ItemStatus.COMPLETED,
     "in_progress": ItemStatus.IN_PROGRESS,
@@ -46,13 +56,37 @@ def _content_text(item: dict) -> str | None:
         return f"{name}({arguments})"
     if item.get("type") == "function_call_output":
         return upstream_fields.text(item.get("output")) or ""
+    if isinstance(item.get("type"), str) and item["type"].startswith("mcp_"):
+        return _mcp_text(item)
     parts = [
-        upstream_fields.text(part.get("text") or part.get("transcript"))
+        IMAGE_SENT
+        if part.get("type") == "input_image"
+        else upstream_fields.text(part.get("text") or part.get("transcript"))
         for part in _list(item.get("content"))
         if isinstance(part, dict)
     ]
     parts = [part for part in parts if part]
     return " ".join(parts) if parts else None
+
+
+def _mcp_text(item: dict) -> str:
+    """A remote MCP server's part in the conversation, as one readable line."""
+    field = {key: upstream_fields.text(item.get(key)) or "" for key in _MCP_FIELDS}
+    server, name = field["server_label"], field["name"]
+    kind = item["type"]
+    if kind == "mcp_call":
+        result = field["error"] or field["output"]
+        return f"{server}.{name}({field['arguments']})" + (f" -> {result}" if result else "")
+    if kind == "mcp_list_tools":
+        return f"listed the tools of {server}"
+    if kind == "mcp_approval_request":
+        return f"asked to approve {server}.{name}({field['arguments']})"
+    if kind == "mcp_approval_response":
+        return "approved" if item.get("approve") is True else "declined"
+    return kind
+
+
+_MCP_FIELDS = ("server_label", "name", "arguments", "output", "error")
 
 
 def _dict(value) -> dict:
@@ -103,6 +137,10 @@ class TranscriptRecorder:
         # with that one already, so not again with this one.
         self.replayed_prefix = ""
         self._writer: asyncio.Task | None = None
+        # The user's words so far, by item, while their transcription streams in.
+        self._partials: dict[str, str] = {}
+        # Out-of-band responses (conversation "none"), whose output is kept apart; the latest.
+        self._out_of_band: collections.deque[str] = collections.deque(maxlen=64)
         self._handlers = {
             "session.created": self._on_session,
             "session.updated": self._on_session,
@@ -111,6 +149,10 @@ class TranscriptRecorder:
             "conversation.item.created": self._on_item,
             "conversation.item.done": self._on_item,
             "conversation.item.retrieved": self._on_item,
+            "conversation.item.input_audio_transcription.delta": self._on_user_partial,
+            "conversation.item.input_audio_transcription.segment": self._on_user_segment,
+            "input_audio_buffer.timeout_triggered": self._on_idle_timeout,
+            "response.created": self._on_response_created,
             "conversation.item.input_audio_transcription.completed": self._on_user_transcript,
             "conversation.item.input_audio_transcription.failed": self._on_transcription_failed,
             "response.output_audio_transcript.done": self._on_assistant_transcript,
@@ -194,6 +236,8 @@ class TranscriptRecorder:
         latency_ms: int | None = None,
         transcript_ms: int | None = None,
         first_token_ms: int | None = None,
+        segment: dict | None = None,
+        out_of_band: bool | None = None,
     ) -> None:
         """Note what was learned about one item, each raw field checked and clamped first."""
         item_id = upstream_fields.identifier(item_id)
@@ -215,6 +259,8 @@ class TranscriptRecorder:
                 latency_ms=upstream_fields.whole_number(latency_ms),
                 transcript_ms=upstream_fields.whole_number(transcript_ms),
                 first_token_ms=upstream_fields.whole_number(first_token_ms),
+                segment=segment,
+                out_of_band=out_of_band,
             )
         )
 
@@ -254,7 +300,38 @@ class TranscriptRecorder:
             fields["status"] = status
         self._change(item.get("id"), **fields)
 
+    def _on_user_partial(self, event: dict) -> None:
+        """A transcription delta: the words so far stand in until the final transcript."""
+        item_id, delta = event.get("item_id"), event.get("delta")
+        if not isinstance(item_id, str) or not isinstance(delta, str):
+            return
+        if item_id not in self._partials and len(self._partials) >= MAX_PARTIALS:
+            self._partials.pop(next(iter(self._partials)))  # the oldest, long stalled
+        words = self._partials[item_id] = self._partials.get(item_id, "") + delta
+        self._change(item_id, role=Role.USER, text=words)
+
+    def _on_user_segment(self, event: dict) -> None:
+        """A diarized transcription's segment: who said what, and when."""
+        segment = {
+            "id": upstream_fields.identifier(event.get("id")) or "",
+            "speaker": upstream_fields.label(event.get("speaker"), length=32) or "",
+            "text": upstream_fields.text(event.get("text")) or "",
+            "start": upstream_fields.seconds(event.get("start")),
+            "end": upstream_fields.seconds(event.get("end")),
+        }
+        self._change(event.get("item_id"), role=Role.USER, segment=segment)
+
+    def _on_idle_timeout(self, event: dict) -> None:
+        """The user stayed silent past idle_timeout_ms: the turn the service made for it."""
+        self._change(event.get("item_id"), role=Role.USER, kind="idle_timeout")
+
+    def _on_response_created(self, event: dict) -> None:
+        response = _dict(event.get("response"))
+        if "conversation_id" in response and response["conversation_id"] is None:
+            self._out_of_band.append(response.get("id"))
+
     def _on_user_transcript(self, event: dict) -> None:
+        self._partials.pop(event.get("item_id"), None)
         self._change(
             event.get("item_id"),
             role=Role.USER,
@@ -266,10 +343,23 @@ class TranscriptRecorder:
         self._change(event.get("item_id"), role=Role.USER, status=ItemStatus.TRANSCRIPTION_FAILED)
 
     def _on_assistant_transcript(self, event: dict) -> None:
-        self._change(event.get("item_id"), role=Role.ASSISTANT, text=event.get("transcript") or "")
+        self._on_reply(event, event.get("transcript"))
 
     def _on_assistant_text(self, event: dict) -> None:
-        self._change(event.get("item_id"), role=Role.ASSISTANT, text=event.get("text") or "")
+        self._on_reply(event, event.get("text"))
+
+    def _on_reply(self, event: dict, text) -> None:
+        if event.get("response_id") in self._out_of_band:
+            # Never added to the conversation: no conversation.item.done will complete it.
+            self._change(
+                event.get("item_id"),
+                role=Role.ASSISTANT,
+                text=text or "",
+                out_of_band=True,
+                status=ItemStatus.COMPLETED,
+            )
+            return
+        self._change(event.get("item_id"), role=Role.ASSISTANT, text=text or "")
 
     def _on_truncated(self, event: dict) -> None:
         self._change(

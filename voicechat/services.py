@@ -186,6 +186,8 @@ class TokenCounts:
     cached_audio_in: int
     text_out: int
     audio_out: int
+    image_in: int = 0
+    cached_image_in: int = 0
 
     @classmethod
     def from_usage(cls, usage) -> "TokenCounts":
@@ -195,9 +197,10 @@ class TokenCounts:
         out = _mapping(usage.get("output_token_details"))
         cached = _mapping(inp.get("cached_tokens_details"))
         cached_audio = _count(cached.get("audio_tokens"))
+        cached_image = _count(cached.get("image_tokens"))
         # Older payloads give only the cached total; treat the rest of it as text.
         if cached.get("text_tokens") is None:
-            cached_text = max(_count(inp.get("cached_tokens")) - cached_audio, 0)
+            cached_text = max(_count(inp.get("cached_tokens")) - cached_audio - cached_image, 0)
         else:
             cached_text = _count(cached.get("text_tokens"))
         return cls(
@@ -209,7 +212,14 @@ class TokenCounts:
             cached_audio_in=cached_audio,
             text_out=_count(out.get("text_tokens")),
             audio_out=_count(out.get("audio_tokens")),
+            image_in=_count(inp.get("image_tokens")),
+            cached_image_in=cached_image,
         )
+
+    @property
+    def cached_in(self) -> int:
+        """Cached input tokens of every modality."""
+        return self.cached_text_in + self.cached_audio_in + self.cached_image_in
 
     def cost(self, model: str) -> Decimal:
         """Estimated cost in USD at the model's REALTIME_PRICES; "" (the offline engine) is free."""
@@ -251,6 +261,10 @@ class ItemChange:
     latency_ms: int | None = None
     transcript_ms: int | None = None
     first_token_ms: int | None = None
+    # One diarized segment to add to the item's (by its id), and whether the item is the
+    # output of an out-of-band response.
+    segment: dict | None = None
+    out_of_band: bool | None = None
 
 
 @dataclass
@@ -383,6 +397,11 @@ def _apply(item: TranscriptItem, change: ItemChange) -> None:
     for name in ("latency_ms", "transcript_ms", "first_token_ms"):
         if getattr(change, name) is not None:
             setattr(item, name, getattr(change, name))
+    if change.segment is not None:
+        segments = [s for s in item.segments or [] if s.get("id") != change.segment.get("id")]
+        item.segments = [*segments, change.segment]
+    if change.out_of_band:
+        item.out_of_band = True
     if change.status and _STATUS_RANK[change.status] >= _STATUS_RANK[item.status]:
         item.status = change.status
 
@@ -403,8 +422,10 @@ def _usage_add(*, conversation_id: int, model: str, usage: UsageChange) -> None:
         status=usage.status,
         input_text_tokens=counts.text_in,
         input_audio_tokens=counts.audio_in,
-        input_cached_tokens=_total(counts.cached_text_in + counts.cached_audio_in),
+        input_cached_tokens=_total(counts.cached_in),
         input_cached_audio_tokens=counts.cached_audio_in,
+        input_image_tokens=counts.image_in,
+        input_cached_image_tokens=counts.cached_image_in,
         output_text_tokens=counts.text_out,
         output_audio_tokens=counts.audio_out,
         input_tokens=counts.input_tokens,
@@ -414,7 +435,7 @@ def _usage_add(*, conversation_id: int, model: str, usage: UsageChange) -> None:
     Conversation.objects.filter(pk=conversation_id).update(
         input_tokens=_total(F("input_tokens") + counts.input_tokens),
         output_tokens=_total(F("output_tokens") + counts.output_tokens),
-        cached_tokens=_total(F("cached_tokens") + counts.cached_text_in + counts.cached_audio_in),
+        cached_tokens=_total(F("cached_tokens") + counts.cached_in),
         cost_usd=F("cost_usd") + cost,
     )
 

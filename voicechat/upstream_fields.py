@@ -7,6 +7,7 @@ item id or a negative `audio_end_ms` used to make the database refuse a whole tr
 """
 
 import hashlib
+import math
 
 import orjson
 
@@ -74,6 +75,15 @@ def whole_number(value) -> int | None:
     if value != value:  # NaN
         return None
     return int(min(max(value, 0), MAX_WHOLE_NUMBER))
+
+
+def seconds(value) -> float | None:
+    """A time offset in seconds (diarized segments), finite and not negative; else None."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return None
+    if not math.isfinite(value):
+        return None
+    return min(max(float(value), 0.0), 1e7)
 
 
 def role(value) -> str | None:
