@@ -55,10 +55,10 @@ from voicechat.websocket_frames import (
 _TEXT, _BINARY, _CONTINUATION = WSMsgType.TEXT, WSMsgType.BINARY, WSMsgType.CONTINUATION
 _PONG, _CLOSE = WSMsgType.PONG, WSMsgType.CLOSE
 
-# picows logs each write-buffer pause as a warning and, below DEBUG, the upgrade request with the
-# provider's key in it: only its errors (a provider breaking the protocol) are worth a line.
+# Below DEBUG picows logs the upgrade request, the provider's key in it: its logger keeps to
+# warnings and errors (a provider breaking the protocol), whatever the root level.
 _picows_log = logging.getLogger("voicechat.upstream_ws.picows")
-_picows_log.setLevel(logging.ERROR)
+_picows_log.setLevel(logging.WARNING)
 
 
 class HandshakeError(Exception):

@@ -94,6 +94,22 @@ async def test_messages_flow_both_ways_with_fragments_pings_and_a_clean_close():
         await connection.send("too late")
 
 
+async def test_the_key_stays_out_of_the_log_at_any_level(caplog):
+    """picows logs the upgrade request, Authorization header included, below DEBUG (the test
+    provider, a `websockets` server, logs it too: its lines are not ours)."""
+    caplog.set_level(1)
+    server, url = await provider(echo)
+    async with server:
+        connection = await connect(url)
+        await connection.send("hello")
+        assert await anext(connection) == "hello"
+        await connection.close()
+    theirs = [r for r in caplog.records if r.name.startswith("websockets")]
+    assert any("sk-test" in r.getMessage() for r in theirs)  # so every level was captured
+    ours = [r.getMessage() for r in caplog.records if r not in theirs]
+    assert not [message for message in ours if "sk-test" in message]
+
+
 async def test_the_providers_close_code_and_reason_end_the_stream():
     async def handler(ws):
         await ws.send("last words")
