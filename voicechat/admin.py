@@ -13,7 +13,12 @@ from django.utils.html import format_html
 from django.utils.timezone import localtime, now
 
 from voicechat import monitor, services
-from voicechat.exports import attachment, conversation_as_dict, conversation_as_markdown
+from voicechat.exports import (
+    attachment,
+    conversation_as_dict,
+    conversation_as_markdown,
+    conversations_as_zip,
+)
 from voicechat.models import (
     ApiToken,
     Conversation,
@@ -142,7 +147,7 @@ class ConversationAdmin(admin.ModelAdmin):
     search_fields = ["items__text", "user__username"]
     date_hierarchy = "started"
     inlines = [TranscriptInline, RecordingInline, UsageInline]
-    actions = ["export_json", "export_markdown", "end_conversations"]
+    actions = ["export_json", "export_markdown", "export_zip", "end_conversations"]
     readonly_fields = [
         "user",
         "auth_method",
@@ -231,6 +236,21 @@ class ConversationAdmin(admin.ModelAdmin):
         return attachment(
             text, f"conversations-{now():%Y%m%d-%H%M%S}.md", "text/markdown; charset=utf-8"
         )
+
+    @admin.action(
+        description="Export selected conversations with their recordings (ZIP)",
+        permissions=["recordings"],
+    )
+    def export_zip(self, request, queryset):
+        conversations = queryset.select_related("user").order_by("started")
+        return attachment(
+            conversations_as_zip(conversations, folders=True),
+            f"conversations-{now():%Y%m%d-%H%M%S}.zip",
+            "application/zip",
+        )
+
+    def has_recordings_permission(self, request) -> bool:
+        return request.user.has_perm("voicechat.view_recording")
 
     @admin.action(description="End selected open conversations (on any server process)")
     def end_conversations(self, request, queryset):

@@ -103,32 +103,39 @@ def conversation_as_markdown(conversation: Conversation) -> str:
     return "\n".join(lines)
 
 
-def conversation_as_zip(conversation: Conversation) -> bytes:
-    """The transcript as Markdown and JSON, and each recorded turn as audio/<role>-<item>.ogg
-    (the JSON's "recordings" says which line each file is the audio of)."""
+def conversations_as_zip(conversations, *, folders: bool = False) -> bytes:
+    """Each conversation's transcript as Markdown and JSON, and each recorded turn as
+    audio/<role>-<item>-<n>.ogg (the JSON's "recordings" says which line each file is the audio
+    of); with `folders`, each conversation in a folder conversation-<id>/ of its own."""
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as archive:
+        for conversation in conversations:
+            prefix = f"conversation-{conversation.pk}/" if folders else ""
+            _write_conversation(archive, conversation, prefix)
+    return buffer.getvalue()
+
+
+def _write_conversation(archive: zipfile.ZipFile, conversation: Conversation, prefix: str) -> None:
     storage = recordings_storage()
     data = conversation_as_dict(conversation)
     data["recordings"] = []
-    buffer = io.BytesIO()
-    with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as archive:
-        for recording in conversation.recordings.order_by("created", "pk"):
-            name = f"audio/{recording.role}-{recording.item_id}-{recording.pk}.ogg"
-            try:
-                with storage.open(recording.file.name) as audio:
-                    # Stored, not deflated: Opus is compressed already.
-                    archive.writestr(name, audio.read(), zipfile.ZIP_STORED)
-            except FileNotFoundError:
-                continue  # erased meanwhile (retention): the transcript still goes
-            data["recordings"].append(
-                {
-                    "item_id": recording.item_id,
-                    "role": recording.role,
-                    "duration_ms": recording.duration_ms,
-                    "file": name,
-                }
-            )
-        archive.writestr("conversation.md", conversation_as_markdown(conversation))
-        archive.writestr(
-            "conversation.json", orjson.dumps(data, option=orjson.OPT_INDENT_2).decode()
+    for recording in conversation.recordings.order_by("created", "pk"):
+        name = f"audio/{recording.role}-{recording.item_id}-{recording.pk}.ogg"
+        try:
+            with storage.open(recording.file.name) as audio:
+                # Stored, not deflated: Opus is compressed already.
+                archive.writestr(prefix + name, audio.read(), zipfile.ZIP_STORED)
+        except FileNotFoundError:
+            continue  # erased meanwhile (retention): the transcript still goes
+        data["recordings"].append(
+            {
+                "item_id": recording.item_id,
+                "role": recording.role,
+                "duration_ms": recording.duration_ms,
+                "file": name,
+            }
         )
-    return buffer.getvalue()
+    archive.writestr(prefix + "conversation.md", conversation_as_markdown(conversation))
+    archive.writestr(
+        prefix + "conversation.json", orjson.dumps(data, option=orjson.OPT_INDENT_2).decode()
+    )

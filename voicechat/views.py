@@ -14,7 +14,7 @@ from django.views.decorators.http import require_http_methods, require_safe
 
 from voicechat import services
 from voicechat.enums import Backend, Role
-from voicechat.exports import attachment, conversation_as_markdown, conversation_as_zip
+from voicechat.exports import attachment, conversation_as_markdown, conversations_as_zip
 from voicechat.models import (
     Conversation,
     ConversationQuerySet,
@@ -180,7 +180,7 @@ def conversation_export_zip(request: HttpRequest, pk: int) -> HttpResponse:
     """The user's own transcript (Markdown and JSON) with its recordings, as one ZIP file."""
     conversation = get_object_or_404(own_conversations(request).select_related("user"), pk=pk)
     with override("en"):
-        archive = conversation_as_zip(conversation)
+        archive = conversations_as_zip([conversation])
     return attachment(
         archive,
         f"conversation-{conversation.pk}-{conversation.started:%Y%m%d-%H%M}.zip",

@@ -11,6 +11,7 @@ from datetime import timedelta
 import av
 import numpy as np
 import pytest
+from django.contrib.auth.models import Permission
 from django.core.files.base import ContentFile
 from django.core.management import call_command
 from django.utils.timezone import now
@@ -308,6 +309,40 @@ def test_the_zip_export_holds_transcript_and_audio(client, alice, recordings_dir
     # The Markdown download is unchanged: no audio, no ZIP.
     markdown = client.get(f"/history/{conversation.pk}/export.md")
     assert markdown["Content-Type"].startswith("text/markdown")
+
+
+def test_staff_export_conversations_with_their_recordings(
+    client, alice, django_user_model, recordings_dir
+):
+    first, second = recorded_conversation(alice), recorded_conversation(alice)
+    admin_user = django_user_model.objects.create_superuser("root", password="root-password-1")
+    client.force_login(admin_user)
+    response = client.post(
+        "/admin/voicechat/conversation/",
+        {"action": "export_zip", "_selected_action": [first.pk, second.pk]},
+    )
+    assert response["Content-Type"] == "application/zip"
+    names = zipfile.ZipFile(io.BytesIO(response.content)).namelist()
+    for conversation in (first, second):
+        folder = f"conversation-{conversation.pk}/"
+        assert folder + "conversation.md" in names
+        assert sum(n.startswith(folder + "audio/") for n in names) == 2
+
+
+def test_the_zip_export_is_offered_to_staff_who_may_hear_recordings(
+    client, staff_user, alice, recordings_dir
+):
+    recorded_conversation(alice)  # the list shows its actions only when it lists something
+
+    def actions() -> str:
+        client.force_login(staff_user)  # a fresh login: permissions are cached per user object
+        return client.get("/admin/voicechat/conversation/").content.decode()
+
+    staff_user.user_permissions.add(Permission.objects.get(codename="view_conversation"))
+    assert 'value="export_markdown"' in actions()
+    assert 'value="export_zip"' not in actions()
+    staff_user.user_permissions.add(Permission.objects.get(codename="view_recording"))
+    assert 'value="export_zip"' in actions()
 
 
 def test_no_zip_offered_without_recordings(client, alice):
