@@ -479,7 +479,7 @@ class GatewayConversation:
             deadline = loop.time() + settings.REALTIME_RECYCLE_GRACE_SECONDS
             while not self._quiet() and loop.time() < deadline:
                 await asyncio.sleep(RECYCLE_POLL_SECONDS)
-            moved = await self._recycle()
+            moved = await self._recycle(forced=not self._quiet())
             # A failed move is tried again soon: the current session will not last.
             wait = settings.REALTIME_RECYCLE_AFTER_SECONDS if moved else RECYCLE_RETRY_SECONDS
 
@@ -487,18 +487,18 @@ class GatewayConversation:
         """No reply asked for or under way, the user not speaking: a move goes unnoticed."""
         return not (self.policy.reply_requested or any(self.busy.values()))
 
-    async def _recycle(self) -> bool:
+    async def _recycle(self, *, forced: bool) -> bool:
         """Open a fresh upstream session with this one's configuration and transcript, then
-        relay through it; the client's socket stays open and sees none of it. True once moved;
-        False if the new session could not be prepared (the conversation goes on with the old
-        one)."""
+        relay through it; the client's socket stays open and sees none of it. The old session
+        relays on while the new one is prepared: client frames wait only for the switch itself.
+        True once moved; False if the new session could not be prepared, or (unless `forced`)
+        the moment stopped being quiet meanwhile: the conversation goes on with the old one."""
         old = self.upstream
-        self.upstream_ready = False  # client frames wait in `pending` meanwhile
         new = None
         try:
             new = open_upstream(self.model, time_zone=self.time_zone)
             async with asyncio.timeout(settings.REALTIME_CONNECT_TIMEOUT + RECYCLE_REPLAY_SECONDS):
-                await self._prepare_successor(new)
+                configured = await self._prepare_successor(new)
         except (EndConversation, UpstreamClosed, OSError, TimeoutError):
             logger.warning(
                 "could not move conversation %s to a fresh upstream session; it goes on with "
@@ -508,17 +508,23 @@ class GatewayConversation:
             )
             if new is not None:
                 await new.close()
-            await self._resume_relay()
             return False
         except asyncio.CancelledError:  # the conversation ended meanwhile
             if new is not None:
                 await new.close()
             raise
+        if not (forced or self._quiet()):
+            await new.close()  # the user spoke up or a reply began: the transcript moved on
+            return False
+        self.upstream_ready = False  # the switch: client frames wait in `pending`
+        for frame in self.policy.session_updates:  # any the client sent while it was prepared
+            if not any(frame is sent for sent in configured):
+                await new.send(frame)
         self.upstream = new
         self.busy = dict.fromkeys(self.busy, False)  # nothing is under way in a fresh session
         old.on_text(None)
-        await old.close()  # ends the relay loop's pass over it: it goes on with `new`
         await self._resume_relay()
+        await old.close()  # ends the relay loop's pass over it: it goes on with `new`
         self.recycles += 1
         audit.info("conversation %s moved to a fresh upstream session", self.conversation_id)
         await database_sync_to_async(services.conversation_recycled)(
@@ -526,12 +532,14 @@ class GatewayConversation:
         )
         return True
 
-    async def _prepare_successor(self, new: Upstream) -> None:
+    async def _prepare_successor(self, new: Upstream) -> list[str]:
         """Connect `new` and give it this session's configuration and transcript, swallowing
-        its answers: the client already has a session, and these items are not news to it."""
+        its answers: the client already has a session, and these items are not news to it.
+        Returns the client's session.updates it was given."""
         await new.connect()
         await new.send(session_defaults(self.policy.scope, backend=new.backend))
-        for frame in self.policy.session_updates:
+        configured = list(self.policy.session_updates)
+        for frame in configured:
             await new.send(frame)
         await self.recorder.flushed(timeout=RECYCLE_REPLAY_SECONDS / 2)
         context = await database_sync_to_async(context_frames)(
@@ -544,6 +552,7 @@ class GatewayConversation:
         frames = aiter(new)
         while peek_type(await anext(frames)) != "input_audio_buffer.cleared":
             pass
+        return configured
 
     async def _resume_relay(self) -> None:
         """Send what the client sent meanwhile, then relay its frames as they come again."""
