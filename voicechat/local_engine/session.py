@@ -237,11 +237,12 @@ class RealtimeSession:
     def _speculate(self, transcript: asyncio.Task) -> None:
         """Start the reply to the turn as it stands, in case this pause ends it.
 
-        Only where the end of the turn starts a response (not push-to-talk) and nothing is
-        being said: the reply would be answered next, after a conversation that has changed.
+        Only where the end of the turn starts a response, or push-to-talk's client is about to
+        ask for one, and nothing is being said (the reply would be answered next, after a
+        conversation that has changed).
         """
         td = self._td
-        if td is None or not td.create_response or self.response is not None:
+        if (td is not None and not td.create_response) or self.response is not None:
             return
         if not config.speculative_replies():
             return
@@ -365,8 +366,12 @@ class RealtimeSession:
         pcm = self._take_buffer(self._buffer_start_ms, self._total_ms)
         # The final decode begun in the last pause, if the user said nothing after it, is this
         # item's transcript (push-to-talk: usually ready by the release); otherwise all of it.
-        self._commit(pcm, item_id, streamed=self.transcriber.stream_settled())
+        settled = self.transcriber.stream_settled()
+        self._commit(pcm, item_id, streamed=settled)
+        # So is the reply begun in that pause, for a response.create that follows (push-to-talk).
+        reply = self._take_speculation() if settled else None
         self._configure_vad()  # the committed audio is gone: start counting afresh
+        self._speculation = reply  # dropped like any other if the user speaks or clears first
 
     def _on_input_audio_buffer_clear(self, event: dict) -> None:
         self._take_buffer(self._buffer_start_ms, self._total_ms)
@@ -551,7 +556,9 @@ class RealtimeSession:
                 "Wait until the response is finished before creating a new one.",
                 code="conversation_already_has_active_response",
             )
-        self._start_response(event.get("response") or {})
+        params = event.get("response") or {}
+        # After a push-to-talk commit: the reply begun in the pause before it, if it still fits.
+        self._start_response(params, ahead=None if params else self._take_speculation())
 
     def _on_response_cancel(self, event: dict) -> None:
         wanted = event.get("response_id")

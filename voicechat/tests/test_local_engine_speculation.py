@@ -18,6 +18,7 @@ from voicechat.local_engine.offline import OfflineResponder
 from voicechat.local_engine.responder import TextDelta, Turn
 from voicechat.tests.local_engine_client import EngineClient, reply_text, user_text
 from voicechat.tests.test_local_engine_push_to_talk import (  # noqa: F401 - fixtures
+    PUSH_TO_TALK,
     _scripted_speech,
     recognizer,
     silence,
@@ -249,5 +250,32 @@ async def test_the_embedded_model_stops_writing_a_reply_that_is_thrown_away(sett
         await asyncio.sleep(1.0)
         assert model.stats.tokens == tokens
         assert model.stats.tokens_after_cancel - stopped <= 1
+        assert stats(client).thrown_away == 1
+        assert not client.log.of("response.created")
+
+
+async def test_push_to_talk_answers_with_the_reply_begun_before_the_release():
+    watched = Watched()
+    async with client_with(watched) as client:
+        await client.send(PUSH_TO_TALK)
+        await client.append_audio(silence(200) + voice(1000) + silence(300))
+        await until(lambda: watched.asked)  # the button is still held
+        await client.send({"type": "input_audio_buffer.commit"})
+        await client.send({"type": "response.create"})
+        heard = await client.wait("conversation.item.input_audio_transcription.completed")
+        done = await client.wait("response.done")
+        assert reply_text(done).startswith(f"I heard: {heard['transcript']}.")
+        assert len(watched.asked) == 1
+        assert (stats(client).used, stats(client).thrown_away) == (1, 0)
+
+
+async def test_push_to_talk_drops_the_reply_when_the_press_is_cleared():
+    watched = Watched()
+    async with client_with(watched) as client:
+        await client.send(PUSH_TO_TALK)
+        await client.append_audio(silence(200) + voice(1000) + silence(300))
+        await until(lambda: watched.asked)
+        await client.send({"type": "input_audio_buffer.clear"})  # a tap, or a new press
+        await client.wait("input_audio_buffer.cleared")
         assert stats(client).thrown_away == 1
         assert not client.log.of("response.created")
