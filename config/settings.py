@@ -488,8 +488,9 @@ REALTIME_MAX_REFUSED_PER_MINUTE = envint("REALTIME_MAX_REFUSED_PER_MINUTE", 300)
 # Conversations one user may hold at once (0 = no limit).
 REALTIME_MAX_CONCURRENT_PER_USER = envint("REALTIME_MAX_CONCURRENT_PER_USER", 3)
 
-# Longest conversation in seconds (0 = no limit; OpenAI's own cap is 60 minutes).
-REALTIME_MAX_DURATION = envint("REALTIME_MAX_DURATION", 3600)
+# Longest conversation in seconds (0 = no limit). Not OpenAI's 60 minutes per session: a
+# conversation moves to a fresh session before then (REALTIME_RECYCLE_AFTER_SECONDS).
+REALTIME_MAX_DURATION = envint("REALTIME_MAX_DURATION", 4 * 3600)
 
 # ==================================================================================================
 # Conversations across processes: access checks, heartbeat, shutdown, spilled transcripts, resume
