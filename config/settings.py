@@ -455,6 +455,23 @@ REALTIME_PRICES = {
         "audio_output": Decimal("20.00"),
     },
 }
+# The input transcription models, which OpenAI bills apart from the conversation's model: in
+# US dollars per million tokens ("input": audio in, "output": text out) or per minute of audio
+# ("per_minute"). Every model in REALTIME_TRANSCRIPTION_MODELS needs one (voicechat.E202), so a
+# transcription is never billed as free. Sources as above, read 2026-12-02.
+REALTIME_TRANSCRIPTION_PRICES = {
+    # [models] gpt-4o-transcribe: audio tokens $2.50 in, $10.00 out
+    "gpt-4o-transcribe": {"input": Decimal("2.50"), "output": Decimal("10.00")},
+    # [models] gpt-4o-mini-transcribe (the compare page): $1.25 in, $5.00 out
+    "gpt-4o-mini-transcribe": {"input": Decimal("1.25"), "output": Decimal("5.00")},
+    # [models] gpt-transcribe: transcription audio duration, $0.0045 a minute
+    "gpt-transcribe": {"per_minute": Decimal("0.0045")},
+    # [models] gpt-live-transcribe and gpt-realtime-whisper: realtime audio, $0.017 a minute
+    "gpt-live-transcribe": {"per_minute": Decimal("0.017")},
+    "gpt-realtime-whisper": {"per_minute": Decimal("0.017")},
+    # [pricing-2025] whisper-1: $0.006 a minute
+    "whisper-1": {"per_minute": Decimal("0.006")},
+}
 
 # ==================================================================================================
 # Limits: sign-in attempts, budgets, connections, frames, conversations

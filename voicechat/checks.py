@@ -61,6 +61,22 @@ def every_allowed_model_priced(app_configs=None, **kwargs) -> list[checks.CheckM
     ]
 
 
+@checks.register("prices")
+def every_transcription_model_priced(app_configs=None, **kwargs) -> list[checks.CheckMessage]:
+    from voicechat.services import unpriced_transcription_models
+
+    return [
+        checks.Error(
+            f"Transcription model {model!r} may be chosen (REALTIME_TRANSCRIPTION_MODELS) but has "
+            "no price: its transcriptions would be billed as free.",
+            hint="Add it to REALTIME_TRANSCRIPTION_PRICES in config/settings.py (per million "
+            "tokens in and out, or per minute, with the source), or leave it out.",
+            id="voicechat.E202",
+        )
+        for model in unpriced_transcription_models(settings.REALTIME_TRANSCRIPTION_MODELS)
+    ]
+
+
 @checks.register("upstream")
 def upstream_proxy_usable(app_configs=None, **kwargs) -> list[checks.CheckMessage]:
     """An https:// proxy would be reached without TLS: refused at start, not at the first call."""

@@ -139,6 +139,8 @@ class TranscriptRecorder:
         self._writer: asyncio.Task | None = None
         # The user's words so far, by item, while their transcription streams in.
         self._partials: dict[str, str] = {}
+        # The input transcription model the session reports, for billing its transcriptions.
+        self._transcription_model = settings.REALTIME_TRANSCRIPTION_MODEL
         # Out-of-band responses (conversation "none"), whose output is kept apart; the latest.
         self._out_of_band: collections.deque[str] = collections.deque(maxlen=64)
         self._handlers = {
@@ -274,6 +276,9 @@ class TranscriptRecorder:
             upstream_fields.identifier(session.get("id"), length=upstream_fields.SESSION_ID_LENGTH)
             or self._batch.upstream_session_id
         )
+        transcription = _dict(_dict(_dict(session.get("audio")).get("input")).get("transcription"))
+        if isinstance(transcription.get("model"), str):
+            self._transcription_model = transcription["model"]
 
     def _on_committed(self, event: dict) -> None:
         self._change(
@@ -332,6 +337,8 @@ class TranscriptRecorder:
 
     def _on_user_transcript(self, event: dict) -> None:
         self._partials.pop(event.get("item_id"), None)
+        if event.get("usage") and self.price_model:
+            self._bill_transcription(event)
         self._change(
             event.get("item_id"),
             role=Role.USER,
@@ -394,6 +401,26 @@ class TranscriptRecorder:
                     counts=counts,
                 )
             )
+
+    def _bill_transcription(self, event: dict) -> None:
+        """An input transcription is billed at its own model's rates, apart from the response."""
+        model = self._transcription_model
+        try:
+            cost = services.transcription_cost(model, event["usage"])
+        except services.UnpricedModel:
+            logger.warning("transcription model %r has no price: its cost is not counted", model)
+            return
+        self.cost_usd += cost
+        metrics.cost_added(model, cost)
+        item_id = upstream_fields.identifier(event.get("item_id")) or ""
+        self._batch.usage.append(
+            UsageChange(
+                response_id=f"transcription:{item_id}"[: upstream_fields.RESPONSE_ID_LENGTH],
+                status="transcription",
+                counts=TokenCounts.from_usage(event["usage"]),
+                cost=cost,
+            )
+        )
 
     # --- the writer ----------------------------------------------------------------------
 

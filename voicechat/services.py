@@ -149,6 +149,48 @@ def unpriced_models(models: Iterable[str]) -> list[str]:
     ]
 
 
+# Audio input tokens per second of speech, to price a duration at token rates (OpenAI's GPT-4o
+# audio models count about one token per 100 ms of input audio).
+AUDIO_TOKENS_PER_SECOND = 10
+
+
+def unpriced_transcription_models(models: Iterable[str]) -> list[str]:
+    """Those of `models` that REALTIME_TRANSCRIPTION_PRICES does not price."""
+    prices = settings.REALTIME_TRANSCRIPTION_PRICES
+    return [
+        model
+        for model in models
+        if not (
+            {"input", "output"} <= set(prices.get(model, {}))
+            or "per_minute" in prices.get(model, {})
+        )
+    ]
+
+
+def transcription_cost(model: str, usage) -> Decimal:
+    """Estimated USD cost of one input transcription from its `usage` (tokens or duration);
+    an unpriced model raises UnpricedModel rather than being billed at zero."""
+    if unpriced_transcription_models([model]):
+        raise UnpricedModel(f"Model {model!r} has no entry in REALTIME_TRANSCRIPTION_PRICES.")
+    prices, usage = settings.REALTIME_TRANSCRIPTION_PRICES[model], _mapping(usage)
+    if usage.get("type") == "duration":
+        seconds = usage.get("seconds")
+        seconds = (
+            seconds if isinstance(seconds, int | float) and not isinstance(seconds, bool) else 0
+        )
+        seconds = Decimal(str(min(max(seconds, 0), 86_400)))
+        if "per_minute" in prices:
+            cost = seconds / 60 * prices["per_minute"]
+        else:  # a token-priced model that reported seconds: estimated, never free
+            cost = seconds * AUDIO_TOKENS_PER_SECOND * prices["input"] / Decimal(1_000_000)
+    else:
+        cost = (
+            _count(usage.get("input_tokens")) * prices.get("input", 0)
+            + _count(usage.get("output_tokens")) * prices.get("output", 0)
+        ) / Decimal(1_000_000)
+    return cost.quantize(Decimal("0.000001"))
+
+
 def prices_for(model: str) -> dict[str, Decimal]:
     """The model's REALTIME_PRICES entry; raises UnpricedModel rather than billing it at zero."""
     if unpriced_models([model]):
@@ -269,11 +311,13 @@ class ItemChange:
 
 @dataclass
 class UsageChange:
-    """The usage of one response, as its response.done reported it."""
+    """The usage of one response, as its response.done reported it (or of one input
+    transcription, whose cost comes priced at its own model's rates)."""
 
     response_id: str
     status: str
     counts: TokenCounts
+    cost: Decimal | None = None  # None: the counts at the conversation's model's prices
 
 
 @dataclass
@@ -312,14 +356,24 @@ class RecorderBatch:
         return rows
 
     def as_dict(self) -> dict:
-        return asdict(self)
+        data = asdict(self)
+        for usage in data["usage"]:  # JSON has no decimals: an exact string instead
+            if usage["cost"] is not None:
+                usage["cost"] = str(usage["cost"])
+        return data
 
     @classmethod
     def from_dict(cls, data: dict) -> "RecorderBatch":
         return cls(
             items=[ItemChange(**item) for item in data["items"]],
             usage=[
-                UsageChange(**{**usage, "counts": TokenCounts(**usage["counts"])})
+                UsageChange(
+                    **{
+                        **usage,
+                        "counts": TokenCounts(**usage["counts"]),
+                        "cost": None if usage.get("cost") is None else Decimal(usage["cost"]),
+                    }
+                )
                 for usage in data["usage"]
             ],
             voice=data["voice"],
@@ -415,7 +469,7 @@ def _usage_add(*, conversation_id: int, model: str, usage: UsageChange) -> None:
     ):
         return  # already counted (a retried or replayed write)
     counts = usage.counts
-    cost = counts.cost(model)
+    cost = counts.cost(model) if usage.cost is None else usage.cost
     UsageRecord.objects.create(
         conversation_id=conversation_id,
         response_id=usage.response_id,

@@ -66,10 +66,14 @@ async def test_usage_and_cost_per_response(fake_upstream, alice, alice_token, co
     records = await db(
         lambda: list(UsageRecord.objects.filter(conversation=conversation).order_by("pk"))
     )
+    # Each input transcription is billed too, at its own model's prices (its own record).
+    transcriptions = [r for r in records if r.status == "transcription"]
+    records = [r for r in records if r.status != "transcription"]
     assert [(r.response_id, r.status) for r in records] == [
         ("resp_1", "completed"),
         ("resp_2", "cancelled"),
     ]
+    assert len(transcriptions) == 2 and all(r.cost_usd > 0 for r in transcriptions)
     first = records[0]
     assert (first.input_text_tokens, first.input_audio_tokens, first.input_cached_tokens) == (
         400,
@@ -78,12 +82,14 @@ async def test_usage_and_cost_per_response(fake_upstream, alice, alice_token, co
     )
     assert (first.output_text_tokens, first.output_audio_tokens) == (50, 150)
     assert first.cost_usd == USAGE_COST
+    transcribed_in = sum(r.input_tokens for r in transcriptions)
+    transcribed_out = sum(r.output_tokens for r in transcriptions)
     assert (conversation.input_tokens, conversation.output_tokens, conversation.cached_tokens) == (
-        2000,
-        400,
+        2000 + transcribed_in,
+        400 + transcribed_out,
         600,
     )
-    assert conversation.cost_usd == 2 * USAGE_COST
+    assert conversation.cost_usd == 2 * USAGE_COST + sum(r.cost_usd for r in transcriptions)
 
 
 def test_mini_is_cheaper():
