@@ -612,3 +612,6 @@ LOCAL_LLM_TIMEOUT = envint("LOCAL_LLM_TIMEOUT", 60)
 # Threads for speech recognition, and as many for synthesis, shared by all conversations
 # (0: one per core).
 LOCAL_ENGINE_WORKERS = envint("LOCAL_ENGINE_WORKERS", 0)
+# Start the reply in the user's pause, before the turn has ended, and use it if the turn ends
+# there (voicechat/local_engine/speculation.py); false waits for the end of the turn.
+LOCAL_SPECULATIVE_REPLIES = envbool("LOCAL_SPECULATIVE_REPLIES", "True")

@@ -6,6 +6,7 @@ audio format.
 """
 
 import asyncio
+import atexit
 import logging
 import threading
 import time
@@ -223,6 +224,7 @@ def _recognize(pcm16_24k: bytes, language: str, prefix: str) -> str:
 
 _warm = False
 _warm_lock = threading.Lock()
+WARM_UP_EXIT_WAIT_S = 60
 
 
 def warm_up() -> None:
@@ -234,7 +236,11 @@ def warm_up() -> None:
         if _warm:
             return
         _warm = True
-    threading.Thread(target=_load_models, name="local-warm-up", daemon=True).start()
+    thread = threading.Thread(target=_load_models, name="local-warm-up", daemon=True)
+    thread.start()
+    # A process that exits while native code is still loading a model aborts (exit code 134,
+    # "terminate called without an active exception"): a short one waits for the load instead.
+    atexit.register(thread.join, WARM_UP_EXIT_WAIT_S)
 
 
 def _load_models() -> None:
