@@ -51,7 +51,7 @@ class ToolSpec:
     name: str
     description: str
     parameters: dict = field(default_factory=lambda: {"type": "object", "properties": {}})
-    # False for a tool the offline engine does better itself (it is then not declared there).
+    # False: not declared to the offline engine (see the built-in tools below for why).
     for_offline_engine: bool = True
 
     def declaration(self) -> dict:
@@ -196,6 +196,10 @@ def get_current_time(context: ToolContext) -> dict:
         "properties": {"query": {"type": "string", "description": "Words to look for."}},
         "required": ["query"],
     },
+    # Offered in every turn, the embedded 1.5B model reached for it instead of answering ("What
+    # is the capital of France?" got a search of past conversations); a deployer who wants it
+    # there can register a copy with for_offline_engine=True.
+    for_offline_engine=False,
 )
 def search_my_conversations(context: ToolContext, query: str = "") -> str:
     """Lines of the user's own conversations (never anyone else's: the user is the context's)."""

@@ -12,7 +12,7 @@ from django.core.checks import run_checks
 from voicechat.enums import EndReason, Role
 from voicechat.models import TranscriptItem
 from voicechat.scopes import ScopeKind
-from voicechat.server_tools import server_tool
+from voicechat.server_tools import search_my_conversations, server_tool
 from voicechat.services import api_token_create, conversation_end, conversation_start
 from voicechat.tests.conftest import db, finished_conversation
 
@@ -163,10 +163,31 @@ async def test_client_tools_keep_working_alongside(fake_upstream, alice, connect
     assert (error["code"], error["param"]) == ("invalid_value", "session.tools")
 
 
-async def test_the_offline_assistant_searches_earlier_conversations(
+@server_tool(
+    name="search_my_notes",
+    description="Search what the user said in earlier conversations.",
+    parameters=search_my_conversations.server_tool.parameters,
+    for_offline_engine=True,
+)
+def search_my_notes(context, query: str = "") -> str:
+    return search_my_conversations(context, query)
+
+
+async def test_the_offline_engine_declares_no_built_in_tool(alice_token, connect, settings):
+    settings.REALTIME_BACKEND, settings.OPENAI_API_KEY = "local", ""
+    _, client = await connect(token=alice_token)
+    updated = (await client.receive_until("session.updated"))[-1]
+    assert updated["session"].get("tools", []) == []
+
+
+async def test_the_offline_assistant_calls_a_server_tool_offered_to_it(
     alice, alice_token, connect, settings
 ):
     settings.REALTIME_BACKEND, settings.OPENAI_API_KEY = "local", ""
+    settings.REALTIME_SERVER_TOOLS = [
+        *BUILT_IN,
+        "voicechat.tests.test_server_tools.search_my_notes",
+    ]
     await db(said_before, alice, "I like sourdough bread.")
     _, client = await connect(token=alice_token)
     await client.receive_until("session.updated")
@@ -176,15 +197,13 @@ async def test_the_offline_assistant_searches_earlier_conversations(
             "item": {
                 "type": "message",
                 "role": "user",
-                "content": [
-                    {"type": "input_text", "text": "Search my conversations about sourdough."}
-                ],
+                "content": [{"type": "input_text", "text": "Search my notes about sourdough."}],
             },
         }
     )
     await client.send({"type": "response.create"})
     first = (await client.receive_until("response.done", timeout=30))[-1]["response"]
-    assert first["output"][0]["name"] == "search_my_conversations"
+    assert first["output"][0]["name"] == "search_my_notes"
     second = (await client.receive_until("response.done", timeout=30))[-1]["response"]
     assert "I like sourdough bread." in second["output"][0]["content"][0]["transcript"]
 
