@@ -140,3 +140,42 @@ class ServerProcess:
             self.process.kill()
             self.process.wait()
         self.log_path.unlink(missing_ok=True)
+
+
+# --- manage.py serve: a supervisor and its workers ---------------------------------------------
+
+
+def serve_process(port: int, env: dict[str, str], *, workers: int) -> subprocess.Popen:
+    """`manage.py serve --workers N` on `port`, as production runs it (its output piped)."""
+    return subprocess.Popen(
+        [sys.executable, "manage.py", "serve", "--workers", str(workers), "--port", str(port)],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+    )
+
+
+async def wait_for_port(port: int, proc: subprocess.Popen, timeout: float = 30) -> None:
+    """Until `proc` accepts connections on `port` (it must not exit meanwhile)."""
+    async with asyncio.timeout(timeout):
+        while True:
+            assert proc.poll() is None, "serve exited early"
+            try:
+                _, writer = await asyncio.open_connection("127.0.0.1", port)
+                writer.close()
+                return
+            except OSError:
+                await asyncio.sleep(0.1)
+
+
+async def wait_for_workers(proc: subprocess.Popen, workers: int, timeout: float = 30) -> None:
+    """Until `serve` has started all its workers (the supervisor itself only watches them)."""
+    async with asyncio.timeout(timeout):
+        while len(children(proc.pid)) < workers:
+            await asyncio.sleep(0.1)
+
+
+def children(pid: int) -> list[int]:
+    path = Path(f"/proc/{pid}/task/{pid}/children")
+    return [int(x) for x in path.read_text().split()] if path.exists() else []

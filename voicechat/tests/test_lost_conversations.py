@@ -4,8 +4,6 @@ import asyncio
 import json
 import os
 import signal
-import subprocess
-import sys
 from datetime import timedelta
 
 import pytest
@@ -24,8 +22,7 @@ from voicechat.services import (
     recorder_batch_write,
 )
 from voicechat.tests.conftest import db, free_port
-from voicechat.tests.servers import ROOT, server_env
-from voicechat.tests.test_serve_command import _children
+from voicechat.tests.servers import children, serve_process, server_env
 
 pytestmark = pytest.mark.django_db
 
@@ -201,12 +198,10 @@ async def test_serve_ends_a_killed_worker_s_conversation_at_its_last_line(
 ):
     """kill -9 of a `serve` worker, no other conversation live: ended at once by `serve`."""
     port = free_port()
-    proc = subprocess.Popen(
-        [sys.executable, "manage.py", "serve", "--workers", "1", "--port", str(port)],
-        cwd=ROOT,
-        env=server_env(upstream_url=fake_upstream.url, REALTIME_STALE_AFTER="3600"),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
+    proc = serve_process(
+        port,
+        server_env(upstream_url=fake_upstream.url, REALTIME_STALE_AFTER="3600"),
+        workers=1,
     )
     try:
         async with asyncio.timeout(60):
@@ -236,7 +231,7 @@ async def test_serve_ends_a_killed_worker_s_conversation_at_its_last_line(
         conversation = await db(Conversation.objects.get, user=alice)
         # The worker holding it (serve's children also include multiprocessing's helper).
         worker = int(conversation.process.rpartition(":")[2])
-        assert worker in _children(proc.pid)
+        assert worker in children(proc.pid)
         os.kill(worker, signal.SIGKILL)
         ended = await _until_ended(conversation)
         line = await db(TranscriptItem.objects.get, item_id="item_u1")

@@ -3,10 +3,7 @@
 import asyncio
 import base64
 import json
-import subprocess
-import sys
 import urllib.request
-from pathlib import Path
 
 import pytest
 from django.test import AsyncClient
@@ -14,14 +11,12 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from voicechat.models import Conversation
 from voicechat.tests.conftest import db, free_port
-from voicechat.tests.servers import server_env
+from voicechat.tests.servers import serve_process, server_env, wait_for_port
 from voicechat.tests.test_recorder_outage import spill_dir  # noqa: F401
-from voicechat.tests.test_serve_command import _wait_port
 from voicechat.tests.test_turn_latency import push_to_talk_turn, scripted_local_engine  # noqa: F401
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
-ROOT = Path(__file__).resolve().parents[2]
 AUDIO = base64.b64encode(b"\x01\x00" * 960).decode()  # 40 ms of 24 kHz PCM16
 TOKEN = "metrics-scraper-token"
 
@@ -137,12 +132,9 @@ async def test_two_workers_report_one_set(fake_upstream, alice_token, tmp_path):
     env = server_env(
         upstream_url=fake_upstream.url, METRICS_TOKEN=TOKEN, PROMETHEUS_MULTIPROC_DIR=str(tmp_path)
     )
-    proc = subprocess.Popen(
-        [sys.executable, "manage.py", "serve", "--workers", "2", "--port", str(port)],
-        cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-    )  # fmt: skip
+    proc = serve_process(port, env, workers=2)
     try:
-        await _wait_port(port, proc)
+        await wait_for_port(port, proc)
         # Sockets until both workers hold some (the kernel spreads them over the workers).
         opened = 0
         while opened < 40 and len(await db(_processes)) < 2:

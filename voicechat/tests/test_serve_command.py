@@ -1,56 +1,24 @@
 """`manage.py serve`: several uvicorn processes on one port, each relaying real conversations."""
 
-import asyncio
 import json
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 from websockets.asyncio.client import connect
 
 from voicechat.tests.conftest import free_port
-from voicechat.tests.servers import server_env
+from voicechat.tests.servers import serve_process, server_env, wait_for_port, wait_for_workers
 
 pytestmark = pytest.mark.django_db(transaction=True)
-
-ROOT = Path(__file__).resolve().parents[2]
-
-
-async def _wait_port(port: int, proc: subprocess.Popen, timeout: float = 30) -> None:
-    async with asyncio.timeout(timeout):
-        while True:
-            assert proc.poll() is None, "serve exited early"
-            try:
-                _, writer = await asyncio.open_connection("127.0.0.1", port)
-                writer.close()
-                return
-            except OSError:
-                await asyncio.sleep(0.1)
-
-
-def _children(pid: int) -> list[int]:
-    path = Path(f"/proc/{pid}/task/{pid}/children")
-    return [int(x) for x in path.read_text().split()] if path.exists() else []
 
 
 async def test_two_workers_share_the_port_and_relay(fake_upstream, alice_token):
     port = free_port()
     # The test database (SQLite or PostgreSQL, whichever this run uses) and the fake upstream.
     env = server_env(upstream_url=fake_upstream.url)
-    proc = subprocess.Popen(
-        [sys.executable, "manage.py", "serve", "--workers", "2", "--port", str(port)],
-        cwd=ROOT,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-    )
+    proc = serve_process(port, env, workers=2)
     try:
-        await _wait_port(port, proc)
-        # Both workers listen (the parent only supervises them).
-        async with asyncio.timeout(30):
-            while len(_children(proc.pid)) < 2:
-                await asyncio.sleep(0.1)
+        await wait_for_port(port, proc)
+        await wait_for_workers(proc, 2)  # both listen (the parent only supervises them)
         for attempt in range(4):  # several sockets: the kernel spreads them over the workers
             async with connect(
                 f"ws://127.0.0.1:{port}/v1/realtime",

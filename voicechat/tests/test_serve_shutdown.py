@@ -9,8 +9,6 @@ case that hung; on the embedded defaults it checks the same shutdown with the in
 import asyncio
 import json
 import signal
-import subprocess
-import sys
 import time
 
 import pytest
@@ -22,8 +20,7 @@ from voicechat.enums import EndReason
 from voicechat.models import Conversation
 from voicechat.protocol import CloseCode
 from voicechat.tests.conftest import db, free_port
-from voicechat.tests.servers import ROOT, server_env
-from voicechat.tests.test_serve_command import _children, _wait_port
+from voicechat.tests.servers import serve_process, server_env, wait_for_port, wait_for_workers
 from voicechat.tests.test_shutdown import receive_until_closed
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -49,18 +46,10 @@ async def test_sigterm_after_many_conversations_ends_every_worker_in_time(
         REALTIME_CONNECTS_PER_MINUTE_PER_USER="1000",
         REALTIME_CONNECTS_PER_MINUTE_PER_IP="1000",
     )
-    proc = subprocess.Popen(
-        [sys.executable, "manage.py", "serve", "--workers", "2", "--port", str(port)],
-        cwd=ROOT,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-    )
+    proc = serve_process(port, env, workers=2)
     try:
-        await _wait_port(port, proc)
-        async with asyncio.timeout(30):
-            while len(_children(proc.pid)) < 2:
-                await asyncio.sleep(0.1)
+        await wait_for_port(port, proc)
+        await wait_for_workers(proc, 2)
 
         # Normal operation: conversations come and go; on Redis, staff end some of them.
         for n in range(CHURN):
