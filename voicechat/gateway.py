@@ -418,7 +418,8 @@ class GatewayConversation:
         busy = _BUSY_AFTER.get(etype)
         if busy is not None:  # a reply or the user's speech began or ended
             self.busy[busy[0]] = busy[1]
-            self.policy.reply_requested = False
+            if etype == "response.created":  # the reply asked for has begun
+                self.policy.reply_requested = False
         self.recorder.observe(etype, frame)
         if self.recordings is not None:
             self.recordings.server_event(etype, frame)
