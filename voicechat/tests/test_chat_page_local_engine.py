@@ -86,7 +86,10 @@ def test_talking_to_the_local_engine(local_chat_server, launch_browser, alice, t
     ), lines[0]
     assert "84" in lines[1]["text"], lines[1]
     assert heard_most(lines[2]["text"], ("what", "is", "the", "capital", "of", "france")), lines[2]
-    assert "Paris" in lines[3]["text"], lines[3]
+    # Paris once France was heard: Whisper tiny.en took it for "friends" once in three CI runs
+    # (hearing is measured in test_local_stt.py); the answer must then be about what was heard.
+    france_heard = "france" in lines[2]["text"].lower()
+    assert ("Paris" if france_heard else "capital") in lines[3]["text"], lines[3]
 
     # The replies are played out to the end, and once playing they never ran dry.
     wait_for_stat(
@@ -103,7 +106,7 @@ def test_talking_to_the_local_engine(local_chat_server, launch_browser, alice, t
     page.wait_for_selector('[data-testid="status"][data-state="ended"]')
     items = [i for i in conversation.ordered_items() if i.role in (Role.USER, Role.ASSISTANT)]
     assert [i.role for i in items[:4]] == [Role.USER, Role.ASSISTANT, Role.USER, Role.ASSISTANT]
-    assert "84" in items[1].text and "Paris" in items[3].text
+    assert "84" in items[1].text and items[3].text == lines[3]["text"]
     assert all(i.status == ItemStatus.COMPLETED for i in items[1:4:2])
 
 
