@@ -5,8 +5,10 @@
 
 import contextlib
 
-from config.asgi import application  # sets Django up first: voicechat.metrics needs the models
-from voicechat import metrics
+from config.asgi import (
+    application,  # sets Django up first: voicechat.monitoring.metrics needs the models
+)
+from voicechat.monitoring import metrics
 
 
 class NoMeter(metrics.ConversationMeter):

@@ -45,7 +45,7 @@ UVICORN_CMD = (
     "--loop uvloop --http httptools --ws {ws} --lifespan off --no-access-log "
     "--log-level warning"
 )
-GATEWAY_WS = "voicechat.websocket_server:GatewayWebSocketProtocol"
+GATEWAY_WS = "voicechat.transport.server:GatewayWebSocketProtocol"
 RUNSERVER_CMD = "{py} manage.py runserver --noreload --nothreading 127.0.0.1:{port}"
 # The gateway's own production launcher: one uvicorn per core, each on its own SO_REUSEPORT socket.
 SERVE_CMD = "{py} manage.py serve --host 127.0.0.1 --port {port} --workers {workers}"

@@ -14,15 +14,16 @@ from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402
 
 from voicechat import lifecycle  # noqa: E402
 from voicechat.checks import refuse_development_key  # noqa: E402
+from voicechat.enums import Backend  # noqa: E402
+from voicechat.gateway.backends import resolve_backend  # noqa: E402
 from voicechat.routing import websocket_urlpatterns  # noqa: E402
-from voicechat.upstream import Backend, resolve_backend  # noqa: E402
 
 # No server starts with DEBUG off and the public development key (uvicorn runs no system checks).
 refuse_development_key()
 
 # No AllowedHostsOriginValidator here: it refuses every handshake without an Origin header,
 # which is every script and OpenAI's SDK. The consumer checks the origin of cookie-authenticated
-# sockets itself (voicechat/auth.py), where it matters. keeping_alive: every server process,
+# sockets itself (voicechat/access/auth.py), where it matters. keeping_alive: every server process,
 # idle or not, ends the conversations of processes that died (voicechat/lifecycle.py).
 application = lifecycle.keeping_alive(
     ProtocolTypeRouter(

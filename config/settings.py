@@ -213,7 +213,7 @@ if REDIS_URL:
             },
         }
     }
-    # Rate-limit windows (voicechat/ratelimit.py) must be shared by every process too.
+    # Rate-limit windows (voicechat/access/ratelimit.py) must be shared by every process too.
     CACHES = {
         "default": {
             "BACKEND": "django.core.cache.backends.redis.RedisCache",
@@ -246,7 +246,7 @@ else:
     WHITENOISE_USE_FINDERS = True
 MIDDLEWARE.insert(
     MIDDLEWARE.index("django.middleware.security.SecurityMiddleware") + 1,
-    "voicechat.staticfiles.AsgiWhiteNoiseMiddleware",
+    "voicechat.pages.staticfiles.AsgiWhiteNoiseMiddleware",
 )
 
 # ==================================================================================================
@@ -282,7 +282,7 @@ LOGGING = {
     # The provider key must never reach a log line, whoever logs it (ours, daphne, websockets).
     # Every line logged for a conversation names it and its user (JSON lines carry both).
     "filters": {
-        "conversation_context": {"()": "voicechat.logformat.ConversationContext"},
+        "conversation_context": {"()": "voicechat.monitoring.logformat.ConversationContext"},
         "redact_secrets": {"()": "voicechat.redaction.RedactingFilter"},
     },
     "handlers": {
@@ -298,7 +298,7 @@ LOGGING = {
 LOG_FORMAT = os.environ.get("LOG_FORMAT", "text").strip().lower()
 LOGGING["formatters"] = {
     "text": {"format": "%(asctime)s %(levelname)s %(name)s [%(process)d] %(message)s"},
-    "json": {"()": "voicechat.logformat.JsonFormatter"},
+    "json": {"()": "voicechat.monitoring.logformat.JsonFormatter"},
 }
 # Servers' own loggers go through our handler too (one format, and redacted): uvicorn gives
 # them handlers of their own, which this replaces.
@@ -354,8 +354,8 @@ REALTIME_TRANSCRIPTION_MODEL = os.environ.get(
     "REALTIME_TRANSCRIPTION_MODEL", "gpt-4o-mini-transcribe"
 )
 REALTIME_LANGUAGE = os.environ.get("REALTIME_LANGUAGE", "en")
-# The site default scope (voicechat/scopes.py): what browser sessions, and API tokens without a
-# scope of their own, may set. Clients may not replace the server's instructions, tools or
+# The site default scope (voicechat/access/scopes.py): what browser sessions, and API tokens
+# without a scope of their own, may set. Clients may not replace the server's instructions, tools or
 # prompt unless the deployer allows it; they may pick the server's own transcription model (as
 # OpenAI's SDK does), or those listed; 0 = no limit on max_output_tokens beyond the model's own.
 REALTIME_CLIENT_MAY_SET_INSTRUCTIONS = envbool("REALTIME_CLIENT_MAY_SET_INSTRUCTIONS", "False")
@@ -380,11 +380,11 @@ REALTIME_TRANSCRIPTION_MODELS = sorted(
         ),
     }
 )
-# Tools the gateway declares in every session and runs itself (voicechat/server_tools.py):
+# Tools the gateway declares in every session and runs itself (voicechat/gateway/server_tools.py):
 # dotted paths of functions decorated with @server_tool; add your own here. Empty: none.
 REALTIME_SERVER_TOOLS = envlist(
     "REALTIME_SERVER_TOOLS",
-    "voicechat.server_tools.get_current_time,voicechat.server_tools.search_my_conversations",
+    "voicechat.gateway.server_tools.get_current_time,voicechat.gateway.server_tools.search_my_conversations",
 )
 # Seconds a server tool may take before the model is told it took too long.
 REALTIME_SERVER_TOOL_TIMEOUT = envint("REALTIME_SERVER_TOOL_TIMEOUT", 10)
@@ -530,7 +530,7 @@ TRANSCRIPT_SPILL_DIR = os.environ.get("TRANSCRIPT_SPILL_DIR", str(BASE_DIR / "va
 
 # A continued conversation (?resume=), and one moved to a fresh upstream session (recycled),
 # replays at most this many tokens of its transcript to the model, the latest lines first
-# (voicechat/resume.py).
+# (voicechat/gateway/resume.py).
 REALTIME_RESUME_CONTEXT_TOKENS = envint("REALTIME_RESUME_CONTEXT_TOKENS", 4000)
 # Before the upstream's own session limit (60 minutes at OpenAI), a conversation moves to a fresh
 # upstream session: at a quiet moment after this many seconds (no reply being made, the user not
@@ -539,7 +539,7 @@ REALTIME_RECYCLE_AFTER_SECONDS = float(envdecimal("REALTIME_RECYCLE_AFTER_SECOND
 REALTIME_RECYCLE_GRACE_SECONDS = float(envdecimal("REALTIME_RECYCLE_GRACE_SECONDS", "240"))
 
 # ==================================================================================================
-# Recordings: both sides' audio per turn, off unless turned on (voicechat/recordings.py)
+# Recordings: both sides' audio per turn, off unless turned on (voicechat/records/recordings.py)
 # ==================================================================================================
 
 # On for every user; a user's own "record audio" (admin, User limits) overrides it either way.

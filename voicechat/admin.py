@@ -12,13 +12,8 @@ from django.utils.formats import date_format
 from django.utils.html import format_html
 from django.utils.timezone import localtime, now
 
-from voicechat import monitor, services
-from voicechat.exports import (
-    attachment,
-    conversation_as_dict,
-    conversation_as_markdown,
-    conversations_as_zip,
-)
+from voicechat import services
+from voicechat.access.scopes import ScopeKind
 from voicechat.models import (
     ApiToken,
     Conversation,
@@ -28,7 +23,13 @@ from voicechat.models import (
     UserLimits,
     order_by_chain,
 )
-from voicechat.scopes import ScopeKind
+from voicechat.monitoring import live
+from voicechat.records.exports import (
+    attachment,
+    conversation_as_dict,
+    conversation_as_markdown,
+    conversations_as_zip,
+)
 from voicechat.templatetags.voicechat_tags import usd
 
 
@@ -258,7 +259,7 @@ class ConversationAdmin(admin.ModelAdmin):
         asked = [
             pk
             for pk in queryset.filter(ended__isnull=True).values_list("pk", flat=True)
-            if async_to_sync(monitor.request_end)(pk, by=by)
+            if async_to_sync(live.request_end)(pk, by=by)
         ]
         self.message_user(request, f"Asked {len(asked)} open conversation(s) to end.")
 

@@ -15,7 +15,8 @@ from django.core.exceptions import ImproperlyConfigured
 
 
 def _offline_engine_in_use() -> bool:
-    from voicechat.upstream import Backend, resolve_backend
+    from voicechat.enums import Backend
+    from voicechat.gateway.backends import resolve_backend
 
     return resolve_backend() == Backend.LOCAL
 
@@ -80,7 +81,7 @@ def every_transcription_model_priced(app_configs=None, **kwargs) -> list[checks.
 @checks.register("upstream")
 def upstream_proxy_usable(app_configs=None, **kwargs) -> list[checks.CheckMessage]:
     """An https:// proxy would be reached without TLS: refused at start, not at the first call."""
-    from voicechat.upstream_ws import proxy_problem
+    from voicechat.upstream.websocket import proxy_problem
 
     problem = proxy_problem(settings.OPENAI_REALTIME_URL)
     return [checks.Error(problem, id="voicechat.E401")] if problem else []
@@ -135,7 +136,10 @@ def server_tools_importable(app_configs=None, **kwargs) -> list[checks.CheckMess
             errors.append(
                 checks.Error(
                     f"{path} is not a server tool.",
-                    hint="Decorate it with voicechat.server_tools.server_tool(name=..., ...).",
+                    hint=(
+                        "Decorate it with "
+                        "voicechat.gateway.server_tools.server_tool(name=..., ...)."
+                    ),
                     id="voicechat.E601",
                 )
             )

@@ -9,8 +9,8 @@ from django.db.models.functions import Coalesce
 from django.utils.timezone import now
 from django.utils.translation import gettext
 
+from voicechat.access.scopes import ScopeKind
 from voicechat.enums import END_REASON_WORDS, Backend, EndReason, ItemStatus, Role
-from voicechat.scopes import ScopeKind
 
 
 def stale_cutoff() -> datetime:
@@ -54,7 +54,8 @@ class Conversation(models.Model):
     backend = models.CharField(max_length=16, choices=Backend)
     model = models.CharField(max_length=64)
     voice = models.CharField(max_length=32, blank=True)
-    # The offline engine's models when it started (voicechat/offline_models.py); "" for OpenAI.
+    # The offline engine's models when it started (voicechat/local_engine/model_names.py);
+    # "" for OpenAI.
     engine = models.CharField(max_length=200, blank=True)
     upstream_session_id = models.CharField(max_length=128, blank=True)
     # Audit: how and from where the socket was opened.
@@ -218,7 +219,7 @@ def recordings_storage():
 
 
 class Recording(models.Model):
-    """One turn's audio, one side of it, when recording is on (voicechat/recordings.py)."""
+    """One turn's audio, one side of it, when recording is on (voicechat/records/recordings.py)."""
 
     conversation = models.ForeignKey(Conversation, models.CASCADE, related_name="recordings")
     # The transcript line it is the audio of (TranscriptItem.item_id).
@@ -277,8 +278,8 @@ class ApiToken(models.Model):
     created = models.DateTimeField(default=now)
     last_used = models.DateTimeField(null=True, blank=True)
     revoked = models.DateTimeField(null=True, blank=True)
-    # What the holder may set in their session (voicechat/scopes.py). The fields below it count
-    # for the custom scope only.
+    # What the holder may set in their session (voicechat/access/scopes.py). The fields below
+    # it count for the custom scope only.
     scope_kind = models.CharField("scope", max_length=8, choices=ScopeKind, default=ScopeKind.SITE)
     may_set_instructions = models.BooleanField(default=False)
     may_set_tools = models.BooleanField(default=False)

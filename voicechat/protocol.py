@@ -38,7 +38,8 @@ class CloseCode(enum.IntEnum):
     NOT_CONFIGURED = 4010
     MODEL_NOT_ALLOWED = 4011
     SERVER_ERROR = 4500
-    # The credential it opened with is no longer valid (voicechat/revocation.py), like HTTP 401.
+    # The credential it opened with is no longer valid (voicechat/access/revocation.py), like
+    # HTTP 401.
     ACCESS_REVOKED = 4401
     # ?resume= named a conversation that is not the user's (or does not exist): nothing started.
     RESUME_NOT_ALLOWED = 4404

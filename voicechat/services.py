@@ -13,12 +13,12 @@ from django.db.models import F, OuterRef, Subquery
 from django.db.models.functions import Coalesce, Greatest, Least
 from django.utils.timezone import now
 
-from voicechat import upstream_fields
+from voicechat.access.scopes import ScopeKind
 from voicechat.enums import Backend, EndReason, ItemStatus
+from voicechat.local_engine.model_names import offline_models
 from voicechat.models import ApiToken, Conversation, TranscriptItem, UsageRecord
-from voicechat.offline_models import offline_models
-from voicechat.recordings import recordings_delete
-from voicechat.scopes import ScopeKind
+from voicechat.records import clamp
+from voicechat.records.recordings import recordings_delete
 
 
 def api_token_create(
@@ -33,8 +33,8 @@ def api_token_create(
     realtime_models: Iterable[str] = (),
     max_output_tokens: int = 0,
 ) -> tuple[ApiToken, str]:
-    """A new token for `user`, with its scope (voicechat/scopes.py; the permissions count for the
-    custom scope only); the plain token is returned once and never stored."""
+    """A new token for `user`, with its scope (voicechat/access/scopes.py; the permissions count
+    for the custom scope only); the plain token is returned once and never stored."""
     token = ApiToken.PREFIX + secrets.token_urlsafe(32)
     api_token = ApiToken.objects.create(
         user=user,
@@ -285,7 +285,7 @@ def _mapping(value) -> dict:
 
 
 def _count(value) -> int:
-    return upstream_fields.whole_number(value) or 0
+    return clamp.whole_number(value) or 0
 
 
 @dataclass
@@ -334,7 +334,7 @@ class RecorderBatch:
         return not (self.items or self.usage or self.voice or self.upstream_session_id)
 
     def size(self) -> int:
-        """How many changes it holds (each line's text is at most upstream_fields.MAX_TEXT)."""
+        """How many changes it holds (each line's text is at most clamp.MAX_TEXT)."""
         return len(self.items) + len(self.usage)
 
     def followed_by(self, later: "RecorderBatch") -> "RecorderBatch":
@@ -497,8 +497,8 @@ def _usage_add(*, conversation_id: int, model: str, usage: UsageChange) -> None:
 def _total(value):
     """A running total capped at what its column holds (absurd counts must not fail the write)."""
     if isinstance(value, int):
-        return min(value, upstream_fields.MAX_WHOLE_NUMBER)
-    return Least(value, upstream_fields.MAX_WHOLE_NUMBER)
+        return min(value, clamp.MAX_WHOLE_NUMBER)
+    return Least(value, clamp.MAX_WHOLE_NUMBER)
 
 
 def conversation_note_replayed(*, conversation_id: int, source: str) -> None:

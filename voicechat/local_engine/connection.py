@@ -9,7 +9,7 @@ from voicechat.local_engine import speech
 from voicechat.local_engine.events import ClientEventError, dumps, parse_client_event
 from voicechat.local_engine.responder import Responder
 from voicechat.local_engine.session import RealtimeSession
-from voicechat.upstream_base import Upstream, UpstreamClosed
+from voicechat.upstream.base import Upstream, UpstreamClosed
 
 logger = logging.getLogger(__name__)
 

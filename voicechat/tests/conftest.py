@@ -149,7 +149,7 @@ async def served_gateway(ws="gateway"):
     import uvicorn
 
     from config.asgi import application
-    from voicechat.websocket_server import GatewayWebSocketProtocol
+    from voicechat.transport.server import GatewayWebSocketProtocol
 
     port = free_port()
     server = uvicorn.Server(

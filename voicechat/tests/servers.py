@@ -70,7 +70,7 @@ def server_command(kind: str, port: int) -> list[str]:
         return [
             sys.executable, "-m", "uvicorn", "config.asgi:application",
             "--host", "127.0.0.1", "--port", str(port), "--lifespan", "off", "--no-access-log",
-            "--ws", "voicechat.websocket_server:GatewayWebSocketProtocol",
+            "--ws", "voicechat.transport.server:GatewayWebSocketProtocol",
         ]  # fmt: skip
     if kind == "uvicorn-workers":
         # As in production: a supervisor process and two workers sharing the socket.

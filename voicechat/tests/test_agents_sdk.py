@@ -14,7 +14,7 @@ import pytest
 from agents import function_tool
 from agents.realtime import RealtimeAgent, RealtimeRunner, realtime_handoff
 
-from voicechat.scopes import ScopeKind
+from voicechat.access.scopes import ScopeKind
 from voicechat.services import api_token_create
 from voicechat.tests.conftest import db, finished_conversation
 from voicechat.tests.fake_upstream import FakeRealtimeServer
@@ -228,7 +228,7 @@ async def test_function_tool_call(fake_upstream, gateway_server, full_token):
     assert events.of("error") == []
     [tool_end] = events.of("tool_end")
     assert (tool_end.tool.name, tool_end.output) == ("get_weather", WEATHER)
-    # The agent's tool, and the server's own after it (voicechat/server_tools.py).
+    # The agent's tool, and the server's own after it (voicechat/gateway/server_tools.py).
     declared = sent(fake_upstream, "session.update")[1]["session"]["tools"]
     assert [tool["name"] for tool in declared] == [
         "get_weather",

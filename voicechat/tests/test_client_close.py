@@ -16,9 +16,10 @@ import pytest
 from websockets.asyncio.client import connect as ws_connect
 from websockets.exceptions import ConnectionClosed
 
-from voicechat import lifecycle, monitor
+from voicechat import lifecycle
 from voicechat.enums import EndReason
 from voicechat.models import Conversation
+from voicechat.monitoring import live
 from voicechat.tests.conftest import db, finished_conversation
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -86,9 +87,9 @@ async def test_closing_mid_stream_ends_every_conversation(
 @pytest.mark.parametrize(
     "step",
     [
-        "voicechat.upstream.OpenAIUpstream.close",
-        "voicechat.recorder.TranscriptRecorder.close",
-        "voicechat.monitor.ConversationPublisher.close",
+        "voicechat.upstream.openai.OpenAIUpstream.close",
+        "voicechat.records.recorder.TranscriptRecorder.close",
+        "voicechat.monitoring.live.ConversationPublisher.close",
     ],
 )
 async def test_a_failing_cleanup_step_does_not_stop_the_others(
@@ -104,7 +105,7 @@ async def test_a_failing_cleanup_step_does_not_stop_the_others(
     conversation = await finished_conversation(alice)
     assert conversation.end_reason == EndReason.CLIENT_CLOSED
     assert conversation.ended >= conversation.started
-    if step != "voicechat.upstream.OpenAIUpstream.close":
+    if step != "voicechat.upstream.openai.OpenAIUpstream.close":
         await asyncio.wait_for(fake_upstream.connections[0].wait_closed(), 5)
     assert lifecycle.live_count() == 0
 
@@ -128,11 +129,11 @@ async def test_a_close_while_staff_end_the_conversation_and_the_relay_is_slow_to
             await asyncio.sleep(0.5)  # the database call finishes first
             raise
 
-    monkeypatch.setattr("voicechat.gateway.budget_problem", slow_budget_problem)
+    monkeypatch.setattr("voicechat.gateway.conversation.budget_problem", slow_budget_problem)
     connected, client = await connect(token=alice_token)
     await asyncio.wait_for(admitting.wait(), 5)
     conversation = await db(Conversation.objects.get, user=alice)
-    assert await monitor.request_end(conversation.pk, by="olga")
+    assert await live.request_end(conversation.pk, by="olga")
     await asyncio.sleep(0.1)  # the end is now waiting for the relay to stop
     started = time.monotonic()
     await client.communicator.disconnect(timeout=10)  # then it would cancel the consumer

@@ -15,7 +15,7 @@ import time
 import pytest
 from websockets.frames import Frame, Opcode
 
-from voicechat.websocket_frames import OP_CLOSE, FrameReader, parse_close
+from voicechat.transport.frames import OP_CLOSE, FrameReader, parse_close
 
 pytestmark = pytest.mark.django_db(transaction=True)
 

@@ -1,13 +1,13 @@
-"""The monitor's health numbers (voicechat/dashboard.py) and who may see them."""
+"""The monitor's health numbers (voicechat/monitoring/dashboard.py) and who may see them."""
 
 from datetime import timedelta
 
 import pytest
 from django.utils.timezone import now
 
-from voicechat import dashboard
 from voicechat.enums import EndReason, Role
 from voicechat.models import Conversation, TranscriptItem
+from voicechat.monitoring import dashboard
 from voicechat.services import conversation_end, conversation_start
 
 pytestmark = pytest.mark.django_db

@@ -1,4 +1,4 @@
-"""Staff "End" reaches a conversation through its process's one reader (monitor.EndRequests).
+"""Staff "End" reaches a conversation through its process's one reader (live.EndRequests).
 
 A reader per conversation, cancelled at the conversation's end, sometimes never stopped inside
 channels_redis, and the end was never stored (issue 13). The scale-out test
@@ -9,9 +9,9 @@ import asyncio
 
 import pytest
 
-from voicechat import monitor
 from voicechat.enums import EndReason
 from voicechat.models import Conversation
+from voicechat.monitoring import live
 from voicechat.protocol import CloseCode
 from voicechat.tests.conftest import db, finished_conversation
 
@@ -38,7 +38,7 @@ async def test_one_reader_serves_every_conversation_and_ends_only_the_one_asked_
     assert rows[0].channel_name and rows[0].channel_name == rows[1].channel_name
     assert len(end_request_readers()) == 1
 
-    assert await monitor.request_end(rows[0].pk, by="olga")
+    assert await live.request_end(rows[0].pk, by="olga")
     events, code = await first.receive_close()
     assert code == CloseCode.ENDED_BY_STAFF
     assert events[-1]["error"]["code"] == "ended_by_staff"
@@ -47,7 +47,7 @@ async def test_one_reader_serves_every_conversation_and_ends_only_the_one_asked_
     assert (ended.end_reason, ended.end_detail) == (EndReason.ENDED_BY_STAFF, "ended by olga")
 
     # The other conversation goes on, still reachable; a second request for the first is moot.
-    assert not await monitor.request_end(rows[0].pk, by="olga")
+    assert not await live.request_end(rows[0].pk, by="olga")
     await second.send({"type": "input_audio_buffer.commit"})
     await second.receive_until("input_audio_buffer.committed")
     assert len(end_request_readers()) == 1
@@ -74,6 +74,6 @@ async def test_the_next_conversation_is_reachable_after_the_reader_stopped(
     _, client = await connect(token=alice_token)
     await client.receive_until("session.updated")
     latest = await db(lambda: Conversation.objects.order_by("-pk").first())
-    assert await monitor.request_end(latest.pk, by="olga")
+    assert await live.request_end(latest.pk, by="olga")
     _, code = await client.receive_close()
     assert code == CloseCode.ENDED_BY_STAFF

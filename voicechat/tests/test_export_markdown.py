@@ -10,8 +10,8 @@ from urllib.parse import quote
 import pytest
 
 from voicechat.enums import EndReason, Role
-from voicechat.exports import conversation_as_dict, conversation_as_markdown, markdown_text
 from voicechat.models import TranscriptItem
+from voicechat.records.exports import conversation_as_dict, conversation_as_markdown, markdown_text
 from voicechat.services import conversation_start
 from voicechat.tests.conftest import db, finished_conversation
 

@@ -8,8 +8,8 @@ from hypothesis import HealthCheck, given
 from hypothesis import settings as hypothesis_settings
 from hypothesis import strategies as st
 
+from voicechat.gateway.policy import CLIENT_EVENTS
 from voicechat.models import Conversation, TranscriptItem
-from voicechat.policy import CLIENT_EVENTS
 from voicechat.tests.conftest import PROVIDER_KEY, Client, db, gateway_communicator
 from voicechat.tests.fake_upstream import FakeRealtimeServer
 

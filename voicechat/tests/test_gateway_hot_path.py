@@ -103,7 +103,7 @@ async def test_a_later_type_key_decides_and_is_checked(client, fake_upstream):
 async def test_relayed_frames_skip_the_session_wrapper_and_nothing_else():
     from channels.sessions import InstanceSessionWrapper
 
-    from voicechat.consumers import _frame_send
+    from voicechat.gateway.consumers import _frame_send
 
     sent = []
 
@@ -122,7 +122,7 @@ async def test_under_its_own_server_the_gateway_relays_the_common_case_synchrono
     recording and the provider's errors behave as on the general path, in order."""
     from websockets.asyncio.client import connect as ws_connect
 
-    from voicechat.gateway import GatewayConversation
+    from voicechat.gateway.conversation import GatewayConversation
 
     taken = {"client": 0, "server": 0}
 

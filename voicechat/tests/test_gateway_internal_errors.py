@@ -14,8 +14,8 @@ from websockets.exceptions import ConnectionClosed
 
 from voicechat import lifecycle
 from voicechat.enums import EndReason
+from voicechat.gateway.policy import ClientEventPolicy
 from voicechat.models import Conversation
-from voicechat.policy import ClientEventPolicy
 from voicechat.protocol import CloseCode
 from voicechat.tests.conftest import db
 

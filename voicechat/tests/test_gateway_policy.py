@@ -9,8 +9,8 @@ from hypothesis import settings as hypothesis_settings
 from hypothesis import strategies as st
 from websockets.asyncio.client import connect as ws_connect
 
-from voicechat.policy import ClientEventPolicy
-from voicechat.scopes import Scope, full, site_default
+from voicechat.access.scopes import Scope, full, site_default
+from voicechat.gateway.policy import ClientEventPolicy
 from voicechat.tests.conftest import finished_conversation
 
 pytestmark = [

@@ -7,8 +7,8 @@ from django.test import Client
 from django.utils.timezone import now
 
 from voicechat.enums import EndReason, ItemStatus, Role
-from voicechat.exports import markdown_text
 from voicechat.models import Conversation, TranscriptItem
+from voicechat.records.exports import markdown_text
 from voicechat.services import conversation_start
 
 pytestmark = pytest.mark.django_db

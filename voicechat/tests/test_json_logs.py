@@ -7,7 +7,7 @@ import os
 
 import pytest
 
-from voicechat.logformat import JsonFormatter
+from voicechat.monitoring.logformat import JsonFormatter
 from voicechat.tests.conftest import PROVIDER_KEY
 
 pytestmark = pytest.mark.django_db(transaction=True)

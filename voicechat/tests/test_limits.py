@@ -7,7 +7,7 @@ from decimal import Decimal
 import pytest
 from django.utils.timezone import now
 
-from voicechat import ratelimit
+from voicechat.access import ratelimit
 from voicechat.enums import EndReason
 from voicechat.models import Conversation, UserLimits
 from voicechat.protocol import CloseCode

@@ -468,7 +468,7 @@ async def test_truncate_refuses_items_without_audio():
 
 
 async def test_send_after_close_raises_upstream_closed():
-    from voicechat.upstream_base import UpstreamClosed
+    from voicechat.upstream.base import UpstreamClosed
 
     client = EngineClient()
     async with client:

@@ -18,8 +18,8 @@ from hypothesis import settings as hypothesis_settings
 from hypothesis import strategies as st
 from websockets.asyncio.client import connect as ws_connect
 
-from voicechat.policy import ClientEventPolicy
-from voicechat.scopes import full, site_default
+from voicechat.access.scopes import full, site_default
+from voicechat.gateway.policy import ClientEventPolicy
 
 pytestmark = pytest.mark.django_db(transaction=True)
 

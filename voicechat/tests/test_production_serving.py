@@ -9,7 +9,7 @@ import httpx
 import pytest
 from channels_redis.core import RedisChannelLayer
 
-from voicechat import health
+from voicechat.monitoring import health
 from voicechat.tests.conftest import PROVIDER_KEY, db, free_port, session_cookie
 from voicechat.tests.servers import ROOT, server_env
 

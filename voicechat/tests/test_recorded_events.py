@@ -5,7 +5,7 @@ cached tokens per modality. The fake upstream pushes each event as the provider 
 import pytest
 
 from voicechat.models import TranscriptItem, UsageRecord
-from voicechat.recorder import IMAGE_SENT
+from voicechat.records.recorder import IMAGE_SENT
 from voicechat.tests.conftest import db, finished_conversation
 
 pytestmark = pytest.mark.django_db(transaction=True)

@@ -8,10 +8,10 @@ import json
 
 import pytest
 
-from voicechat import upstream_fields
 from voicechat.enums import ItemStatus
 from voicechat.models import Conversation, TranscriptItem, UsageRecord
-from voicechat.recorder import TranscriptRecorder
+from voicechat.records import clamp
+from voicechat.records.recorder import TranscriptRecorder
 from voicechat.services import ItemChange, RecorderBatch, conversation_start
 from voicechat.tests.conftest import db
 from voicechat.tests.fake_upstream import USAGE
@@ -95,11 +95,11 @@ async def test_bad_fields_are_clamped_and_every_other_line_is_stored(alice):
     assert lines["item_a3"].text == "Still here."
     # The long id is kept recognisable and unique, within the column.
     (long_id,) = [item_id for item_id in lines if item_id.startswith("item_xxx")]
-    assert len(long_id) == upstream_fields.ITEM_ID_LENGTH
+    assert len(long_id) == clamp.ITEM_ID_LENGTH
     assert lines[long_id].text == "A line with a long id"
     assert lines["item_a1"].status == ItemStatus.TRUNCATED
     assert lines["item_a1"].audio_end_ms == 0
-    assert len(lines["item_a2"].text) == upstream_fields.MAX_TEXT
+    assert len(lines["item_a2"].text) == clamp.MAX_TEXT
     assert lines["item_a2"].text.startswith("la la")
     assert json.loads(lines["item_u2"].text) == {"nested": ["an", "object"]}
     assert lines["item_u3"].text == "typed\ufffdtext"
@@ -145,13 +145,13 @@ async def test_non_numeric_token_counts_count_zero_and_keep_the_lines(alice):
     assert set(await _lines(conversation)) == {"item_u1", "item_a1"}
     record = await db(UsageRecord.objects.get, conversation=conversation)
     assert record.input_tokens == 0
-    assert record.output_tokens == upstream_fields.MAX_WHOLE_NUMBER
+    assert record.output_tokens == clamp.MAX_WHOLE_NUMBER
     assert record.input_audio_tokens == 0
     assert record.output_audio_tokens == 0
     assert record.input_text_tokens == 400
     assert record.status == ""
-    assert len(record.response_id) == upstream_fields.RESPONSE_ID_LENGTH
-    assert conversation.output_tokens == upstream_fields.MAX_WHOLE_NUMBER
+    assert len(record.response_id) == clamp.RESPONSE_ID_LENGTH
+    assert conversation.output_tokens == clamp.MAX_WHOLE_NUMBER
 
 
 async def test_a_row_the_database_refuses_on_its_own_costs_no_other(alice, settings, tmp_path):

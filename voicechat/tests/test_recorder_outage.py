@@ -19,7 +19,7 @@ from django.core.management import call_command
 from django.db import connection
 
 from voicechat.models import Conversation, TranscriptItem, UsageRecord
-from voicechat.recorder import TranscriptRecorder
+from voicechat.records.recorder import TranscriptRecorder
 from voicechat.services import conversation_end, conversation_start, conversations_end_stale
 from voicechat.tests.conftest import db
 from voicechat.tests.fake_upstream import USAGE
@@ -111,7 +111,7 @@ async def _until(condition, timeout: float = 30) -> None:
 
 def _failed_writes(caplog) -> int:
     return sum(
-        record.name == "voicechat.recorder" and record.levelno >= logging.WARNING
+        record.name == "voicechat.records.recorder" and record.levelno >= logging.WARNING
         for record in caplog.records
     )
 

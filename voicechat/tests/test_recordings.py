@@ -19,7 +19,7 @@ from django.utils.timezone import now
 from voicechat import services
 from voicechat.enums import Backend, Role
 from voicechat.models import Recording, TranscriptItem, UserLimits, recordings_storage
-from voicechat.recordings import BYTES_PER_SECOND, SAMPLE_RATE, encode_opus
+from voicechat.records.recordings import BYTES_PER_SECOND, SAMPLE_RATE, encode_opus
 from voicechat.tests.conftest import db, finished_conversation
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -193,9 +193,9 @@ class FullDisk:
 async def test_a_full_disk_stops_the_recording_not_the_conversation(
     connect, fake_upstream, alice, alice_token, recording_on, monkeypatch, caplog
 ):
-    monkeypatch.setattr("voicechat.recordings.recordings_storage", FullDisk)
+    monkeypatch.setattr("voicechat.records.recordings.recordings_storage", FullDisk)
     _, client = await connect(token=alice_token)
-    with caplog.at_level(logging.ERROR, logger="voicechat.recordings"):
+    with caplog.at_level(logging.ERROR, logger="voicechat.records.recordings"):
         await say_and_hear(client, fake_upstream, said=0.3, heard=0.3)
         # The conversation goes on: a text turn is still answered after the failure.
         await client.send(
@@ -498,12 +498,12 @@ def test_staff_turn_recording_on_for_one_user_in_admin(client, alice, django_use
 async def test_memory_is_bounded_while_the_encoder_is_behind(settings, caplog):
     """Turns wait for the encoder up to MAX_QUEUED_TURNS; past that one is dropped and logged,
     and a turn never holds more than RECORDING_MAX_TURN_SECONDS."""
-    from voicechat.recordings import MAX_QUEUED_TURNS, ConversationRecorder
+    from voicechat.records.recordings import MAX_QUEUED_TURNS, ConversationRecorder
 
     settings.RECORDING_MAX_TURN_SECONDS = 1
     recorder = ConversationRecorder(conversation_id=1)  # never started: nothing is encoded
     append = f'{{"type":"input_audio_buffer.append","audio":"{b64(tone(0.5))}"}}'
-    with caplog.at_level(logging.WARNING, logger="voicechat.recordings"):
+    with caplog.at_level(logging.WARNING, logger="voicechat.records.recordings"):
         for turn in range(MAX_QUEUED_TURNS + 1):
             for _ in range(6):  # 3 s, of which the last 1 s is kept
                 recorder.client_frame(append)

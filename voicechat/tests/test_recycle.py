@@ -186,7 +186,7 @@ async def test_three_recycles_keep_one_transcript_in_order(
 async def test_a_failed_move_keeps_the_old_session_and_is_tried_again(
     recycle_soon, fake_upstream, alice, alice_token, connect, monkeypatch
 ):
-    monkeypatch.setattr("voicechat.gateway.RECYCLE_RETRY_SECONDS", 0.3)
+    monkeypatch.setattr("voicechat.gateway.conversation.RECYCLE_RETRY_SECONDS", 0.3)
     _, client = await connect(token=alice_token)
     await client.receive_until("session.updated")
     fake_upstream.reject_status = 503  # the provider refuses new sessions for a while

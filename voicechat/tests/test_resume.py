@@ -8,9 +8,9 @@ import pytest
 from django.urls import reverse
 
 from voicechat.enums import EndReason, Role
+from voicechat.gateway.resume import context_frames
 from voicechat.models import Conversation, TranscriptItem
 from voicechat.protocol import CloseCode
-from voicechat.resume import context_frames
 from voicechat.services import conversation_end, conversation_start
 from voicechat.tests import browser
 from voicechat.tests.conftest import db, finished_conversation

@@ -7,8 +7,8 @@ from django.core.management import CommandError, call_command
 from django.urls import reverse
 from openai import AsyncOpenAI
 
+from voicechat.access.scopes import ScopeKind
 from voicechat.models import ApiToken
-from voicechat.scopes import ScopeKind
 from voicechat.services import api_token_create
 from voicechat.tests.conftest import db, session_cookie
 from voicechat.tests.realtime_validation import validate_server_event

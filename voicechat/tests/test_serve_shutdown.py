@@ -15,9 +15,9 @@ import pytest
 from django.conf import settings
 from websockets.asyncio.client import connect
 
-from voicechat import monitor
 from voicechat.enums import EndReason
 from voicechat.models import Conversation
+from voicechat.monitoring import live
 from voicechat.protocol import CloseCode
 from voicechat.tests.conftest import db, free_port
 from voicechat.tests.servers import serve_process, server_env, wait_for_port, wait_for_workers
@@ -57,7 +57,7 @@ async def test_sigterm_after_many_conversations_ends_every_worker_in_time(
                 assert json.loads(await ws.recv())["type"] == "session.created"
                 if settings.REDIS_URL and n % 4 == 0:
                     latest = await db(lambda: Conversation.objects.order_by("-pk").first())
-                    assert await monitor.request_end(latest.pk, by="olga")
+                    assert await live.request_end(latest.pk, by="olga")
                     await receive_until_closed(ws)
                     assert ws.close_code == CloseCode.ENDED_BY_STAFF
 

@@ -9,18 +9,18 @@ import time
 import pytest
 from django.core.checks import run_checks
 
+from voicechat.access.scopes import ScopeKind
 from voicechat.enums import EndReason, Role
+from voicechat.gateway.server_tools import search_my_conversations, server_tool
 from voicechat.models import TranscriptItem
-from voicechat.scopes import ScopeKind
-from voicechat.server_tools import search_my_conversations, server_tool
 from voicechat.services import api_token_create, conversation_end, conversation_start
 from voicechat.tests.conftest import db, finished_conversation
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
 BUILT_IN = [
-    "voicechat.server_tools.get_current_time",
-    "voicechat.server_tools.search_my_conversations",
+    "voicechat.gateway.server_tools.get_current_time",
+    "voicechat.gateway.server_tools.search_my_conversations",
 ]
 
 

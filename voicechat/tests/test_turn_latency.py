@@ -184,7 +184,7 @@ def events(meter, *types: str) -> list:
 
 
 def test_a_turn_ends_at_speech_stopped_else_the_commit_else_response_created():
-    from voicechat.metrics import ConversationMeter
+    from voicechat.monitoring.metrics import ConversationMeter
 
     meter = ConversationMeter(Backend.OPENAI)
     delta = "response.output_audio.delta"

@@ -17,15 +17,15 @@ import pytest
 from websockets.asyncio.server import serve
 from websockets.exceptions import ConnectionClosedError, ConnectionClosedOK
 
-from voicechat import upstream_ws
-from voicechat.upstream_ws import HandshakeError, HandshakeRefused
-from voicechat.websocket_frames import OP_CLOSE, FrameReader, build_frame, parse_close
+from voicechat.transport.frames import OP_CLOSE, FrameReader, build_frame, parse_close
+from voicechat.upstream import websocket
+from voicechat.upstream.websocket import HandshakeError, HandshakeRefused
 
 OPTIONS = {"open_timeout": 5, "max_size": 1 << 24, "max_queue": 64, "close_timeout": 2}
 
 
 async def connect(url: str, **options):
-    return await upstream_ws.connect(url, headers={"Authorization": "Bearer sk-test"},
+    return await websocket.connect(url, headers={"Authorization": "Bearer sk-test"},
                                          **{**OPTIONS, **options})  # fmt: skip
 
 
@@ -429,10 +429,10 @@ async def test_an_https_proxy_url_is_refused_before_any_connection(no_proxy_env)
     assert connections == []
     assert "s3cret" not in str(refused.value)
     # The same words, for a start-up check.
-    assert upstream_ws.proxy_problem(url) == str(refused.value)
+    assert websocket.proxy_problem(url) == str(refused.value)
     no_proxy_env.setenv("https_proxy", f"http://127.0.0.1:{port}")
-    assert upstream_ws.proxy_problem(url) is None
-    assert upstream_ws.proxy_problem("ws://provider.invalid/") is None  # no proxy for ws
+    assert websocket.proxy_problem(url) is None
+    assert websocket.proxy_problem("ws://provider.invalid/") is None  # no proxy for ws
 
 
 async def test_a_text_handler_takes_messages_in_order_with_iteration(caplog):

@@ -9,7 +9,7 @@ from hypothesis import strategies as st
 from websockets.frames import Close, Frame, Opcode
 from websockets.streams import StreamReader
 
-from voicechat.websocket_frames import (
+from voicechat.transport.frames import (
     CLOSE_INVALID_DATA,
     CLOSE_NO_STATUS,
     CLOSE_PROTOCOL_ERROR,

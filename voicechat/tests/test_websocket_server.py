@@ -15,7 +15,7 @@ from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed
 from websockets.frames import Frame, Opcode
 
-from voicechat.websocket_frames import (
+from voicechat.transport.frames import (
     OP_CLOSE,
     OP_PONG,
     OP_TEXT,
@@ -24,7 +24,7 @@ from voicechat.websocket_frames import (
     close_payload,
     parse_close,
 )
-from voicechat.websocket_server import (
+from voicechat.transport.server import (
     MAX_FRAGMENTS,
     MAX_PINGS_NOT_READING,
     READ_HIGH_WATER,
@@ -401,6 +401,6 @@ def test_an_untested_uvicorn_release_refuses_the_gateway_protocol(monkeypatch):
     import uvicorn
 
     monkeypatch.setattr(uvicorn, "__version__", "0.99.0")
-    monkeypatch.delitem(sys.modules, "voicechat.websocket_server")
+    monkeypatch.delitem(sys.modules, "voicechat.transport.server")
     with pytest.raises(ImportError, match="websockets-sansio"):
-        importlib.import_module("voicechat.websocket_server")
+        importlib.import_module("voicechat.transport.server")

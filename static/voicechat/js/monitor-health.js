@@ -1,4 +1,4 @@
-// The monitor's health panel: the server renders it (voicechat/dashboard.py, the same numbers
+// The monitor's health panel: the server renders it (voicechat/monitoring/dashboard.py, the same numbers
 // on every process); this refreshes it every few seconds while the page is visible.
 
 const EVERY_MS = 10000;

@@ -2,7 +2,7 @@ from django.conf import settings
 from django.contrib.auth import get_user_model
 from django.core.management.base import BaseCommand, CommandError
 
-from voicechat.scopes import ScopeKind
+from voicechat.access.scopes import ScopeKind
 from voicechat.services import api_token_create
 
 

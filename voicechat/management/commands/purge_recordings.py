@@ -1,7 +1,7 @@
 from django.conf import settings
 from django.core.management.base import BaseCommand
 
-from voicechat.recordings import recordings_orphans_delete, recordings_purge
+from voicechat.records.recordings import recordings_orphans_delete, recordings_purge
 
 
 class Command(BaseCommand):

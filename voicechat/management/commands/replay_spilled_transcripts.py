@@ -7,7 +7,7 @@ from django.core.management.base import BaseCommand, CommandError
 from django.db import transaction
 from django.utils.timezone import now
 
-from voicechat.recorder import REFUSED_SUFFIX, SPILL_SUFFIX, replay_spill_file
+from voicechat.records.recorder import REFUSED_SUFFIX, SPILL_SUFFIX, replay_spill_file
 
 # A file being replayed is renamed first, so a recorder still spilling that conversation starts a
 # new file rather than appending to one half read; a run that stopped half way left it so named.

@@ -40,7 +40,7 @@ def serve_one(host: str, port: int, log_level: str, graceful_seconds: int) -> No
     """One worker: its own listening socket, uvloop, httptools, the gateway's WebSocket path."""
     import uvicorn
 
-    from voicechat.websocket_server import GatewayWebSocketProtocol
+    from voicechat.transport.server import GatewayWebSocketProtocol
 
     sock = _listen(host, port)
     config = uvicorn.Config(

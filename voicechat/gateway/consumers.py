@@ -2,7 +2,7 @@
 
 The consumer refuses what must not reach a conversation at all (a flood of sockets from one
 address, an unauthenticated handshake: HTTP 403, nothing opened) and carries frames; everything
-a conversation is and does lives in voicechat/gateway.py.
+a conversation is and does lives in voicechat/gateway/conversation.py.
 """
 
 import contextlib
@@ -14,11 +14,11 @@ from channels.generic.websocket import AsyncWebsocketConsumer
 from channels.sessions import InstanceSessionWrapper
 from django.conf import settings
 
-from voicechat import ratelimit
-from voicechat.auth import authenticate, header
+from voicechat.access import ratelimit
+from voicechat.access.auth import authenticate, header
 from voicechat.enums import EndReason
-from voicechat.gateway import GatewayConversation
-from voicechat.websocket_server import TEXT_SHORTCUT, TextShortcut
+from voicechat.gateway.conversation import GatewayConversation
+from voicechat.transport.server import TEXT_SHORTCUT, TextShortcut
 
 logger = logging.getLogger(__name__)
 audit = logging.getLogger("voicechat.audit")
@@ -66,7 +66,7 @@ class RealtimeGatewayConsumer(AsyncWebsocketConsumer):
         frames queue behind transcript writes. The gateway is never addressed through a channel
         layer, and it reaches the database only through database_sync_to_async, which does that
         clean-up itself around each call; so both are pure cost here. Staff on any process end
-        a conversation through the process's one EndRequests reader (voicechat/monitor.py).
+        a conversation through the process's one EndRequests reader (voicechat/monitoring/live.py).
         """
         self.scope = scope
         self.base_send = send

@@ -9,10 +9,10 @@ happen; `{"type": "end", "conversation": ID}` ends it, wherever it is held.
 from channels.db import database_sync_to_async
 from channels.generic.websocket import AsyncJsonWebsocketConsumer
 
-from voicechat import monitor
-from voicechat.auth import same_origin
+from voicechat.access.auth import same_origin
+from voicechat.access.revocation import Access, access_watch, revoked
+from voicechat.monitoring import live
 from voicechat.protocol import CloseCode
-from voicechat.revocation import Access, access_watch, revoked
 
 
 class MonitorConsumer(AsyncJsonWebsocketConsumer):
@@ -26,18 +26,18 @@ class MonitorConsumer(AsyncJsonWebsocketConsumer):
             return
         self.username = user.get_username()
         # Join before reading the snapshot, so nothing that happens in between is missed.
-        await self.channel_layer.group_add(monitor.MONITOR_GROUP, self.channel_name)
+        await self.channel_layer.group_add(live.MONITOR_GROUP, self.channel_name)
         await self.accept()
         # A staff member demoted, deactivated or signed out meanwhile loses the live view.
         self.access = Access(user.pk, session_key=self.scope["session"].session_key, staff=True)
         access_watch().watch(self, self.access, self._close_for_revoked_access)
-        conversations = await database_sync_to_async(monitor.live_conversations)()
+        conversations = await database_sync_to_async(live.live_conversations)()
         await self.send_json({"kind": "snapshot", "conversations": conversations})
 
     async def disconnect(self, code: int) -> None:
         access_watch().forget(self)
         if hasattr(self, "username"):
-            await self.channel_layer.group_discard(monitor.MONITOR_GROUP, self.channel_name)
+            await self.channel_layer.group_discard(live.MONITOR_GROUP, self.channel_name)
             await self._unwatch()
 
     async def receive(self, text_data=None, bytes_data=None, **kwargs) -> None:
@@ -63,7 +63,7 @@ class MonitorConsumer(AsyncJsonWebsocketConsumer):
         elif await database_sync_to_async(revoked)({self: self.access}):
             await self._close_for_revoked_access("Your staff access has been withdrawn.")
         else:
-            ok = await monitor.request_end(conversation_id, by=self.username)
+            ok = await live.request_end(conversation_id, by=self.username)
             await self.send_json(
                 {"kind": "end_requested", "conversation": conversation_id, "ok": ok}
             )
@@ -75,8 +75,8 @@ class MonitorConsumer(AsyncJsonWebsocketConsumer):
     async def _watch(self, conversation_id: int) -> None:
         await self._unwatch()
         self.watching = conversation_id
-        await self.channel_layer.group_add(monitor.watch_group(conversation_id), self.channel_name)
-        transcript = await database_sync_to_async(monitor.transcript_lines)(conversation_id)
+        await self.channel_layer.group_add(live.watch_group(conversation_id), self.channel_name)
+        transcript = await database_sync_to_async(live.transcript_lines)(conversation_id)
         if transcript is None:
             await self._unwatch()
             await self.send_json({"kind": "error", "message": "No such conversation."})
@@ -85,7 +85,7 @@ class MonitorConsumer(AsyncJsonWebsocketConsumer):
 
     async def _unwatch(self) -> None:
         if self.watching is not None:
-            group = monitor.watch_group(self.watching)
+            group = live.watch_group(self.watching)
             await self.channel_layer.group_discard(group, self.channel_name)
             self.watching = None
 

@@ -39,8 +39,7 @@ from python_socks import ProxyError
 from websockets.exceptions import ConnectionClosedError, ConnectionClosedOK
 from websockets.frames import Close
 
-from voicechat.inbox import Inbox
-from voicechat.websocket_frames import (
+from voicechat.transport.frames import (
     CLOSE_ABNORMAL,
     CLOSE_INTERNAL_ERROR,
     CLOSE_INVALID_DATA,
@@ -51,13 +50,14 @@ from voicechat.websocket_frames import (
     close_payload,
     parse_close,
 )
+from voicechat.transport.inbox import Inbox
 
 _TEXT, _BINARY, _CONTINUATION = WSMsgType.TEXT, WSMsgType.BINARY, WSMsgType.CONTINUATION
 _PONG, _CLOSE = WSMsgType.PONG, WSMsgType.CLOSE
 
 # Below DEBUG picows logs the upgrade request, the provider's key in it: its logger keeps to
 # warnings and errors (a provider breaking the protocol), whatever the root level.
-_picows_log = logging.getLogger("voicechat.upstream_ws.picows")
+_picows_log = logging.getLogger("voicechat.upstream.websocket.picows")
 _picows_log.setLevel(logging.WARNING)
 
 

@@ -22,10 +22,12 @@ from django.conf import settings
 from django.db import InterfaceError, OperationalError
 from django.utils.timezone import now
 
-from voicechat import metrics, services, upstream_fields
+from voicechat import services
 from voicechat.enums import ItemStatus, Role
-from voicechat.metrics import TurnLatency
 from voicechat.models import Conversation
+from voicechat.monitoring import metrics
+from voicechat.monitoring.metrics import TurnLatency
+from voicechat.records import clamp
 from voicechat.services import ItemChange, RecorderBatch, TokenCounts, UsageChange
 
 logger = logging.getLogger(__name__)
@@ -50,18 +52,16 @@ _ITEM_STATUSES = {
 def _content_text(item: dict) -> str | None:
     """The readable text of an item's content parts, or None when it has none yet."""
     if item.get("type") == "function_call":
-        name, arguments = (
-            upstream_fields.text(item.get(key)) or "" for key in ("name", "arguments")
-        )
+        name, arguments = (clamp.text(item.get(key)) or "" for key in ("name", "arguments"))
         return f"{name}({arguments})"
     if item.get("type") == "function_call_output":
-        return upstream_fields.text(item.get("output")) or ""
+        return clamp.text(item.get("output")) or ""
     if isinstance(item.get("type"), str) and item["type"].startswith("mcp_"):
         return _mcp_text(item)
     parts = [
         IMAGE_SENT
         if part.get("type") == "input_image"
-        else upstream_fields.text(part.get("text") or part.get("transcript"))
+        else clamp.text(part.get("text") or part.get("transcript"))
         for part in _list(item.get("content"))
         if isinstance(part, dict)
     ]
@@ -71,7 +71,7 @@ def _content_text(item: dict) -> str | None:
 
 def _mcp_text(item: dict) -> str:
     """A remote MCP server's part in the conversation, as one readable line."""
-    field = {key: upstream_fields.text(item.get(key)) or "" for key in _MCP_FIELDS}
+    field = {key: clamp.text(item.get(key)) or "" for key in _MCP_FIELDS}
     server, name = field["server_label"], field["name"]
     kind = item["type"]
     if kind == "mcp_call":
@@ -103,7 +103,7 @@ def _status(value) -> str | None:
 
 class TranscriptRecorder:
     """Never drops a line: a write the database refuses is retried with growing pauses (the
-    changes held meanwhile are bounded by MAX_HELD, each line's text by upstream_fields.MAX_TEXT,
+    changes held meanwhile are bounded by MAX_HELD, each line's text by clamp.MAX_TEXT,
     so at most about 8 MB per conversation); past MAX_HELD, or when the conversation is over and
     the database still does not answer, the changes go to a JSONL file in TRANSCRIPT_SPILL_DIR
     (`spilled_to`) that `manage.py replay_spilled_transcripts` stores later."""
@@ -133,8 +133,8 @@ class TranscriptRecorder:
         # The file this conversation's transcript went to because the database was away (None
         # while everything is stored): the end detail should say so.
         self.spilled_to: Path | None = None
-        # The ids of items replayed from a resumed conversation (voicechat/resume.py): stored
-        # with that one already, so not again with this one.
+        # The ids of items replayed from a resumed conversation (voicechat/gateway/resume.py):
+        # stored with that one already, so not again with this one.
         self.replayed_prefix = ""
         self._writer: asyncio.Task | None = None
         # The user's words so far, by item, while their transcription streams in.
@@ -242,25 +242,23 @@ class TranscriptRecorder:
         out_of_band: bool | None = None,
     ) -> None:
         """Note what was learned about one item, each raw field checked and clamped first."""
-        item_id = upstream_fields.identifier(item_id)
+        item_id = clamp.identifier(item_id)
         if item_id is None or (self.replayed_prefix and item_id.startswith(self.replayed_prefix)):
             return
         self._batch.items.append(
             ItemChange(
                 item_id=item_id,
                 previous_item_id=(
-                    None
-                    if previous_item_id is None
-                    else upstream_fields.identifier(previous_item_id) or ""
+                    None if previous_item_id is None else clamp.identifier(previous_item_id) or ""
                 ),
-                role=upstream_fields.role(role),
-                kind=upstream_fields.label(kind, length=upstream_fields.KIND_LENGTH),
-                text=upstream_fields.text(text),
+                role=clamp.role(role),
+                kind=clamp.label(kind, length=clamp.KIND_LENGTH),
+                text=clamp.text(text),
                 status=status,
-                audio_end_ms=upstream_fields.whole_number(audio_end_ms),
-                latency_ms=upstream_fields.whole_number(latency_ms),
-                transcript_ms=upstream_fields.whole_number(transcript_ms),
-                first_token_ms=upstream_fields.whole_number(first_token_ms),
+                audio_end_ms=clamp.whole_number(audio_end_ms),
+                latency_ms=clamp.whole_number(latency_ms),
+                transcript_ms=clamp.whole_number(transcript_ms),
+                first_token_ms=clamp.whole_number(first_token_ms),
                 segment=segment,
                 out_of_band=out_of_band,
             )
@@ -269,11 +267,9 @@ class TranscriptRecorder:
     def _on_session(self, event: dict) -> None:
         session = _dict(event.get("session"))
         voice = _dict(_dict(session.get("audio")).get("output")).get("voice")
-        self._batch.voice = (
-            upstream_fields.label(voice, length=upstream_fields.VOICE_LENGTH) or self._batch.voice
-        )
+        self._batch.voice = clamp.label(voice, length=clamp.VOICE_LENGTH) or self._batch.voice
         self._batch.upstream_session_id = (
-            upstream_fields.identifier(session.get("id"), length=upstream_fields.SESSION_ID_LENGTH)
+            clamp.identifier(session.get("id"), length=clamp.SESSION_ID_LENGTH)
             or self._batch.upstream_session_id
         )
         transcription = _dict(_dict(_dict(session.get("audio")).get("input")).get("transcription"))
@@ -318,11 +314,11 @@ class TranscriptRecorder:
     def _on_user_segment(self, event: dict) -> None:
         """A diarized transcription's segment: who said what, and when."""
         segment = {
-            "id": upstream_fields.identifier(event.get("id")) or "",
-            "speaker": upstream_fields.label(event.get("speaker"), length=32) or "",
-            "text": upstream_fields.text(event.get("text")) or "",
-            "start": upstream_fields.seconds(event.get("start")),
-            "end": upstream_fields.seconds(event.get("end")),
+            "id": clamp.identifier(event.get("id")) or "",
+            "speaker": clamp.label(event.get("speaker"), length=32) or "",
+            "text": clamp.text(event.get("text")) or "",
+            "start": clamp.seconds(event.get("start")),
+            "end": clamp.seconds(event.get("end")),
         }
         self._change(event.get("item_id"), role=Role.USER, segment=segment)
 
@@ -390,13 +386,11 @@ class TranscriptRecorder:
             metrics.cost_added(self.price_model, cost)
             self._batch.usage.append(
                 UsageChange(
-                    response_id=upstream_fields.identifier(
-                        response.get("id"), length=upstream_fields.RESPONSE_ID_LENGTH
+                    response_id=clamp.identifier(
+                        response.get("id"), length=clamp.RESPONSE_ID_LENGTH
                     )
                     or "",
-                    status=upstream_fields.label(
-                        response.get("status"), length=upstream_fields.RESPONSE_STATUS_LENGTH
-                    )
+                    status=clamp.label(response.get("status"), length=clamp.RESPONSE_STATUS_LENGTH)
                     or "",
                     counts=counts,
                 )
@@ -412,10 +406,10 @@ class TranscriptRecorder:
             return
         self.cost_usd += cost
         metrics.cost_added(model, cost)
-        item_id = upstream_fields.identifier(event.get("item_id")) or ""
+        item_id = clamp.identifier(event.get("item_id")) or ""
         self._batch.usage.append(
             UsageChange(
-                response_id=f"transcription:{item_id}"[: upstream_fields.RESPONSE_ID_LENGTH],
+                response_id=f"transcription:{item_id}"[: clamp.RESPONSE_ID_LENGTH],
                 status="transcription",
                 counts=TokenCounts.from_usage(event["usage"]),
                 cost=cost,

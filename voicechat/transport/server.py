@@ -4,12 +4,12 @@
 implementation, with `websockets` doing the HTTP upgrade, stays in charge of everything but
 the frames of an open connection:
 
-- Incoming frames are parsed by voicechat.websocket_frames instead of `websockets`' generator
+- Incoming frames are parsed by voicechat.transport.frames instead of `websockets`' generator
   chain, and outgoing `websocket.send` messages are framed there too.
 - Reading pauses only when the consumer falls READ_HIGH_WATER messages behind. uvicorn pauses
   the socket after every message and resumes it when the app takes it: two event-loop watcher
   changes (system calls) per audio frame.
-- Received messages wait in a one-reader Inbox (voicechat/inbox.py), not an asyncio.Queue.
+- Received messages wait in a one-reader Inbox (voicechat/transport/inbox.py), not an asyncio.Queue.
 - A message may be at most REALTIME_MAX_FRAME_BYTES (uvicorn's --ws-max-size if smaller),
   counted as it is reassembled, in at most MAX_FRAGMENTS frames; pongs wait while the client
   does not read (see _pong).
@@ -32,8 +32,7 @@ from websockets.exceptions import SecurityError
 from websockets.frames import Frame, Opcode
 from websockets.server import ServerProtocol
 
-from voicechat.inbox import Inbox
-from voicechat.websocket_frames import (
+from voicechat.transport.frames import (
     CLOSE_POLICY_VIOLATION,
     OP_BINARY,
     OP_CLOSE,
@@ -46,6 +45,7 @@ from voicechat.websocket_frames import (
     close_payload,
     parse_close,
 )
+from voicechat.transport.inbox import Inbox
 
 # The uvicorn releases this protocol was written and tested against. It overrides uvicorn's
 # internals (its send, its connection state), which a new release may change without notice: a
@@ -53,7 +53,7 @@ from voicechat.websocket_frames import (
 TESTED_UVICORN = ("0.54.",)
 if not uvicorn.__version__.startswith(TESTED_UVICORN):
     raise ImportError(
-        f"voicechat.websocket_server was tested with uvicorn {', '.join(TESTED_UVICORN)}x, not "
+        f"voicechat.transport.server was tested with uvicorn {', '.join(TESTED_UVICORN)}x, not "
         f"{uvicorn.__version__}: pin uvicorn as requirements.txt does, or run uvicorn with its "
         "own --ws websockets-sansio (the general path, slower)."
     )

@@ -15,10 +15,10 @@ from dataclasses import dataclass, replace
 import orjson
 from django.conf import settings
 
-from voicechat import server_tools
+from voicechat.access.scopes import Scope
 from voicechat.enums import Backend
+from voicechat.gateway import server_tools
 from voicechat.protocol import error_event, new_event_id
-from voicechat.scopes import Scope
 
 # GA client events a client may send (output_audio_buffer.clear is WebRTC-only and harmless).
 CLIENT_EVENTS = frozenset(

@@ -22,7 +22,7 @@ from voicechat.models import Conversation
 
 logger = logging.getLogger(__name__)
 
-MONITOR_GROUP = "voicechat.monitor"
+MONITOR_GROUP = "voicechat.monitoring.live"
 # Events held for the layer when it is slow; beyond this the newest are dropped (logged).
 MAX_QUEUED = 1000
 

@@ -4,7 +4,7 @@ GatewayConversation admits the conversation (per-user rate limit, draining, the 
 limit, models and budget), stores it, opens its upstream and relays both ways through the
 client-event policy; it records the transcript, publishes to the monitor, holds the limits
 (length, budget, access) and ends it exactly once, storing how. It knows its client only as a
-ClientSocket: the Channels consumer (voicechat/consumers.py) adapts a WebSocket to that, and
+ClientSocket: the Channels consumer (voicechat/gateway/consumers.py) adapts a WebSocket to that, and
 any other transport can do the same.
 """
 
@@ -19,14 +19,21 @@ import orjson
 from channels.db import database_sync_to_async
 from django.conf import settings
 
-from voicechat import lifecycle, logformat, metrics, ratelimit, server_tools, services
-from voicechat.auth import Identity
-from voicechat.budgets import budget_problem, watch_budget
+from voicechat import lifecycle, services
+from voicechat.access import ratelimit
+from voicechat.access.auth import Identity
+from voicechat.access.budgets import budget_problem, watch_budget
+from voicechat.access.revocation import access_watch
 from voicechat.enums import Backend, EndReason
-from voicechat.limits import TOO_MANY_CODE, DurationLimit
+from voicechat.gateway import server_tools
+from voicechat.gateway.backends import open_upstream, resolve_backend, time_zone_or_none
+from voicechat.gateway.limits import TOO_MANY_CODE, DurationLimit
+from voicechat.gateway.policy import ClientEventPolicy, session_defaults
+from voicechat.gateway.resume import context_frames, context_item_prefix, resumable
+from voicechat.gateway.server_tools import ServerToolCalls, ToolContext
 from voicechat.models import Conversation
-from voicechat.monitor import ConversationPublisher, EndRequests, end_requests
-from voicechat.policy import ClientEventPolicy, session_defaults
+from voicechat.monitoring import logformat, metrics
+from voicechat.monitoring.live import ConversationPublisher, EndRequests, end_requests
 from voicechat.protocol import (
     CLOSE_CODE_FOR,
     FATAL_ERROR_CODES,
@@ -35,15 +42,11 @@ from voicechat.protocol import (
     error_event,
     peek_type,
 )
-from voicechat.recorder import TranscriptRecorder
-from voicechat.recordings import ConversationRecorder, recording_enabled
+from voicechat.records.recorder import TranscriptRecorder
+from voicechat.records.recordings import ConversationRecorder, recording_enabled
 from voicechat.redaction import redact, redact_server_frame
-from voicechat.resume import context_frames, context_item_prefix, resumable
-from voicechat.revocation import access_watch
-from voicechat.server_tools import ServerToolCalls, ToolContext
-from voicechat.upstream import open_upstream, resolve_backend, time_zone_or_none
-from voicechat.upstream_base import Upstream, UpstreamClosed
-from voicechat.websocket_server import TextShortcut
+from voicechat.transport.server import TextShortcut
+from voicechat.upstream.base import Upstream, UpstreamClosed
 
 logger = logging.getLogger(__name__)
 audit = logging.getLogger("voicechat.audit")
@@ -435,7 +438,7 @@ class GatewayConversation:
         """Relay frames synchronously as they are read, where both sockets allow it.
 
         receive() and the relay loop above each wake a task per frame; under the gateway's own
-        server protocol (voicechat/websocket_server.py) a frame that needs nothing but the
+        server protocol (voicechat/transport/server.py) a frame that needs nothing but the
         policy check and a write skips that. Anything else (a refusal, a full socket, the end)
         still goes the general way, in order: the handlers below decline it.
         """

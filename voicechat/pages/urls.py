@@ -1,7 +1,7 @@
 from django.contrib.auth import views as auth_views
 from django.urls import path
 
-from voicechat import views
+from voicechat.pages import views
 
 urlpatterns = [
     path("", views.chat, name="chat"),

@@ -1,6 +1,6 @@
 """The interface between a gateway conversation and the Realtime session behind it.
 
-The consumer relies on this alone; voicechat/upstream.py implements it for OpenAI, and
+The consumer relies on this alone; voicechat/upstream/openai.py implements it for OpenAI, and
 voicechat/local_engine for the in-process engine. It has its own exceptions, so no caller
 depends on the WebSocket library one implementation happens to use. This module imports no
 implementation, so neither depends on the other through it (they used to import each other).
@@ -45,7 +45,7 @@ class Upstream(abc.ABC):
     async def close(self) -> None:
         """End the session from our side; safe to call more than once."""
 
-    # The relay's synchronous shortcut (see voicechat.websocket_server.TextShortcut): optional,
+    # The relay's synchronous shortcut (see voicechat.transport.server.TextShortcut): optional,
     # an upstream without one is used through send() and iteration only.
 
     def on_text(self, handler: Callable[[str], bool]) -> None:  # noqa: B027 (optional)

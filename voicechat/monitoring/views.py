@@ -8,7 +8,7 @@ from django.shortcuts import redirect, render
 from django.utils.translation import gettext as _
 from django.views.decorators.http import require_POST
 
-from voicechat import dashboard, monitor
+from voicechat.monitoring import dashboard, live
 
 
 @staff_member_required
@@ -18,7 +18,7 @@ def monitor_page(request: HttpRequest) -> HttpResponse:
         request,
         "voicechat/monitor.html",
         {
-            "conversations": monitor.live_conversations(),
+            "conversations": live.live_conversations(),
             "health": dashboard.health(),
             "socket_path": "/ws/monitor",
             "nav": "monitor",
@@ -36,7 +36,7 @@ def monitor_health(request: HttpRequest) -> HttpResponse:
 @require_POST
 def monitor_end(request: HttpRequest, pk: int) -> HttpResponse:
     """End one conversation, whichever server process holds it."""
-    if async_to_sync(monitor.request_end)(pk, by=request.user.get_username()):
+    if async_to_sync(live.request_end)(pk, by=request.user.get_username()):
         messages.success(request, _("Asked conversation %(id)s to end.") % {"id": pk})
     else:
         messages.warning(

@@ -1,9 +1,9 @@
 """RFC 6455 framing for the relay's hot path: the gateway's WebSocket server protocol uses this.
 
 Every audio frame crosses two WebSockets in the gateway: the client's (served by uvicorn, framed
-here) and the upstream's (picows, voicechat/upstream_ws.py, which takes only the close codes and
-close payloads from here). The general-purpose libraries parse each frame through a chain of
-generators and objects; on a relay that does little else that is most of its CPU
+here) and the upstream's (picows, voicechat/upstream/websocket.py, which takes only the close
+codes and close payloads from here). The general-purpose libraries parse each frame through a
+chain of generators and objects; on a relay that does little else that is most of its CPU
 (docs/benchmarks.md). This module does only what the relay needs, flat: no extensions, no
 compression, messages assembled from fragments, UTF-8 checked, sizes bounded. The handshakes
 stay with the libraries (websockets under uvicorn, picows for the upstream).

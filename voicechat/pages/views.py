@@ -14,7 +14,8 @@ from django.views.decorators.http import require_http_methods, require_safe
 
 from voicechat import services
 from voicechat.enums import Backend, Role
-from voicechat.exports import attachment, conversation_as_markdown, conversations_as_zip
+from voicechat.gateway.backends import resolve_backend
+from voicechat.gateway.resume import resumable
 from voicechat.models import (
     Conversation,
     ConversationQuerySet,
@@ -22,9 +23,8 @@ from voicechat.models import (
     TranscriptItem,
     recordings_storage,
 )
-from voicechat.recordings import CONTENT_TYPE, recording_enabled
-from voicechat.resume import resumable
-from voicechat.upstream import resolve_backend
+from voicechat.records.exports import attachment, conversation_as_markdown, conversations_as_zip
+from voicechat.records.recordings import CONTENT_TYPE, recording_enabled
 
 HISTORY_PAGE_SIZE = 20
 

@@ -14,9 +14,9 @@ from django.core.handlers.asgi import ASGIRequest
 from django.middleware.csrf import CsrfViewMiddleware
 from django.utils.timezone import now
 
-from voicechat import scopes
+from voicechat.access import scopes
+from voicechat.access.revocation import Access
 from voicechat.models import ApiToken
-from voicechat.revocation import Access
 
 
 @dataclass(frozen=True)
