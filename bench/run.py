@@ -46,6 +46,7 @@ UVICORN_CMD = (
     "--log-level warning"
 )
 GATEWAY_WS = "voicechat.transport.server:GatewayWebSocketProtocol"
+OLD_GATEWAY_WS = "voicechat.websocket_server:GatewayWebSocketProtocol"  # before the sub-packages
 RUNSERVER_CMD = "{py} manage.py runserver --noreload --nothreading 127.0.0.1:{port}"
 # The gateway's own production launcher: one uvicorn per core, each on its own SO_REUSEPORT socket.
 SERVE_CMD = "{py} manage.py serve --host 127.0.0.1 --port {port} --workers {workers}"
@@ -338,8 +339,11 @@ class Bench:
             return None, self.upstream_url
         port = free_port()
         ws = os.environ.get("BENCH_UVICORN_WS", GATEWAY_WS)
-        if not (target.cwd / "voicechat" / "websocket_server.py").exists():
-            ws = "websockets-sansio"  # a commit from before the gateway had its own
+        app = target.cwd / "voicechat"
+        if not (app / "transport" / "server.py").exists():
+            # A commit from before the sub-packages, or from before the gateway had its own.
+            old = (app / "websocket_server.py").exists()
+            ws = OLD_GATEWAY_WS if old else "websockets-sansio"
         cmd = target.command.format(py=PROJECT_PY, port=port, upstream=self.upstream_url, ws=ws)
         env = {
             **_own_env(),

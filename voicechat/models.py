@@ -83,8 +83,8 @@ class Conversation(models.Model):
     resumed_from = models.ForeignKey(
         "self", null=True, blank=True, on_delete=models.SET_NULL, related_name="continuations"
     )
-    # Upstream sessions it outlived (gateway.py, REALTIME_RECYCLE_AFTER_SECONDS): how many times
-    # it moved to a fresh one, and when it last did.
+    # Upstream sessions it outlived (gateway/conversation.py, REALTIME_RECYCLE_AFTER_SECONDS): how
+    # many times it moved to a fresh one, and when it last did.
     recycles = models.PositiveIntegerField(default=0)
     last_recycled = models.DateTimeField(null=True, blank=True)
 

@@ -118,7 +118,7 @@ async def test_relayed_frames_skip_the_session_wrapper_and_nothing_else():
 async def test_under_its_own_server_the_gateway_relays_the_common_case_synchronously(
     fake_upstream, gateway_server, alice, alice_token, monkeypatch
 ):
-    """The shortcut (websocket_server.TextShortcut) carries audio both ways; refusals, transcript
+    """The shortcut (transport.server.TextShortcut) carries audio both ways; refusals, transcript
     recording and the provider's errors behave as on the general path, in order."""
     from websockets.asyncio.client import connect as ws_connect
 

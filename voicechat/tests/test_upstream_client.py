@@ -1,4 +1,4 @@
-"""The gateway's WebSocket client to the provider (upstream_ws), against real servers on loopback.
+"""The gateway's WebSocket client to the provider (upstream/websocket.py), against real servers on loopback.
 
 `websockets`' own server plays a well-behaved provider; small asyncio servers play the broken
 ones (wrong handshake, silence, a dropped line) that a `websockets` server cannot imitate.
