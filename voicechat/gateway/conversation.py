@@ -71,7 +71,7 @@ RECYCLE_RETRY_SECONDS = 15
 class ClientSocket(Protocol):
     """The client's end of a conversation, as the transport carrying it offers it."""
 
-    # The transport's synchronous text path, when it has one (websocket_server.TextShortcut).
+    # The transport's synchronous text path, when it has one (transport.server.TextShortcut).
     shortcut: TextShortcut | None
 
     async def send_text(self, text: str) -> None:
