@@ -392,6 +392,12 @@ REALTIME_SERVER_TOOL_TIMEOUT = envint("REALTIME_SERVER_TOOL_TIMEOUT", 10)
 REALTIME_CONNECT_TIMEOUT = envint("REALTIME_CONNECT_TIMEOUT", 10)
 # Client frames held while the upstream opens (40 ms audio chunks: 250 frames = 10 s).
 REALTIME_PENDING_FRAMES = envint("REALTIME_PENDING_FRAMES", 250)
+# WebRTC calls (voicechat/calls/): STUN servers for the server's side of a call, comma-separated
+# URLs (stun:stun.example.org:3478). None by default: a server with a public address needs none,
+# and aiortc's own default (a public STUN server) cannot be reached offline.
+REALTIME_WEBRTC_ICE_SERVERS = envlist("REALTIME_WEBRTC_ICE_SERVERS", "")
+# Seconds a call's peer has, after the SDP answer, to connect (ICE, DTLS) before the call ends.
+REALTIME_WEBRTC_CONNECT_TIMEOUT = envint("REALTIME_WEBRTC_CONNECT_TIMEOUT", 20)
 
 # US dollars per million tokens; cached input is a subset of input tokens, billed at its own
 # rate. A model missing here is never billed as free: the gateway refuses to start with it

@@ -12,6 +12,8 @@ urlpatterns = [
     # (voicechat/monitoring/metrics.py).
     path("metrics", metrics.metrics_view, name="metrics"),
     path("monitor/", include("voicechat.monitoring.urls")),
+    # OpenAI's WebRTC contract: POST /v1/realtime/calls and .../hangup (voicechat/calls/).
+    path("v1/realtime/", include("voicechat.calls.urls")),
     # The language picker posts to set_language (i18n/setlang/); the page scripts' strings come
     # from jsi18n/ (locale/*/djangojs.po), loaded before their modules.
     path("i18n/", include("django.conf.urls.i18n")),

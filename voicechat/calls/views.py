@@ -1,0 +1,95 @@
+"""POST /v1/realtime/calls and POST /v1/realtime/calls/{call_id}/hangup, OpenAI's contract.
+
+Everything that refuses a call does so before anything is started, with OpenAI's error shape:
+not signed in or a bad token (401), cross-origin or no CSRF token (403), too many calls from the
+address (429), a body that is not an offer (400, 415); the conversation's own admission (the
+user's rate and concurrency limits, draining, models, budget) answers with its status (call.py).
+"""
+
+import logging
+
+from django.conf import settings
+from django.http import HttpRequest, HttpResponse, JsonResponse
+from django.views.decorators.csrf import csrf_exempt
+from django.views.decorators.http import require_POST
+
+from voicechat.access import ratelimit
+from voicechat.calls import call as calls
+from voicechat.calls.access import NotAllowed, caller
+from voicechat.calls.offer import BadOffer, read_offer
+
+audit = logging.getLogger("voicechat.audit")
+
+
+def error(
+    status: int,
+    message: str,
+    *,
+    code: str,
+    type: str = "invalid_request_error",
+    param: str | None = None,
+) -> JsonResponse:
+    """An error response in OpenAI's shape."""
+    body = {"error": {"message": message, "type": type, "param": param, "code": code}}
+    return JsonResponse(body, status=status)
+
+
+def _client_ip(request: HttpRequest) -> str:
+    return (request.scope.get("client") or ["unknown"])[0]
+
+
+@csrf_exempt  # a token needs none; the session cookie is checked in access.caller()
+@require_POST
+async def create_call(request: HttpRequest) -> HttpResponse:
+    client_ip = _client_ip(request)
+    if not await ratelimit.allow(
+        f"ip:{client_ip}", limit=settings.REALTIME_CONNECTS_PER_MINUTE_PER_IP
+    ):
+        audit.warning("call refused: too many connections from %s", client_ip)
+        return error(
+            429,
+            "Too many connections from this address. Wait a moment.",
+            code="rate_limited",
+            type="rate_limit_error",
+        )
+    try:
+        identity = await caller(request)
+    except NotAllowed as refused:
+        audit.warning("call refused: %s, from %s", refused.code, client_ip)
+        return error(refused.status, str(refused), code=refused.code)
+    try:
+        offer = read_offer(request)
+    except BadOffer as bad:
+        return error(bad.status, str(bad), code=bad.code)
+    query = request.GET.copy()
+    if offer.session and offer.session.get("model"):
+        query["model"] = offer.session["model"]
+    call = calls.Call(
+        identity,
+        client_ip=client_ip,
+        user_agent=request.headers.get("User-Agent", "")[:300],
+        query_string=query.urlencode(),
+        session=offer.session,
+    )
+    try:
+        answer = await calls.start(call, offer.sdp)
+    except calls.CallRefused as refused:
+        return JsonResponse({"error": refused.error}, status=refused.status)
+    response = HttpResponse(answer, status=201, content_type="application/sdp")
+    response["Location"] = f"/v1/realtime/calls/{call.id}"
+    return response
+
+
+@csrf_exempt
+@require_POST
+async def hang_up(request: HttpRequest, call_id: str) -> HttpResponse:
+    try:
+        identity = await caller(request)
+    except NotAllowed as refused:
+        return error(refused.status, str(refused), code=refused.code)
+    call = calls.find(call_id)
+    # Someone else's call is as unknown as one that never was.
+    if call is None or call.user_id != identity.user.pk:
+        return error(404, f"Call '{call_id}' not found.", code="call_not_found")
+    await call.hang_up()
+    return HttpResponse(status=200)

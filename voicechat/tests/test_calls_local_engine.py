@@ -1,0 +1,126 @@
+"""WebRTC calls to the offline engine: an aiortc peer calls POST /v1/realtime/calls on the real
+server (uvicorn on loopback), talks over its microphone track and the `oai-events` data channel,
+hears the reply on the server's track; the conversation is stored as over the WebSocket."""
+
+import asyncio
+
+import httpx
+import pytest
+from openai import AsyncOpenAI
+
+from voicechat.enums import Backend, EndReason
+from voicechat.tests.calls_peer import Peer
+from voicechat.tests.conftest import db, finished_conversation
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+
+@pytest.fixture
+def local_backend(settings):
+    settings.REALTIME_BACKEND = "local"
+    settings.OPENAI_API_KEY = ""
+    settings.LOCAL_LLM_URL = ""
+
+
+@pytest.fixture
+async def peers():
+    """Calls' client sides, each closed at the end of the test."""
+    made = []
+
+    def _peer(*args, **kwargs) -> Peer:
+        made.append(Peer(*args, **kwargs))
+        return made[-1]
+
+    yield _peer
+    for peer in made:
+        await peer.close()
+
+
+async def call(address: str, token: str, peer: Peer) -> str:
+    """POST the peer's offer as application/sdp; applies the answer, returns the call id."""
+    async with httpx.AsyncClient() as client:
+        response = await client.post(
+            f"http://{address}/v1/realtime/calls",
+            content=await peer.offer(),
+            headers={"Authorization": f"Bearer {token}", "Content-Type": "application/sdp"},
+            timeout=30,
+        )
+    assert response.status_code == 201, response.text
+    assert response.headers["content-type"].startswith("application/sdp")
+    await peer.accept(response.text)
+    return response.headers["location"].rsplit("/", 1)[1]
+
+
+async def test_a_call_with_openais_sdk_text_in_the_data_channel_reply_on_the_track(
+    local_backend, gateway_server, alice, alice_token, peers
+):
+    """OpenAI's own SDK creates the call (multipart sdp + session) and hangs it up."""
+    peer = peers()
+    client = AsyncOpenAI(api_key=alice_token, base_url=f"http://{gateway_server}/v1")
+    response = await client.realtime.calls.with_raw_response.create(
+        sdp=await peer.offer(), session={"type": "realtime", "model": "gpt-realtime"}
+    )
+    assert response.status_code == 201
+    location = response.headers["location"]
+    assert location.startswith("/v1/realtime/calls/rtc_")
+    await peer.accept(response.http_response.text)
+    await peer.connected()
+    created = await peer.wait_for("session.created")
+    assert created["session"]["model"] == "gpt-realtime"
+
+    peer.send(
+        {
+            "type": "conversation.item.create",
+            "item": {
+                "type": "message",
+                "role": "user",
+                "content": [{"type": "input_text", "text": "What is twelve times seven?"}],
+            },
+        }
+    )
+    peer.send({"type": "response.create"})
+    done = await peer.wait_for("response.done")
+    assert done["response"]["status"] == "completed"
+    reply = done["response"]["output"][0]["content"][0]["transcript"]
+    assert "84" in reply
+    # The audio comes on the track, paced, with OpenAI's WebRTC playback events around it.
+    started = await peer.wait_for("output_audio_buffer.started")
+    stopped = await peer.wait_for("output_audio_buffer.stopped", timeout=30)
+    assert started["response_id"] == stopped["response_id"] == done["response"]["id"]
+    assert "response.output_audio.delta" not in peer.types()
+    assert peer.loud_frames > 25  # over half a second of the reply was heard
+
+    await client.realtime.calls.hangup(location.rsplit("/", 1)[1])
+    conversation = await finished_conversation(alice)
+    assert conversation.backend == Backend.LOCAL
+    assert conversation.end_reason == EndReason.CLIENT_CLOSED
+    assert "hung up" in conversation.end_detail
+    items = await db(lambda: [(i.role, i.text) for i in conversation.ordered_items()])
+    assert items[0] == ("user", "What is twelve times seven?")
+    assert items[-1][0] == "assistant" and "84" in items[-1][1]
+
+
+@pytest.mark.slow
+async def test_a_spoken_question_over_the_microphone_track(
+    local_backend, gateway_server, alice, alice_token, peers
+):
+    from voicechat.tests.speech import spoken
+
+    speech = await asyncio.to_thread(spoken, "What time is it?")
+    peer = peers(b"\0" * 48 * 600 + speech + b"\0" * 48 * 300)
+    await call(gateway_server, alice_token, peer)
+    await peer.wait_for("input_audio_buffer.speech_started", timeout=30)
+    heard = await peer.wait_for("conversation.item.input_audio_transcription.completed", timeout=60)
+    assert "time" in heard["transcript"].lower()
+    done = await peer.wait_for("response.done", timeout=60)
+    assert done["response"]["status"] == "completed"
+    assert done["response"]["output"][0]["content"][0]["transcript"].startswith("It's")
+    await peer.wait_for("output_audio_buffer.stopped", timeout=30)
+    assert peer.loud_frames > 25
+
+    await peer.close()  # the client simply goes away: the conversation ends and is stored
+    conversation = await finished_conversation(alice)
+    assert conversation.end_reason == EndReason.CLIENT_CLOSED
+    items = await db(lambda: [(i.role, i.text) for i in conversation.ordered_items()])
+    assert items[0][0] == "user" and "time" in items[0][1].lower()
+    assert items[-1][0] == "assistant" and items[-1][1].startswith("It's")
