@@ -153,6 +153,7 @@ class Call:
         self._own_events: set[str] = set()  # event ids of what the call itself sent upstream
         self._closed: asyncio.Future | None = None
         self._supervisor: asyncio.Task | None = None
+        self._ending: asyncio.Task | None = None
 
     # --- the offer and the answer ----------------------------------------------------------
 
@@ -207,7 +208,7 @@ class Call:
             self.channel = channel
             channel.on("open", self._flush_outbox)
             channel.on("message", self._on_message)
-            channel.on("close", lambda: self._gone("the client closed the data channel"))
+            channel.on("close", lambda: self._lost("the client closed the data channel"))
             if channel.readyState == "open":
                 self._flush_outbox()
 
@@ -222,9 +223,15 @@ class Call:
             if state == "connected":
                 self._connected.set()
             elif state == "failed":
-                self._lost("the connection failed (ICE: no route, or the peer stopped answering)")
+                self._lost("the connection failed (ICE found no route to the peer)")
             elif state == "closed":
-                self._gone("the peer closed the connection")
+                # aiortc closes on a DTLS goodbye and on lost ICE consent (RFC 7675: the peer
+                # stopped answering for 30 s) alike; the ICE transport tells them apart.
+                ice = {t.receiver.transport.transport.state for t in pc.getTransceivers()}
+                if "failed" in ice:
+                    self._lost("the connection failed (the peer stopped answering: ICE consent)")
+                else:
+                    self._lost("the peer closed the connection")
 
         await pc.setRemoteDescription(RTCSessionDescription(sdp=offer_sdp, type="offer"))
         audio = [t for t in pc.getTransceivers() if t.kind == "audio"]
@@ -380,9 +387,10 @@ class Call:
         cut = self.track.clear()
         if cut is None:
             return
-        response_id, item_id, played_ms = cut
-        self._cut.add(response_id)
-        self.to_client(_event("output_audio_buffer.cleared", response_id=response_id))
+        self._cut.add(cut.response_id)  # audio of it still on its way is not played either
+        self.to_client(_event("output_audio_buffer.cleared", response_id=cut.response_id))
+        if cut.item_id is None:
+            return
         event_id = new_event_id()
         self._own_events.add(event_id)
         self._inbox.put_nowait(
@@ -390,9 +398,9 @@ class Call:
                 {
                     "type": "conversation.item.truncate",
                     "event_id": event_id,
-                    "item_id": item_id,
+                    "item_id": cut.item_id,
                     "content_index": 0,
-                    "audio_end_ms": played_ms,
+                    "audio_end_ms": cut.played_ms,
                 }
             ).decode()
         )
@@ -407,10 +415,8 @@ class Call:
     def _lost(self, detail: str) -> None:
         if self._closed is None and not self._client_gone:
             self._client_gone = True
-            self._spawn(self._end(detail))
-
-    def _gone(self, detail: str) -> None:
-        self._lost(detail)
+            # Not one of self._tasks, which closing cancels: the end must be stored whole.
+            self._ending = asyncio.create_task(self._end(detail))
 
     async def _end(self, detail: str) -> None:
         await self.conversation.end(

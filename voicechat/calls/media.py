@@ -6,8 +6,10 @@ import collections
 import fractions
 import time
 from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
 
 import av
+import numpy as np
 from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 
 from voicechat.local_engine.audio import PCM_RATE
@@ -28,9 +30,19 @@ async def microphone_chunks(track: MediaStreamTrack) -> AsyncIterator[bytes]:
             frame = await track.recv()
         except MediaStreamError:
             return
-        pcm = b"".join(bytes(out.planes[0])[: out.samples * 2] for out in resampler.resample(frame))
+        pcm = b"".join(out.to_ndarray().tobytes() for out in resampler.resample(frame))
         if pcm:
             yield pcm
+
+
+@dataclass(frozen=True)
+class Cut:
+    """Playback cleared: the response, and the item cut short with the ms of it played (item
+    None when nothing unplayed was dropped)."""
+
+    response_id: str
+    item_id: str | None
+    played_ms: int
 
 
 class _Segment:
@@ -73,19 +85,25 @@ class ReplyTrack(MediaStreamTrack):
 
     def response_done(self, response_id: str) -> None:
         """No more audio will come for `response_id`: stopped is reported once it has played."""
-        self._done.add(response_id)
         if self._playing == response_id and not self._queue:
             self._stop_playing()
+        elif any(segment.response_id == response_id for segment in self._queue):
+            self._done.add(response_id)
 
-    def clear(self) -> tuple[str, str, int] | None:
-        """Drop what has not been played. Returns (response id, item id, ms played) of the item
-        that was cut, or None when nothing was left to play."""
-        if not self._queue:
+    def clear(self) -> Cut | None:
+        """Stop playing now and drop what has not been played; None when nothing was playing
+        or waiting to play."""
+        if self._queue:
+            head = self._queue[0]
+            cut = Cut(head.response_id, head.item_id, int(self._played_ms.get(head.item_id, 0)))
+        elif self._playing is not None:  # between two sentences of a reply: nothing dropped
+            cut = Cut(self._playing, None, 0)
+        else:
             return None
-        head = self._queue[0]
+        self._done -= {segment.response_id for segment in self._queue}
         self._queue.clear()
         self._playing = None
-        return head.response_id, head.item_id, int(self._played_ms.get(head.item_id, 0))
+        return cut
 
     @property
     def pending(self) -> bool:
@@ -106,8 +124,8 @@ class ReplyTrack(MediaStreamTrack):
             wait = self._start + self._timestamp / PCM_RATE - time.monotonic()
             if wait > 0:
                 await asyncio.sleep(wait)
-        frame = av.AudioFrame(format="s16", layout="mono", samples=FRAME_SAMPLES)
-        frame.planes[0].update(self._next_pcm())
+        samples = np.frombuffer(self._next_pcm(), dtype=np.int16)
+        frame = av.AudioFrame.from_ndarray(samples[np.newaxis, :], format="s16", layout="mono")
         frame.sample_rate = PCM_RATE
         frame.pts = self._timestamp
         frame.time_base = _TIME_BASE
@@ -118,6 +136,8 @@ class ReplyTrack(MediaStreamTrack):
         while self._queue and len(out) < FRAME_BYTES:
             head = self._queue[0]
             if self._playing != head.response_id:
+                if self._playing is not None:  # the one before ended without a response.done
+                    self._stop_playing()
                 self._playing = head.response_id
                 self._on_started(head.response_id)
             take = head.pcm[: FRAME_BYTES - len(out)]

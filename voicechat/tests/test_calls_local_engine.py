@@ -124,3 +124,63 @@ async def test_a_spoken_question_over_the_microphone_track(
     items = await db(lambda: [(i.role, i.text) for i in conversation.ordered_items()])
     assert items[0][0] == "user" and "time" in items[0][1].lower()
     assert items[-1][0] == "assistant" and items[-1][1].startswith("It's")
+
+
+async def test_clearing_playback_cuts_the_reply_to_what_was_played(
+    local_backend, gateway_server, alice, alice_token, peers
+):
+    """output_audio_buffer.clear: the server stops the track and truncates the item itself."""
+    peer = peers()
+    await call(gateway_server, alice_token, peer)
+    await peer.wait_for("session.created")
+    peer.send({"type": "response.create"})  # a greeting of several sentences
+    done = await peer.wait_for("response.done", timeout=60)
+    item = done["response"]["output"][0]
+    await peer.wait_for("output_audio_buffer.started")
+    await asyncio.sleep(0.5)  # the reply is handed over; some of it has been played
+    mark = len(peer.events)
+    peer.send({"type": "output_audio_buffer.clear"})
+    cleared = await peer.wait_for("output_audio_buffer.cleared", after=mark)
+    assert cleared["response_id"] == done["response"]["id"]
+    truncated = await peer.wait_for("conversation.item.truncated", after=mark)
+    assert truncated["item_id"] == item["id"]
+    assert 300 < truncated["audio_end_ms"] < 5000
+    heard = peer.loud_frames
+    await asyncio.sleep(0.5)
+    assert peer.loud_frames - heard < 10  # silence after the cut (what the jitter buffer held)
+    assert "output_audio_buffer.stopped" not in peer.types()
+
+    await peer.close()
+    conversation = await finished_conversation(alice)
+    stored = await db(lambda: list(conversation.ordered_items()))
+    assert stored[-1].status == "truncated"  # stored as a WebSocket client's truncate is
+    assert stored[-1].audio_end_ms == truncated["audio_end_ms"]
+
+
+@pytest.mark.slow
+async def test_speaking_over_the_reply_cuts_it_and_is_answered(
+    local_backend, gateway_server, alice, alice_token, peers
+):
+    """Barge-in as OpenAI does it over WebRTC: the server notices the speech, clears the
+    playback (output_audio_buffer.cleared) and truncates the reply without the client's help."""
+    from voicechat.tests.speech import spoken
+
+    speech = await asyncio.to_thread(spoken, "What time is it?")
+    peer = peers()
+    await call(gateway_server, alice_token, peer)
+    created = await peer.wait_for("session.created")
+    turns = created["session"]["audio"]["input"]["turn_detection"]
+    assert turns["interrupt_response"] is True
+    peer.send({"type": "response.create"})  # a greeting of several sentences
+    first = await peer.wait_for("response.done", timeout=60)
+    await peer.wait_for("output_audio_buffer.started")
+    mark = len(peer.events)
+    peer.microphone.say(speech + b"\0" * 48 * 600)
+    await peer.wait_for("input_audio_buffer.speech_started", after=mark, timeout=30)
+    cleared = await peer.wait_for("output_audio_buffer.cleared", after=mark)
+    assert cleared["response_id"] == first["response"]["id"]
+    truncated = await peer.wait_for("conversation.item.truncated", after=mark)
+    assert truncated["item_id"] == first["response"]["output"][0]["id"]
+    answer = await peer.wait_for("response.done", after=mark, timeout=60)
+    assert answer["response"]["output"][0]["content"][0]["transcript"].startswith("It's")
+    await peer.wait_for("output_audio_buffer.stopped", after=mark, timeout=30)
