@@ -6,6 +6,8 @@ from dataclasses import dataclass
 import orjson
 from django.http import HttpRequest
 
+from voicechat.calls import ephemeral
+
 # An SDP offer from a browser is a few kilobytes; anything far larger is not one.
 MAX_SDP_BYTES = 64 * 1024
 MAX_SESSION_BYTES = 64 * 1024
@@ -82,3 +84,38 @@ def _session(raw: bytes) -> dict:
     if "model" in session and not isinstance(session["model"], str):
         raise BadOffer(400, "'session.model' must be a string.", code="invalid_type")
     return session
+
+
+def read_secret_request(request: HttpRequest) -> tuple[int, dict | None]:
+    """POST /v1/realtime/client_secrets' JSON body (may be empty): the secret's lifetime in
+    seconds (`expires_after`, anchored at its creation) and the session configuration."""
+    if not request.body:
+        return ephemeral.DEFAULT_SECONDS, None
+    if len(request.body) > MAX_SESSION_BYTES:
+        raise BadOffer(400, "The request body is too large.", code="invalid_value")
+    try:
+        body = orjson.loads(request.body)
+    except orjson.JSONDecodeError:
+        raise BadOffer(400, "The request body is not JSON.", code="invalid_json") from None
+    if not isinstance(body, dict):
+        raise BadOffer(400, "The request body must be a JSON object.", code="invalid_type")
+    expires = body.get("expires_after") or {}
+    seconds = (
+        expires.get("seconds", ephemeral.DEFAULT_SECONDS) if isinstance(expires, dict) else None
+    )
+    if (
+        not isinstance(seconds, int)
+        or isinstance(seconds, bool)
+        or not ephemeral.MIN_SECONDS <= seconds <= ephemeral.MAX_SECONDS
+        or expires.get("anchor", "created_at") != "created_at"
+    ):
+        raise BadOffer(
+            400,
+            f"'expires_after' must be {{'anchor': 'created_at', 'seconds': "
+            f"{ephemeral.MIN_SECONDS}-{ephemeral.MAX_SECONDS}}}.",
+            code="invalid_value",
+        )
+    session = body.get("session")
+    if session is None:
+        return seconds, None
+    return seconds, _session(orjson.dumps(session))

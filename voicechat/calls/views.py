@@ -15,8 +15,9 @@ from django.views.decorators.http import require_POST
 
 from voicechat.access import ratelimit
 from voicechat.calls import call as calls
+from voicechat.calls import ephemeral
 from voicechat.calls.access import NotAllowed, caller
-from voicechat.calls.offer import BadOffer, read_offer
+from voicechat.calls.offer import BadOffer, read_offer, read_secret_request
 
 audit = logging.getLogger("voicechat.audit")
 
@@ -53,7 +54,7 @@ async def create_call(request: HttpRequest) -> HttpResponse:
             type="rate_limit_error",
         )
     try:
-        identity = await caller(request)
+        who = await caller(request, client_secrets=True)
     except NotAllowed as refused:
         audit.warning("call refused: %s, from %s", refused.code, client_ip)
         return error(refused.status, str(refused), code=refused.code)
@@ -61,15 +62,17 @@ async def create_call(request: HttpRequest) -> HttpResponse:
         offer = read_offer(request)
     except BadOffer as bad:
         return error(bad.status, str(bad), code=bad.code)
+    # The offer's own session configuration, else the one its client secret was issued with.
+    session = offer.session if offer.session is not None else who.session
     query = request.GET.copy()
-    if offer.session and offer.session.get("model"):
-        query["model"] = offer.session["model"]
+    if session and session.get("model"):
+        query["model"] = session["model"]
     call = calls.Call(
-        identity,
+        who.identity,
         client_ip=client_ip,
         user_agent=request.headers.get("User-Agent", "")[:300],
         query_string=query.urlencode(),
-        session=offer.session,
+        session=session,
     )
     try:
         answer = await calls.start(call, offer.sdp)
@@ -84,12 +87,41 @@ async def create_call(request: HttpRequest) -> HttpResponse:
 @require_POST
 async def hang_up(request: HttpRequest, call_id: str) -> HttpResponse:
     try:
-        identity = await caller(request)
+        who = await caller(request, client_secrets=True)
     except NotAllowed as refused:
         return error(refused.status, str(refused), code=refused.code)
     call = calls.find(call_id)
     # Someone else's call is as unknown as one that never was.
-    if call is None or call.user_id != identity.user.pk:
+    if call is None or call.user_id != who.identity.user.pk:
         return error(404, f"Call '{call_id}' not found.", code="call_not_found")
     await call.hang_up()
     return HttpResponse(status=200)
+
+
+@csrf_exempt
+@require_POST
+async def client_secrets(request: HttpRequest) -> HttpResponse:
+    """An `ek_` secret for the caller's calls (voicechat/calls/ephemeral.py), in OpenAI's shape."""
+    client_ip = _client_ip(request)
+    if not await ratelimit.allow(
+        f"ip:{client_ip}", limit=settings.REALTIME_CONNECTS_PER_MINUTE_PER_IP
+    ):
+        return error(
+            429,
+            "Too many connections from this address. Wait a moment.",
+            code="rate_limited",
+            type="rate_limit_error",
+        )
+    try:
+        # A secret is not a credential to issue secrets with: it would outlive itself.
+        who = await caller(request)
+    except NotAllowed as refused:
+        return error(refused.status, str(refused), code=refused.code)
+    try:
+        seconds, session = read_secret_request(request)
+    except BadOffer as bad:
+        return error(bad.status, str(bad), code=bad.code)
+    secret, expires_at = await ephemeral.issue(who.identity, seconds=seconds, session=session)
+    audit.info("client secret issued to %s, for %s s", who.identity.user, seconds)
+    session = {"type": "realtime", "model": settings.REALTIME_MODEL, **(session or {})}
+    return JsonResponse({"value": secret, "expires_at": expires_at, "session": session})
