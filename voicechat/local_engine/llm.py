@@ -17,6 +17,7 @@ models. LOCAL_LLM_MODEL_PATH loads a deployer's own GGUF instead.
 
 import asyncio
 import atexit
+import contextlib
 import json
 import logging
 import os
@@ -94,6 +95,42 @@ class GenerationStats:
     prompt_seconds: float = 0.0
 
 
+def _cpu_has_amx() -> bool:
+    try:
+        with open("/proc/cpuinfo") as cpuinfo:
+            return any(line.startswith("flags") and " amx_int8" in line for line in cpuinfo)
+    except OSError:
+        return False
+
+
+@contextlib.contextmanager
+def _without_amx_buffers():
+    """Load the weights without llama.cpp's extra buffer types on a CPU with AMX.
+
+    llama.cpp built for such a CPU (-march=native) keeps the weights in its AMX buffer type, and
+    in the 2-core VMs this runs on that path segfaulted in the first prompt evaluation (and a
+    one-token decode gave nonsense), although the kernel grants the AMX state. Without extra
+    buffer types (AMX and the weight repacking) the model runs on the AVX-512 kernels.
+    """
+    if not _cpu_has_amx():
+        yield
+        return
+    import llama_cpp.llama_cpp as bindings
+
+    default_params = bindings.llama_model_default_params
+
+    def params_without_extra_buffers():
+        params = default_params()
+        params.use_extra_bufts = False
+        return params
+
+    bindings.llama_model_default_params = params_without_extra_buffers
+    try:
+        yield
+    finally:
+        bindings.llama_model_default_params = default_params
+
+
 class EmbeddedModel:
     """The loaded model and its one worker thread; use `shared()` for the process's instance."""
 
@@ -102,13 +139,14 @@ class EmbeddedModel:
         from llama_cpp.llama_chat_format import Jinja2ChatFormatter
 
         self.path = path
-        self._llama = Llama(
-            model_path=str(path),
-            n_ctx=context,
-            n_threads=threads,
-            n_threads_batch=threads,
-            verbose=False,
-        )
+        with _without_amx_buffers():
+            self._llama = Llama(
+                model_path=str(path),
+                n_ctx=context,
+                n_threads=threads,
+                n_threads_batch=threads,
+                verbose=False,
+            )
         metadata = self._llama.metadata
         template = metadata.get("tokenizer.chat_template")
         if not template:
