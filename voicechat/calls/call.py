@@ -335,20 +335,25 @@ class Call:
                 )
             )
             return
-        etype = None
-        with contextlib.suppress(orjson.JSONDecodeError, AttributeError):
-            etype = orjson.loads(message).get("type")
-        if etype == "output_audio_buffer.clear":
+        event = None
+        with contextlib.suppress(orjson.JSONDecodeError):
+            event = orjson.loads(message)
+        etype = event.get("type") if isinstance(event, dict) else None
+        if etype == "output_audio_buffer.clear":  # WebRTC's own: playback is the call's
             self._clear_playback()
         elif etype == "input_audio_buffer.append":
+            event_id = event.get("event_id")
             self.to_client(
                 error_event(
                     "Over WebRTC the microphone track carries the audio; "
                     "input_audio_buffer.append is not accepted.",
                     code="invalid_event_for_transport",
+                    event_id=event_id
+                    if isinstance(event_id, str) and len(event_id) <= 64
+                    else None,
                 )
             )
-        else:
+        else:  # everything else is the conversation's, through its policy
             self._inbox.put_nowait(message)
 
     async def _feed_microphone(self, track) -> None:

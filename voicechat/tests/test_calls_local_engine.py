@@ -67,6 +67,16 @@ async def test_a_call_with_openais_sdk_text_in_the_data_channel_reply_on_the_tra
     await peer.connected()
     created = await peer.wait_for("session.created")
     assert created["session"]["model"] == "gpt-realtime"
+    # Audio comes on the track only; other bad events get the policy's errors, as over the
+    # WebSocket, and the call goes on.
+    peer.send({"type": "input_audio_buffer.append", "audio": "AAAA", "event_id": "evt_1"})
+    refused = await peer.wait_for("error")
+    assert refused["error"]["code"] == "invalid_event_for_transport"
+    assert refused["error"]["event_id"] == "evt_1"
+    mark = len(peer.events)
+    peer.send({"type": "no.such.event", "event_id": "evt_2"})
+    refused = await peer.wait_for("error", after=mark)
+    assert refused["error"]["event_id"] == "evt_2"
 
     peer.send(
         {
