@@ -105,13 +105,6 @@ class ReplyTrack(MediaStreamTrack):
         self._playing = None
         return cut
 
-    @property
-    def pending(self) -> bool:
-        return bool(self._queue)
-
-    def played_ms(self, item_id: str) -> float:
-        return self._played_ms.get(item_id, 0)
-
     # --- aiortc's side -------------------------------------------------------------------
 
     async def recv(self) -> av.AudioFrame:
