@@ -78,6 +78,10 @@ async def create_call(request: HttpRequest) -> HttpResponse:
         answer = await calls.start(call, offer.sdp)
     except calls.CallRefused as refused:
         return JsonResponse({"error": refused.error}, status=refused.status)
+    except Exception:  # logged, and the conversation ended as server_error, by the call
+        return error(
+            500, "The gateway hit an internal error.", code="server_error", type="server_error"
+        )
     response = HttpResponse(answer, status=201, content_type="application/sdp")
     response["Location"] = f"/v1/realtime/calls/{call.id}"
     return response

@@ -275,3 +275,17 @@ async def test_hangup_finds_only_the_callers_own_calls(gateway_server, alice_tok
         assert hangup.status_code == 200
     finally:
         await peer.close()
+
+
+async def test_an_internal_error_is_a_500_in_openais_shape(
+    gateway_server, alice_token, offer, monkeypatch
+):
+    from voicechat.gateway.conversation import GatewayConversation
+
+    async def broken(self) -> None:
+        raise RuntimeError("a bug")
+
+    monkeypatch.setattr(GatewayConversation, "open", broken)
+    response = await post(gateway_server, content=offer, headers=sdp_headers(alice_token))
+    assert_error(response, 500, "server_error")
+    await no_conversation()
