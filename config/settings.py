@@ -292,6 +292,8 @@ LOGGING = {
         },
     },
     "root": {"handlers": ["console"], "level": os.environ.get("LOG_LEVEL", "INFO")},
+    # WebRTC calls: aioice logs every ICE candidate pair it checks at INFO (a dozen lines a call).
+    "loggers": {"aioice": {"level": "WARNING"}},
 }
 
 # LOG_FORMAT=json writes one JSON object per line (for log shippers); secrets stay redacted.
