@@ -1,7 +1,9 @@
-"""A call whose peer never connects, or vanishes mid-call, ends with its reason stored; an end the
-gateway decides (here: the server shutting down) reaches the caller and hangs the call up."""
+"""How a call connects and how it ends: an offer without candidates (as browsers send it) still
+connects; a call whose peer never connects, or vanishes mid-call, ends with its reason stored; an
+end the gateway decides (here: the server shutting down) reaches the caller and hangs it up."""
 
 import asyncio
+import re
 
 import aioice.ice
 import httpx
@@ -39,6 +41,28 @@ async def post_offer(address: str, token: str, peer: Peer) -> httpx.Response:
         )
     assert response.status_code == 201, response.text
     return response
+
+
+async def test_an_offer_without_candidates_connects(gateway_server, alice_token, peer):
+    """A page that POSTs its offer right after setLocalDescription (OpenAI's own example does)
+    sends no candidates: the server's answer has its own, and it learns the browser's from the
+    browser's connectivity checks (peer-reflexive candidates)."""
+    sdp = await peer.offer()
+    sdp = re.sub(r"a=(candidate:.*|end-of-candidates)\r\n", "", sdp)
+    sdp = re.sub(r"c=IN IP4 [0-9.]+", "c=IN IP4 0.0.0.0", sdp)
+    sdp = re.sub(r"m=(audio|application) \d+", r"m=\1 9", sdp)
+    assert "a=candidate" not in sdp
+    async with httpx.AsyncClient() as client:
+        response = await client.post(
+            f"http://{gateway_server}/v1/realtime/calls",
+            content=sdp,
+            headers={"Authorization": f"Bearer {alice_token}", "Content-Type": "application/sdp"},
+            timeout=30,
+        )
+    assert response.status_code == 201, response.text
+    await peer.accept(response.text)
+    await peer.connected(15)
+    await peer.wait_for("session.created")
 
 
 async def test_a_peer_that_never_connects_ends_the_call(
