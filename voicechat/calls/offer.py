@@ -4,7 +4,9 @@
 from dataclasses import dataclass
 
 import orjson
+from django.core.exceptions import RequestDataTooBig, TooManyFieldsSent
 from django.http import HttpRequest
+from django.http.multipartparser import MultiPartParserError
 
 from voicechat.calls import ephemeral
 
@@ -28,6 +30,15 @@ class Offer:
 
 
 def read_offer(request: HttpRequest) -> Offer:
+    try:
+        return _read_offer(request)
+    except (RequestDataTooBig, TooManyFieldsSent, MultiPartParserError):
+        raise BadOffer(
+            400, "The request body is too large or malformed.", code="invalid_offer"
+        ) from None
+
+
+def _read_offer(request: HttpRequest) -> Offer:
     content_type = request.content_type or ""
     if content_type == "application/sdp":
         return Offer(sdp=_sdp(request.body), session=None)
@@ -89,6 +100,10 @@ def _session(raw: bytes) -> dict:
 def read_secret_request(request: HttpRequest) -> tuple[int, dict | None]:
     """POST /v1/realtime/client_secrets' JSON body (may be empty): the secret's lifetime in
     seconds (`expires_after`, anchored at its creation) and the session configuration."""
+    try:
+        request.body  # noqa: B018 - read once here, where its size is checked
+    except RequestDataTooBig:
+        raise BadOffer(400, "The request body is too large.", code="invalid_value") from None
     if not request.body:
         return ephemeral.DEFAULT_SECONDS, None
     if len(request.body) > MAX_SESSION_BYTES:

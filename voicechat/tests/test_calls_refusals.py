@@ -120,9 +120,10 @@ async def test_a_session_cookie_needs_this_sites_origin_and_its_csrf_token(
         (b"v=0\r\nthis is not an offer\r\n", "application/sdp", 400),
         (b"\xff\xfe v=0", "application/sdp", 400),
         (b"v=0\r\n" + b"a=x\r\n" * 20000, "application/sdp", 400),
+        (b"v=0\r\n" + b"a=x\r\n" * 600_000, "application/sdp", 400),
         (b"{}", "application/json", 415),
     ],
-    ids=["empty", "not-sdp", "garbage-sdp", "not-utf8", "too-large", "json"],
+    ids=["empty", "not-sdp", "garbage-sdp", "not-utf8", "too-large", "over-django-limit", "json"],
 )
 async def test_a_body_that_is_no_offer_is_refused(
     gateway_server, alice_token, body, content_type, status
