@@ -130,7 +130,11 @@ async def test_two_workers_report_one_set(fake_upstream, alice_token, tmp_path):
     # A directory left with an earlier run's values: serve empties it before the workers start.
     (tmp_path / "counter_1.db").write_bytes(b"stale")
     env = server_env(
-        upstream_url=fake_upstream.url, METRICS_TOKEN=TOKEN, PROMETHEUS_MULTIPROC_DIR=str(tmp_path)
+        upstream_url=fake_upstream.url,
+        METRICS_TOKEN=TOKEN,
+        PROMETHEUS_MULTIPROC_DIR=str(tmp_path),
+        # Up to 40 sockets in a row until both workers hold one: above the per-user default.
+        REALTIME_CONNECTS_PER_MINUTE_PER_USER="100",
     )
     proc = serve_process(port, env, workers=2)
     try:
@@ -142,7 +146,8 @@ async def test_two_workers_report_one_set(fake_upstream, alice_token, tmp_path):
                 f"ws://127.0.0.1:{port}/v1/realtime",
                 additional_headers={"Authorization": f"Bearer {alice_token}"},
             ) as ws:
-                assert json.loads(await ws.recv())["type"] == "session.created"
+                first = json.loads(await ws.recv())
+                assert first["type"] == "session.created", first
             opened += 1
         assert len(await db(_processes)) == 2
         for _ in range(10):  # whichever worker answers, the same totals: every process's
