@@ -92,6 +92,25 @@ def _event(etype: str, **fields) -> str:
     return orjson.dumps({"type": etype, "event_id": new_event_id(), **fields}).decode()
 
 
+def _drop_audio_formats(event: dict) -> bool:
+    """Take the audio formats out of a session.update; True if there were any.
+
+    Over WebRTC the tracks carry Opus, and the call speaks PCM16 24 kHz with the engine: a
+    client's audio/pcmu there would have the engine read the microphone as G.711 and the track
+    play G.711 as PCM. Over WebRTC the formats describe nothing the client sends or receives.
+    """
+    audio = (
+        event.get("session", {}).get("audio") if isinstance(event.get("session"), dict) else None
+    )
+    dropped = False
+    for direction in ("input", "output"):
+        part = audio.get(direction) if isinstance(audio, dict) else None
+        if isinstance(part, dict) and "format" in part:
+            del part["format"]
+            dropped = True
+    return dropped
+
+
 class _DataChannelSocket:
     """The call as the conversation's ClientSocket."""
 
@@ -269,7 +288,9 @@ class Call:
             return []
         session = {k: v for k, v in self.session.items() if k != "model"}
         session.setdefault("type", "realtime")
-        return [orjson.dumps({"type": "session.update", "session": session}).decode()]
+        event = {"type": "session.update", "session": orjson.loads(orjson.dumps(session))}
+        _drop_audio_formats(event)
+        return [orjson.dumps(event).decode()]
 
     # --- the conversation's side (ClientSocket) ---------------------------------------------
 
@@ -353,6 +374,8 @@ class Call:
                     else None,
                 )
             )
+        elif etype == "session.update" and _drop_audio_formats(event):
+            self._inbox.put_nowait(orjson.dumps(event).decode())
         else:  # everything else is the conversation's, through its policy
             self._inbox.put_nowait(message)
 

@@ -77,6 +77,17 @@ async def test_a_call_with_openais_sdk_text_in_the_data_channel_reply_on_the_tra
     peer.send({"type": "no.such.event", "event_id": "evt_2"})
     refused = await peer.wait_for("error", after=mark)
     assert refused["error"]["event_id"] == "evt_2"
+    # The tracks carry the audio: a client's audio formats (G.711 here) do not apply.
+    mark = len(peer.events)
+    formats = {"format": {"type": "audio/pcmu"}}
+    peer.send(
+        {
+            "type": "session.update",
+            "session": {"type": "realtime", "audio": {"input": formats, "output": formats}},
+        }
+    )
+    audio = (await peer.wait_for("session.updated", after=mark))["session"]["audio"]
+    assert audio["input"]["format"]["type"] == audio["output"]["format"]["type"] == "audio/pcm"
 
     peer.send(
         {
