@@ -1,6 +1,7 @@
 """How a call connects and how it ends: an offer without candidates (as browsers send it) still
 connects; a call whose peer never connects, or vanishes mid-call, ends with its reason stored; an
-end the gateway decides (here: the server shutting down) reaches the caller and hangs it up."""
+end the gateway decides (the server shutting down, staff in the monitor) reaches the caller and
+hangs it up."""
 
 import asyncio
 import re
@@ -106,3 +107,21 @@ async def test_the_gateways_own_end_reaches_the_caller(gateway_server, alice, al
             await asyncio.sleep(0.05)
     conversation = await finished_conversation(alice)
     assert conversation.end_reason == EndReason.SERVER_SHUTDOWN
+
+
+async def test_staff_end_a_call_from_the_monitor(gateway_server, alice, alice_token, peer):
+    from voicechat.models import Conversation
+    from voicechat.monitoring import live
+    from voicechat.tests.conftest import db
+
+    await peer.accept((await post_offer(gateway_server, alice_token, peer)).text)
+    await peer.wait_for("session.created")
+    listed = await db(live.live_conversations)  # the monitor lists it as any conversation
+    conversation = await db(Conversation.objects.get, user=alice)
+    assert [c["id"] for c in listed] == [conversation.pk]
+    assert await live.request_end(conversation.pk, by="olga")
+    error = await peer.wait_for("error", timeout=10)
+    assert error["error"]["code"] == "ended_by_staff"
+    conversation = await finished_conversation(alice)
+    assert conversation.end_reason == EndReason.ENDED_BY_STAFF
+    assert conversation.end_detail == "ended by olga"
