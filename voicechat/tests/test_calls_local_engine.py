@@ -165,8 +165,10 @@ async def test_clearing_playback_cuts_the_reply_to_what_was_played(
     assert cleared["response_id"] == done["response"]["id"]
     truncated = await peer.wait_for("conversation.item.truncated", after=mark)
     assert truncated["item_id"] == item["id"]
-    assert 300 < truncated["audio_end_ms"] < 5000
     heard = peer.loud_frames
+    # Cut where the track was, which is about what the peer has heard (20 ms frames; its jitter
+    # buffer and a busy machine's scheduling apart), not at the end of the generated reply.
+    assert 300 < truncated["audio_end_ms"] <= heard * 20 + 1500
     await asyncio.sleep(0.5)
     assert peer.loud_frames - heard < 10  # silence after the cut (what the jitter buffer held)
     assert "output_audio_buffer.stopped" not in peer.types()
