@@ -11,9 +11,12 @@ model and the rule-based one, in the same run). It prints what was heard and ans
 1. voice-to-voice latency per turn: from the VAD end of the user's turn (the moment the
    `speech_stopped` event arrives) to the first `response.output_audio.delta`, median and p95;
    also from the real end of speech (last spoken chunk sent), which adds the silence window
-   (server_vad) or the turn model's wait (semantic_vad: --turn-detection compares the two);
-   and how many replies begun during a pause were used or thrown away because the user went
-   on (--speculative-replies off/both: without them, or both ways in the same run);
+   (server_vad) or the turn model's wait (semantic_vad: --turn-detection both compares the two
+   in one run, conversations alternating, --repeat times each), and from the last voiced
+   sample (piper trails each reading with ~0.1-0.2 s of near-silence, which the chunk-based
+   figure leaves out); how many replies begun during a pause were used or thrown away because
+   the user went on (--speculative-replies off/both: without them, or both ways in the same
+   run); and how many scripted lines were cut, heard as more than one turn;
 2. STT and TTS real-time factors (CPU seconds / audio seconds) per conversation;
 3. capacity: the median latency with N conversations at once, and the N at which it doubles;
 4. isolation: while one conversation transcribes a long utterance, and while one conversation's
@@ -61,6 +64,10 @@ TURN_DETECTION = {
 }
 # Silence sent after each phrase: enough for the turn to end (semantic_vad waits at most 4 s).
 TAIL_MS = {"server_vad": SILENCE_MS + 400, "semantic_vad": 4000 + 400}
+# --turn-detection both: the two, alternating conversation by conversation.
+BOTH = ("server_vad", "semantic_vad")
+# A sample louder than this is voiced (the last one is the end of the user's speech).
+VOICED = 300
 # " | " is a pause mid-sentence: MID_PAUSE_MS of silence between the two readings, which trail
 # and lead with ~0.15 s more (~0.4 s of silence in all). Shorter than server_vad's window, so
 # the turn goes on, but long enough for the engine to start a reply it then throws away.
@@ -132,10 +139,12 @@ class Conversation:
     async def send(self, event: dict) -> None:
         await self.upstream.send(json.dumps(event))
 
-    async def speak(self, pcm: bytes, *, tail_ms: int) -> float:
-        """Stream speech then silence at real-time pace; returns when the speech ended."""
+    async def speak(self, pcm: bytes, *, tail_ms: int) -> tuple[float, float]:
+        """Stream speech then silence at real-time pace; returns when the speech ended: the
+        chunk with the reading's end, and the chunk with its last voiced sample."""
         audio = b"\0" * 48 * 200 + pcm
-        speech_end = 0.0
+        last_voiced = 48 * 200 + 2 * last_voiced_sample(pcm)
+        speech_end = voiced_end = 0.0
         start = time.perf_counter()
         total = audio + b"\0" * 48 * tail_ms
         for n, i in enumerate(range(0, len(total), CHUNK)):
@@ -145,37 +154,58 @@ class Conversation:
                     "audio": base64.b64encode(total[i : i + CHUNK]).decode(),
                 }
             )
+            if i + CHUNK > last_voiced and not voiced_end:
+                voiced_end = time.perf_counter()
             if i + CHUNK >= len(audio) and not speech_end:
                 speech_end = time.perf_counter()
             # Real-time pace, without drift.
             await asyncio.sleep(max(0.0, start + (n + 1) * CHUNK_S - time.perf_counter()))
-        return speech_end
+        return speech_end, voiced_end
 
     async def turn(self, pcm: bytes) -> dict:
+        """Say one scripted line; the reply to the turn that ended last in it is the answer.
+
+        A line the engine ends early (in a pause) and then hears go on is one line heard as
+        two turns: `cut`. Its latency is measured to the reply to its last part."""
         speaking = asyncio.create_task(self.speak(pcm, tail_ms=tail_ms))
         stopped = first_audio = None
-        heard = answer = ""
-        while True:
-            at, event = await asyncio.wait_for(self.events.get(), TURN_TIMEOUT_S)
+        stops = 0
+        answered = False
+        heard: list[str] = []
+        answer = ""
+        while not (answered and speaking.done()):
+            getting = asyncio.ensure_future(self.events.get())
+            done, _ = await asyncio.wait(
+                {getting, speaking}, timeout=TURN_TIMEOUT_S, return_when=asyncio.FIRST_COMPLETED
+            )
+            if not done:
+                raise TimeoutError("no event for a whole turn: the machine is overloaded")
+            if getting not in done:
+                getting.cancel()
+                continue
+            at, event = getting.result()
             if event["type"] == "input_audio_buffer.speech_stopped":
-                stopped = at
+                stopped, stops, first_audio, answered = at, stops + 1, None, False
             elif event["type"] == "conversation.item.input_audio_transcription.completed":
-                heard = event["transcript"]
+                heard.append(event["transcript"])
             elif event["type"] == "response.output_audio.delta" and first_audio is None:
                 first_audio = at
             elif event["type"] == "response.output_audio_transcript.done":
                 answer = event["transcript"]
             elif event["type"] == "response.done":
                 if event["response"]["status"] == "completed" and first_audio is not None:
-                    break
+                    answered = True
+                    continue
                 # A reply cut short (the turn detector heard the user go on): wait for the next.
                 self.cut_short += 1
                 first_audio = None
-        speech_end = await speaking
+        speech_end, voiced_end = speaking.result()
         result = {
             "vad_to_audio_ms": (first_audio - stopped) * 1000,
             "speech_end_to_audio_ms": (first_audio - speech_end) * 1000,
-            "heard": heard,
+            "voiced_end_to_audio_ms": (first_audio - voiced_end) * 1000,
+            "cut": stops > 1,
+            "heard": " | ".join(heard),
             "answer": answer,
             "replies_cut_short": self.cut_short,  # so far in this conversation
         }
@@ -190,11 +220,54 @@ class Conversation:
         return dataclasses.asdict(self.upstream._session.speculation_stats)
 
 
+def last_voiced_sample(pcm: bytes) -> int:
+    """Index of the last sample of a reading louder than VOICED."""
+    samples = memoryview(pcm).cast("h")
+    for i in range(len(samples) - 1, -1, -1):
+        if abs(samples[i]) > VOICED:
+            return i
+    return 0
+
+
 async def run_conversation(phrases: list[bytes]) -> tuple[list[dict], object, dict]:
     async with Conversation() as conv:
         for pcm in phrases:
             await conv.turn(pcm)
         return conv.turns, conv.stats(), conv.speculation()
+
+
+def pooled(runs: list[dict]) -> dict:
+    """Several conversations' latency() results as one: every turn pooled, each run's median."""
+    if len(runs) == 1:
+        return {**runs[0], "runs": [summary_line(runs[0])]}
+    out = {"runs": [summary_line(r) for r in runs], "turns": sum(r["turns"] for r in runs)}
+    for key in ("vad_to_audio", "speech_end_to_audio", "voiced_end_to_audio"):
+        values = [v for r in runs for v in r[f"{key}_ms"]]
+        out[f"{key}_ms"] = values
+        out[f"{key}_median_ms"] = statistics.median(values)
+        out[f"{key}_p95_ms"] = pct(values, 0.95)
+        out[f"{key}_run_medians_ms"] = [r[f"{key}_median_ms"] for r in runs]
+    for key in ("transcript", "lines_cut"):
+        out[key] = [x for r in runs for x in r[key]]
+    out["load_avg_1m"] = [x for r in runs for x in r["load_avg_1m"]]
+    out["speculation"] = thrown_away([r["speculation"] for r in runs])
+    for key in ("stt_rtf", "tts_rtf", "cpu_seconds", "conversation_seconds"):
+        out[key] = statistics.mean(r[key] for r in runs)
+    out["cpu_per_conversation_second"] = out["cpu_seconds"] / out["conversation_seconds"]
+    out["cpu_bound_capacity"] = (os.cpu_count() or 1) / out["cpu_per_conversation_second"]
+    return out
+
+
+def summary_line(r: dict) -> str:
+    return (
+        f"load {r['load_avg_1m'][0]:.2f}-{r['load_avg_1m'][-1]:.2f}: end of speech -> first "
+        f"audio median {r['speech_end_to_audio_median_ms']:.0f} / p95 "
+        f"{r['speech_end_to_audio_p95_ms']:.0f} ms, from the last voiced sample "
+        f"{r['voiced_end_to_audio_median_ms']:.0f} ms, VAD end {r['vad_to_audio_median_ms']:.0f}"
+        f" ms; per line {[t['speech_end_ms'] for t in r['transcript']]}; "
+        f"thrown away {r['speculation']['thrown_away']} of {r['speculation']['started']}; "
+        f"lines cut: {r['lines_cut'] or 'none'}"
+    )
 
 
 def thrown_away(speculations: list[dict]) -> dict:
@@ -205,6 +278,7 @@ def thrown_away(speculations: list[dict]) -> dict:
 
 
 async def latency(phrases: list[bytes]) -> dict:
+    load_before = os.getloadavg()[0]
     cpu_start = time.process_time()
     turns, stats, speculation = await run_conversation(phrases)
     cpu = time.process_time() - cpu_start
@@ -215,17 +289,30 @@ async def latency(phrases: list[bytes]) -> dict:
     cpu_per_talk_s = cpu / talk_s
     vad = [t["vad_to_audio_ms"] for t in turns]
     end = [t["speech_end_to_audio_ms"] for t in turns]
+    voiced = [t["voiced_end_to_audio_ms"] for t in turns]
     return {
+        "load_avg_1m": [load_before, os.getloadavg()[0]],
         "turns": len(turns),
         "vad_to_audio_ms": vad,
+        "speech_end_to_audio_ms": end,
+        "voiced_end_to_audio_ms": voiced,
         "transcript": [
-            {"heard": t["heard"], "answer": t["answer"], "ms": round(t["vad_to_audio_ms"])}
+            {
+                "heard": t["heard"],
+                "answer": t["answer"],
+                "ms": round(t["vad_to_audio_ms"]),
+                "speech_end_ms": round(t["speech_end_to_audio_ms"]),
+                "cut": t["cut"],
+            }
             for t in turns
         ],
+        "lines_cut": [t["heard"] for t in turns if t["cut"]],
         "vad_to_audio_median_ms": statistics.median(vad),
         "vad_to_audio_p95_ms": pct(vad, 0.95),
         "speech_end_to_audio_median_ms": statistics.median(end),
         "speech_end_to_audio_p95_ms": pct(end, 0.95),
+        "voiced_end_to_audio_median_ms": statistics.median(voiced),
+        "voiced_end_to_audio_p95_ms": pct(voiced, 0.95),
         "speculation": thrown_away([speculation]),
         "stt_rtf": stats.stt_rtf(),
         "tts_rtf": stats.tts_rtf(),
@@ -424,8 +511,19 @@ async def run_for_responder(args) -> dict:
         await asyncio.to_thread(llm.shared)
     rss_loaded = rss_mb()
 
-    print("latency, one conversation...", flush=True)
-    single = await latency(phrases)
+    kinds = BOTH if args.turn_detection == "both" else (args.turn_detection,)
+    runs: dict[str, list[dict]] = {kind: [] for kind in kinds}
+    for repeat in range(args.repeat):
+        for kind in kinds:
+            use_turn_detection(kind)
+            print(
+                f"latency, one conversation, {kind} ({repeat + 1} of {args.repeat})...", flush=True
+            )
+            runs[kind].append(await latency(phrases))
+            print("  " + summary_line(runs[kind][-1]), flush=True)
+    by_kind = {kind: pooled(r) for kind, r in runs.items()}
+    use_turn_detection(kinds[0])
+    single = by_kind[kinds[0]]
     print("capacity...", flush=True)
     levels = [1, 2, 3] if args.quick else list(range(1, args.max_conversations + 1))
     if args.skip_capacity:
@@ -447,9 +545,11 @@ async def run_for_responder(args) -> dict:
     doubled = next(
         (r["conversations"] for r in rows if r["vad_to_audio_median_ms"] >= 2 * base), None
     )
-    print("isolation...", flush=True)
-    iso = await isolation(long_pcm)
-    gen_iso = await generation_isolation() if settings.LOCAL_LLM == "embedded" else None
+    iso = gen_iso = None
+    if not args.skip_isolation:
+        print("isolation...", flush=True)
+        iso = await isolation(long_pcm)
+        gen_iso = await generation_isolation() if settings.LOCAL_LLM == "embedded" else None
     return {
         "machine": {
             "cpus": os.cpu_count(),
@@ -462,6 +562,7 @@ async def run_for_responder(args) -> dict:
             "speculative_replies": settings.LOCAL_SPECULATIVE_REPLIES,
         },
         "single": single,
+        "by_turn_detection": by_kind,
         "capacity": rows,
         "latency_doubles_at": doubled,
         "isolation": iso,
@@ -479,6 +580,28 @@ def report_one(result: dict) -> str:
     s, iso = result["single"], result["isolation"]
     lines = [
         f"machine: {result['machine']}",
+        "",
+        "| turn detection | load (1 min) | end of speech -> first audio, median / p95 "
+        "| from the last voiced sample, median / p95 | VAD end -> first audio, median "
+        "| replies begun in a pause: thrown away | lines heard as two turns |",
+        "|---|---|---|---|---|---|---|",
+        *(
+            f"| {kind} | {min(r['load_avg_1m']):.1f}-{max(r['load_avg_1m']):.1f} "
+            f"| {r['speech_end_to_audio_median_ms']:.0f} / "
+            f"{r['speech_end_to_audio_p95_ms']:.0f} ms "
+            f"| {r['voiced_end_to_audio_median_ms']:.0f} / "
+            f"{r['voiced_end_to_audio_p95_ms']:.0f} ms "
+            f"| {r['vad_to_audio_median_ms']:.0f} ms "
+            f"| {r['speculation']['thrown_away']} of {r['speculation']['started']} "
+            f"({r['speculation']['thrown_away_share']:.0%}) | {r['lines_cut'] or 'none'} |"
+            for kind, r in result["by_turn_detection"].items()
+        ),
+        "",
+        *(
+            f"{kind}, conversation {n + 1}: {line}"
+            for kind, r in result["by_turn_detection"].items()
+            for n, line in enumerate(r["runs"])
+        ),
         "",
         "| user said (as heard) | assistant answered | VAD end -> first audio |",
         "|---|---|---|",
@@ -519,6 +642,10 @@ def report_one(result: dict) -> str:
     lines += [
         "",
         f"median latency doubles at: {result['latency_doubles_at'] or 'not reached'} conversations",
+    ]
+    if iso is None:
+        return "\n".join(lines)
+    lines += [
         "",
         f"isolation: conversation A transcribes {iso['utterance_s']:.1f} s of speech in "
         f"{iso['transcription_s']:.2f} s; meanwhile conversation B's event round trip is "
@@ -551,15 +678,22 @@ if __name__ == "__main__":
     parser.add_argument("--turns", type=int, default=len(SCRIPT))
     parser.add_argument("--max-conversations", type=int, default=4)
     parser.add_argument("--skip-capacity", action="store_true", help="latency and isolation only")
+    parser.add_argument(
+        "--skip-isolation", action="store_true", help="no isolation measurements (latency only)"
+    )
     parser.add_argument("--json", help="also write the raw results to this file")
     parser.add_argument(
         "--responders", default="embedded,none", help="LOCAL_LLM values to run, in this order"
     )
     parser.add_argument(
         "--turn-detection",
-        choices=sorted(TURN_DETECTION),
+        choices=[*sorted(TURN_DETECTION), "both"],
         default="server_vad",
-        help="how the engine finds the end of each turn (server_vad: 500 ms of silence)",
+        help="how the engine finds the end of each turn (server_vad: 500 ms of silence; both: "
+        "the two in one run, conversations alternating)",
+    )
+    parser.add_argument(
+        "--repeat", type=int, default=1, help="conversations per turn detection (latency)"
     )
     parser.add_argument(
         "--speculative-replies",
@@ -568,7 +702,7 @@ if __name__ == "__main__":
         help="start replies during the user's pause (on, the default), not (off), or both runs",
     )
     args = parser.parse_args()
-    use_turn_detection(args.turn_detection)
+    use_turn_detection(BOTH[0] if args.turn_detection == "both" else args.turn_detection)
     if args.quick:
         args.turns = min(args.turns, 4)
     result = asyncio.run(main(args))

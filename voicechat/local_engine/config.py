@@ -190,6 +190,7 @@ class TurnDetection:
     interrupt_response: bool
     # semantic_vad: a turn model ends the turn in a pause; silence_duration_ms is the longest wait.
     semantic: bool = False
+    eagerness: str = "auto"  # semantic_vad's
 
 
 def turn_detection(session: dict) -> TurnDetection | None:
@@ -204,6 +205,7 @@ def turn_detection(session: dict) -> TurnDetection | None:
             create_response=td.get("create_response", True),
             interrupt_response=td.get("interrupt_response", True),
             semantic=True,
+            eagerness=td.get("eagerness") or "auto",
         )
     return TurnDetection(
         threshold=td["threshold"],

@@ -34,6 +34,14 @@ FIRST_CLAUSE_MIN = 12
 FIRST_CLAUSE = re.compile(r"(?<=[,;:—])\s+")
 
 
+def first_piece(sentence: str) -> str:
+    """What of a reply's first sentence is spoken first: up to its first clause break if long."""
+    match = FIRST_CLAUSE.search(sentence, FIRST_CLAUSE_MIN)
+    if len(sentence) > FIRST_PIECE_MAX and match:
+        return sentence[: match.start()]
+    return sentence
+
+
 def text_tokens(text: str) -> int:
     return math.ceil(len(text) / 4) if text else 0
 
@@ -269,10 +277,10 @@ class ResponseRun:
         """Queue a sentence for speech; the first one is cut at a clause for faster first audio."""
         if not self._queued_any:
             self._queued_any = True
-            match = FIRST_CLAUSE.search(sentence, FIRST_CLAUSE_MIN)
-            if len(sentence) > FIRST_PIECE_MAX and match:
-                self._sentences.put_nowait(sentence[: match.start()])
-                sentence = sentence[match.end() :]
+            piece = first_piece(sentence)
+            if piece != sentence:
+                self._sentences.put_nowait(piece)
+                sentence = sentence[len(piece) :].lstrip()
         self._sentences.put_nowait(sentence)
 
     async def _speak(self, entry: Entry) -> None:
@@ -280,7 +288,7 @@ class ResponseRun:
         content = entry.item["content"][0]
         where = self._where(entry)
         while (sentence := await self._sentences.get()) is not None:
-            pcm = await speech.synthesize(sentence, self.voice, self._stats)
+            pcm = await self._synthesize(sentence)
             if self.finished:
                 return
             spoken = sentence if not content["transcript"] else " " + sentence
@@ -300,6 +308,16 @@ class ResponseRun:
             entry.audio_ms += len(pcm) / 48  # PCM16 24 kHz: 48 bytes per ms
             self._out_audio_ms += len(pcm) / 48
             entry.segments.append(Segment(sentence, start_ms, entry.audio_ms))
+
+    async def _synthesize(self, sentence: str) -> bytes:
+        """The sentence's audio: synthesized ahead by a reply begun in the pause, or now."""
+        audio_for = getattr(self._responder, "audio_for", None)
+        ahead = audio_for(sentence, self.voice) if audio_for is not None else None
+        if ahead is not None:
+            await asyncio.wait([ahead])
+            if not ahead.cancelled() and ahead.exception() is None:
+                return ahead.result()
+        return await speech.synthesize(sentence, self.voice, self._stats)
 
     async def _close_message(self, *, status: str) -> None:
         """Let the speaker finish what was said so far, then close the message."""

@@ -10,6 +10,7 @@ turn's end starts a response, the reply itself (speculation.py).
 import asyncio
 import logging
 from collections.abc import Callable
+from dataclasses import dataclass
 
 from django.core.exceptions import ImproperlyConfigured
 
@@ -90,6 +91,8 @@ class RealtimeSession:
         self._vad = None  # follows the speech in every mode (PUSH_TO_TALK_SPEECH)
         self._vad_origin_ms = 0.0  # session time the VAD counts from
         self._pause_judge: PauseJudge | None = None  # semantic_vad only
+        # semantic_vad judged the pause the end of the turn; it ends when the reply is ready.
+        self._held_end: _HeldEnd | None = None
         self._speech_item_id: str | None = None
         self._speech_start_ms = 0
         self._stt_fed_ms = 0.0
@@ -167,9 +170,12 @@ class RealtimeSession:
         self._speech_item_id = None
         self.transcriber.stream_cancel()  # a turn in progress is gone with the old VAD
         self._drop_speculation()
+        self._held_end = None
         self._pause_judge = None
         if td is not None and td.semantic:
-            self._pause_judge = PauseJudge(max_wait_ms=td.silence_duration_ms)
+            self._pause_judge = PauseJudge(
+                max_wait_ms=td.silence_duration_ms, eagerness=td.eagerness
+            )
         from voicechat.local_engine.vad import VoiceActivityDetector
 
         follow = td or PUSH_TO_TALK_SPEECH
@@ -198,6 +204,9 @@ class RealtimeSession:
             at_ms = int(self._vad_origin_ms + vad_event.audio_ms)
             if vad_event.kind == "speech_started":
                 self._speech_started(at_ms)
+            elif self._held_end is not None:
+                # The longest semantic_vad waits: the turn ends where it was judged finished.
+                self._speech_stopped(at_ms, ended_ms=self._held_end.judged_ms)
             else:
                 self._speech_stopped(at_ms)
         if self._speech_item_id is not None:
@@ -247,11 +256,14 @@ class RealtimeSession:
         if not config.speculative_replies():
             return
         user = Entry(item=_user_audio_item(self._speech_item_id), transcript=transcript)
+        audio_out = "audio" in self.session["output_modalities"]
         self._speculation = Speculation(
             self.responder,
             self._reply_turn([*self.conversation, user]),
             self.speculation_stats,
             spawn=self._spawn,
+            voice=self.session["audio"]["output"]["voice"] if audio_out else None,
+            speech_stats=self.stats,
         )
 
     async def _reply_turn(self, entries: list[Entry]) -> Turn:
@@ -268,15 +280,23 @@ class RealtimeSession:
             speculation.drop()
 
     async def _judge_pause(self) -> None:
-        """semantic_vad: end the turn in a pause as soon as the turn model says it is over."""
+        """semantic_vad: end the turn in a pause as soon as the turn model says it is over.
+
+        If a reply was begun in this pause and cannot start playing yet, the turn ends when it
+        can (_hold_end): ending it sooner would not bring the answer sooner, and a user who goes
+        on meanwhile was only pausing.
+        """
         if self._speech_item_id is None:
             return
         judge = self._pause_judge
         pause_ms = self._vad.silence_ms
         if pause_ms == 0:
             judge.forget()
+            self._held_end = None
             return
         heard_ms = self._vad_origin_ms + self._vad.processed_ms
+        if self._held_end is not None:
+            return  # judged: ends when the reply is ready, or at the longest wait (_hear)
         if judge.wants_to_ask(pause_ms):
             # The speech and the start of the pause (semantic_vad.py says why this much).
             speech_start_ms = max(self._speech_start_ms, heard_ms - TURN_MODEL_AUDIO_MS)
@@ -286,10 +306,38 @@ class RealtimeSession:
         item_id = self._speech_item_id
         if await judge.ends_turn(pause_ms) and self._speech_item_id == item_id:
             logger.debug(
-                "turn ended %d ms into a pause, P(complete) %.3f", pause_ms, judge.probability or 0
+                "turn judged finished %d ms into a pause, P(complete) %.3f",
+                pause_ms,
+                judge.probability or 0,
             )
-            silence_start = self._vad.end_speech().audio_ms
-            self._speech_stopped(int(self._vad_origin_ms + silence_start), ended_ms=heard_ms)
+            speculation = self._speculation
+            if speculation is not None and not speculation.ready:
+                self._hold_end(item_id, heard_ms, speculation)
+            else:
+                self._end_in_pause(heard_ms)
+
+    def _hold_end(self, item_id: str, judged_ms: float, speculation: Speculation) -> None:
+        """End the turn, at the point of the audio it was judged finished, once the reply begun
+        in the pause is ready to be heard; not if the user speaks first (_judge_pause)."""
+        held = self._held_end = _HeldEnd(item_id, judged_ms)
+
+        async def end_when_ready() -> None:
+            await speculation.wait_ready()
+            if (
+                self._held_end is held
+                and self._speech_item_id == item_id
+                and self._vad.silence_ms > 0
+            ):
+                self._end_in_pause(judged_ms)
+
+        self._spawn(end_when_ready())
+
+    def _end_in_pause(self, ended_ms: float) -> None:
+        """semantic_vad ends the turn in the current pause; OpenAI reports the end of the
+        speech as where the turn ended (ended_ms, session time)."""
+        self._held_end = None
+        silence_start = self._vad.end_speech().audio_ms
+        self._speech_stopped(int(self._vad_origin_ms + silence_start), ended_ms=ended_ms)
 
     def _speech_started(self, at_ms: int) -> None:
         item_id = self._speech_item_id = new_id("item")
@@ -332,6 +380,7 @@ class RealtimeSession:
             ended_ms = silence_start_ms + td.silence_duration_ms
         end_ms = int(min(ended_ms, self._total_ms))
         item_id, self._speech_item_id = self._speech_item_id, None
+        self._held_end = None
         self.emit("input_audio_buffer.speech_stopped", audio_end_ms=end_ms, item_id=item_id)
         self._stream_to_stt(end_ms)
         pcm = self._take_buffer(self._speech_start_ms, end_ms)
@@ -654,6 +703,14 @@ class RealtimeSession:
             time_zone=self.time_zone,
         )
         return turn, (text_in, audio_in)
+
+
+@dataclass(eq=False)
+class _HeldEnd:
+    """A turn semantic_vad judged finished at `judged_ms`, waiting for its reply."""
+
+    item_id: str
+    judged_ms: float
 
 
 def _require_turn_model() -> None:

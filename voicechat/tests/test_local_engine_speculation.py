@@ -279,3 +279,108 @@ async def test_push_to_talk_drops_the_reply_when_the_press_is_cleared():
         await client.wait("input_audio_buffer.cleared")
         assert stats(client).thrown_away == 1
         assert not client.log.of("response.created")
+
+
+class SureTurnModel:
+    """A turn model sure the user has finished at every pause: semantic_vad ends it at once."""
+
+    def probability_complete(self, pcm16_24k: bytes) -> float:
+        return 0.99
+
+
+class Gated:
+    """The rule-based responder, held back until `gate` is set: a reply that is slow to come."""
+
+    def __init__(self) -> None:
+        self.inner = OfflineResponder()
+        self.gate = asyncio.Event()
+
+    async def respond(self, turn: Turn):
+        await self.gate.wait()
+        async for out in self.inner.respond(turn):
+            yield out
+
+
+def held_end(client: EngineClient):
+    return client.upstream._session._held_end
+
+
+async def test_semantic_vad_ends_a_finished_turn_when_its_reply_is_ready(settings):
+    settings.LOCAL_TURN_MODEL = f"{__name__}.SureTurnModel"
+    gated = Watched(Gated())
+    async with client_with(gated) as client:
+        await client.send(hands_free({"type": "semantic_vad", "eagerness": "medium"}))
+        await client.append_audio(silence(200) + voice(1000) + silence(2000))
+        await until(lambda: held_end(client) is not None)  # judged finished, reply not ready
+        assert not client.log.of("input_audio_buffer.speech_stopped")
+        gated.inner.gate.set()
+        stopped = await client.wait("input_audio_buffer.speech_stopped")
+        # Where it was judged finished (the model's second answer, ~192 ms into the pause),
+        # not where the audio had got to when the reply was ready.
+        assert 1200 < stopped["audio_end_ms"] < 1200 + 400, stopped
+        done = await client.wait("response.done")
+        assert done["response"]["status"] == "completed"
+        assert len(gated.asked) == 1
+        assert (stats(client).used, stats(client).thrown_away) == (1, 0)
+
+
+async def test_semantic_vad_keeps_the_turn_when_the_user_goes_on_before_the_reply_is_ready(
+    settings,
+):
+    settings.LOCAL_TURN_MODEL = f"{__name__}.SureTurnModel"
+    gated = Watched(Gated())
+    async with client_with(gated) as client:
+        await client.send(hands_free({"type": "semantic_vad", "eagerness": "medium"}))
+        await client.append_audio(silence(200) + voice(1000) + silence(400))
+        await until(lambda: held_end(client) is not None)  # "finished", as far as the model knows
+        first_guess = last_user_text(gated.asked[0])
+
+        await client.append_audio(voice(1000) + silence(600))  # ... but the user goes on
+        await until(lambda: stats(client).thrown_away == 1)
+        gated.inner.gate.set()
+        heard = await client.wait("conversation.item.input_audio_transcription.completed")
+        done = await client.wait("response.done")
+        await client.settle(0.2)
+        assert len(client.log.of("input_audio_buffer.speech_stopped")) == 1  # one turn, not two
+        assert len(heard["transcript"]) > len(first_guess)
+        assert reply_text(done).startswith(f"I heard: {heard['transcript']}.")
+        # Of the reply to the first part nothing shows: one response, one reply item.
+        assert len(client.log.of("response.created")) == 1
+        added = client.log.of("conversation.item.added")
+        assert [a["item"]["role"] for a in added] == ["user", "assistant"]
+        assert (stats(client).used, stats(client).thrown_away) == (1, 1)
+
+
+async def test_the_first_sentence_is_synthesized_during_the_pause_and_not_again(monkeypatch):
+    from voicechat.local_engine import speech
+
+    synthesized: list[str] = []
+
+    def fake_synthesis(text: str, voice: str) -> bytes:
+        synthesized.append(text)
+        return b"\0\0" * 2400  # 100 ms
+
+    monkeypatch.setattr(speech, "_synthesize_sync", fake_synthesis)
+    watched = Watched()
+    async with client_with(watched) as client:
+        await client.send(
+            {
+                "type": "session.update",
+                "session": {
+                    "type": "realtime",
+                    "output_modalities": ["audio"],
+                    "audio": {"input": {"turn_detection": SERVER_VAD}},
+                },
+            }
+        )
+        await client.append_audio(silence(200) + voice(1000) + silence(200))
+        await until(lambda: synthesized)  # in the 500 ms window, before the turn has ended
+        assert not client.log.of("input_audio_buffer.speech_stopped")
+        await client.append_audio(silence(700))
+        done = await client.wait("response.done")
+        assert done["response"]["status"] == "completed"
+        spoken = done["response"]["output"][0]["content"][0]["transcript"]
+        assert spoken.startswith(synthesized[0])
+        assert len(synthesized) == len(set(synthesized))  # nothing synthesized twice
+        assert client.log.of("response.output_audio.delta")
+        assert (stats(client).used, stats(client).thrown_away) == (1, 0)

@@ -113,10 +113,20 @@ def test_a_corrupt_turn_model_stops_the_server_at_start_up(settings, monkeypatch
 
 
 def test_the_certainty_a_pause_needs_falls_to_nothing_at_the_eagerness_maximum():
-    judge = semantic_vad.PauseJudge(max_wait_ms=4000)
+    judge = semantic_vad.PauseJudge(max_wait_ms=4000, eagerness="medium")
     assert judge.required(semantic_vad.DECIDE_AT_MS) == semantic_vad.THRESHOLD
     assert judge.required(2000) < semantic_vad.THRESHOLD
     assert judge.required(4000) == 0
+
+
+def test_a_lower_eagerness_needs_more_certainty():
+    needed = {
+        eagerness: semantic_vad.PauseJudge(max_wait_ms=4000, eagerness=eagerness).required(
+            semantic_vad.DECIDE_AT_MS
+        )
+        for eagerness in ("low", "medium", "high")
+    }
+    assert needed["low"] > needed["medium"] > needed["high"] > 0.5
 
 
 @pytest.mark.slow
