@@ -323,6 +323,9 @@ METRICS_TOKEN = os.environ.get("METRICS_TOKEN", "")
 
 OPENAI_API_KEY = os.environ.get("OPENAI_API_KEY", "")
 OPENAI_REALTIME_URL = os.environ.get("OPENAI_REALTIME_URL", "wss://api.openai.com/v1/realtime")
+# Where WebRTC calls are made at OpenAI (POST .../realtime/calls, .../calls/{id}/hangup); empty:
+# beside OPENAI_REALTIME_URL (https://api.openai.com/v1/realtime/calls for the default).
+OPENAI_REALTIME_CALLS_URL = os.environ.get("OPENAI_REALTIME_CALLS_URL", "")
 # auto = OpenAI when a key is set, else the offline local engine.
 REALTIME_BACKEND = os.environ.get("REALTIME_BACKEND", "auto").strip().lower()
 if REALTIME_BACKEND not in ("auto", "openai", "local"):

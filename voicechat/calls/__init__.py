@@ -6,8 +6,10 @@ terminates itself with aiortc: the peer connection adapted to a GatewayConversat
 `ClientSocket`, so admission, policy, recording, monitor, limits and end reasons are the
 WebSocket's; the microphone track fed to it as PCM16 24 kHz, the reply played on the outgoing
 track with its playback tracked (output_audio_buffer.*, barge-in truncation), GA events on the
-`oai-events` data channel.
+`oai-events` data channel. With the OpenAI backend the call is made at OpenAI instead (the
+offer forwarded with the server's key and session, the media going to OpenAI directly) and the
+conversation follows it over the call's sideband WebSocket (openai_call.py).
 
-May import: voicechat.gateway, voicechat.access, voicechat.local_engine and the app's core
-modules.
+May import: voicechat.gateway, voicechat.access, voicechat.local_engine, voicechat.upstream
+and the app's core modules.
 """

@@ -51,22 +51,37 @@ HTTP_STATUS_FOR_CLOSE = {
 }
 
 # The calls this process holds, by id: hangup finds them here (a call lives on its process).
-_calls: dict[str, "Call"] = {}
+_calls: dict[str, object] = {}
 
 
-def find(call_id: str) -> "Call | None":
+def find(call_id: str):
+    """The call of this process with that id (a Call, or an OpenAIWebRTCCall), or None."""
     return _calls.get(call_id)
+
+
+def register(call) -> None:
+    _calls[call.id] = call
+
+
+def forget(call) -> None:
+    _calls.pop(call.id, None)
 
 
 class CallRefused(Exception):
     """The call was not started: an HTTP status and an OpenAI-style error object."""
 
     def __init__(
-        self, status: int, message: str, *, code: str, type: str = "invalid_request_error"
+        self,
+        status: int,
+        message: str,
+        *,
+        code: str,
+        type: str = "invalid_request_error",
+        param: str | None = None,
     ) -> None:
         super().__init__(message)
         self.status = status
-        self.error = {"message": message, "type": type, "param": None, "code": code}
+        self.error = {"message": message, "type": type, "param": param, "code": code}
 
 
 def rtc_configuration() -> RTCConfiguration:

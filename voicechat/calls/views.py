@@ -15,9 +15,11 @@ from django.views.decorators.http import require_POST
 
 from voicechat.access import ratelimit
 from voicechat.calls import call as calls
-from voicechat.calls import ephemeral
+from voicechat.calls import ephemeral, openai_call
 from voicechat.calls.access import NotAllowed, caller
 from voicechat.calls.offer import BadOffer, read_offer, read_secret_request
+from voicechat.enums import Backend
+from voicechat.gateway.backends import resolve_backend
 
 audit = logging.getLogger("voicechat.audit")
 
@@ -67,7 +69,10 @@ async def create_call(request: HttpRequest) -> HttpResponse:
     query = request.GET.copy()
     if session and session.get("model"):
         query["model"] = session["model"]
-    call = calls.Call(
+    # With OpenAI the call is made there (the media go to OpenAI directly, the server follows
+    # it on the sideband); with the offline engine this server terminates it.
+    direct = resolve_backend() == Backend.OPENAI
+    call = (openai_call.OpenAIWebRTCCall if direct else calls.Call)(
         who.identity,
         client_ip=client_ip,
         user_agent=request.headers.get("User-Agent", "")[:300],
@@ -75,7 +80,7 @@ async def create_call(request: HttpRequest) -> HttpResponse:
         session=session,
     )
     try:
-        answer = await calls.start(call, offer.sdp)
+        answer = await (openai_call.start if direct else calls.start)(call, offer.sdp)
     except calls.CallRefused as refused:
         return JsonResponse({"error": refused.error}, status=refused.status)
     except Exception:  # logged, and the conversation ended as server_error, by the call

@@ -10,7 +10,7 @@ from django.conf import settings
 
 from voicechat.enums import Backend, EndReason
 from voicechat.upstream.base import Upstream, UpstreamError
-from voicechat.upstream.openai import OpenAIUpstream
+from voicechat.upstream.openai import OpenAICall, OpenAIUpstream, calls_url
 
 
 def resolve_backend() -> Backend:
@@ -56,4 +56,25 @@ def open_upstream(model: str, *, time_zone: str | None = None) -> Upstream:
         api_key=settings.OPENAI_API_KEY,
         model=model,
         connect_timeout=settings.REALTIME_CONNECT_TIMEOUT,
+    )
+
+
+def open_openai_call(model: str, *, offer_sdp: str, session: dict) -> OpenAICall:
+    """The upstream of a WebRTC call made at OpenAI (not yet connected): connecting posts the
+    client's offer with `session` (the server's configuration) and attaches the sideband."""
+    if not settings.OPENAI_API_KEY:
+        raise UpstreamError(
+            EndReason.NOT_CONFIGURED,
+            "REALTIME_BACKEND is openai but OPENAI_API_KEY is not set on the server.",
+            code="backend_not_configured",
+        )
+    return OpenAICall(
+        url=settings.OPENAI_REALTIME_URL,
+        calls_endpoint=settings.OPENAI_REALTIME_CALLS_URL
+        or calls_url(settings.OPENAI_REALTIME_URL),
+        api_key=settings.OPENAI_API_KEY,
+        model=model,
+        connect_timeout=settings.REALTIME_CONNECT_TIMEOUT,
+        offer_sdp=offer_sdp,
+        session=session,
     )

@@ -12,6 +12,7 @@ import asyncio
 import collections
 import contextlib
 import logging
+from collections.abc import Callable
 from typing import Protocol
 from urllib.parse import parse_qs
 
@@ -118,12 +119,17 @@ class GatewayConversation:
         client_ip: str,
         user_agent: str,
         query_string: str,
+        upstream: Callable[[str], Upstream] | None = None,
     ) -> None:
         self.client = client
         self.identity = identity
         self.client_ip = client_ip
         self.user_agent = user_agent
         self.query_string = query_string
+        # A transport whose session lives outside the gateway (a WebRTC call made at OpenAI,
+        # voicechat/calls/) gives its own: upstream(model) makes it, unconnected. Such a session
+        # is bound to its client, so it is never recycled; the backend's own otherwise.
+        self._given_upstream = upstream
 
     async def open(self) -> None:
         """Start the conversation on an accepted socket: admit it, store it, open its upstream."""
@@ -369,7 +375,10 @@ class GatewayConversation:
         then relay until the upstream ends."""
         try:
             await self._admit()
-            self.upstream = open_upstream(self.model, time_zone=self.time_zone)
+            if self._given_upstream is not None:
+                self.upstream = self._given_upstream(self.model)
+            else:
+                self.upstream = open_upstream(self.model, time_zone=self.time_zone)
             with self.meter.connecting():
                 await self.upstream.connect()
             await self.upstream.send(
@@ -381,7 +390,7 @@ class GatewayConversation:
                 await self.upstream.send(self.pending.popleft())
             self.upstream_ready = True
             self._take_shortcut()
-            if settings.REALTIME_RECYCLE_AFTER_SECONDS:
+            if settings.REALTIME_RECYCLE_AFTER_SECONDS and self._given_upstream is None:
                 self.recycle_task = asyncio.create_task(self._recycle_when_due())
             while True:
                 upstream = self.upstream

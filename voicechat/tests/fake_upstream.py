@@ -10,6 +10,9 @@ and make the next responses call functions (call_function_next), as a model does
 import asyncio
 import base64
 import collections
+import contextlib
+import email
+import email.policy
 import itertools
 import json
 from pathlib import Path
@@ -108,6 +111,7 @@ class FakeRealtimeServer:
         self._ids = itertools.count(1)
         self._server = None
         self.port = 0
+        self.calls_endpoint: FakeCallsEndpoint | None = None  # serve_calls() starts it
 
     @property
     def url(self) -> str:
@@ -121,6 +125,8 @@ class FakeRealtimeServer:
         return self
 
     async def __aexit__(self, *exc) -> None:
+        if self.calls_endpoint is not None:
+            await self.calls_endpoint.close()
         self._server.close()
         await self._server.wait_closed()
 
@@ -132,6 +138,14 @@ class FakeRealtimeServer:
     ) -> Response | None:
         self.request_headers.append(request.headers)
         self.request_paths.append(request.path)
+        if self.calls_endpoint is not None and "call_id=" in request.path:
+            # A sideband: OpenAI's key, and a call it made (else 404 call_id_not_found).
+            call_id = request.path.split("call_id=", 1)[1].split("&")[0]
+            key = self.calls_endpoint.api_key
+            if key is not None and request.headers.get("Authorization") != f"Bearer {key}":
+                return connection.respond(401, "invalid_api_key")
+            if call_id not in self.calls_endpoint.calls:
+                return connection.respond(404, "call_id_not_found")
         if self.accept_delay:
             await asyncio.sleep(self.accept_delay)
         if self.reject_status:
@@ -176,6 +190,11 @@ class FakeRealtimeServer:
 
     async def _handler(self, ws: ServerConnection) -> None:
         self.connections.append(ws)
+        if self.calls_endpoint is not None and "call_id=" in ws.request.path:
+            call_id = ws.request.path.split("call_id=", 1)[1].split("&")[0]
+            await self.calls_endpoint.calls[call_id].sideband(ws)
+            self.closed.set()
+            return
         session = new_session()
         state = {"last_item": None, "last_user_text": "", "audio_bytes": 0}
         await self._send(ws, {"type": "session.created", "session": session})
@@ -255,6 +274,8 @@ class FakeRealtimeServer:
             return self._response(state)
         if etype == "input_audio_buffer.clear":
             return [{"type": "input_audio_buffer.cleared"}]
+        if etype == "conversation.item.delete":
+            return [{"type": "conversation.item.deleted", "item_id": event["item_id"]}]
         if etype == "response.cancel":
             return []
         return [
@@ -373,3 +394,262 @@ class FakeRealtimeServer:
                 "response": {**base, "status": "completed", "output": [done_item], "usage": USAGE},
             },
         ]
+
+
+# --- WebRTC calls: OpenAI's calls endpoint and the sideband ------------------------------------
+# serve_calls() starts an HTTP listener on loopback for POST /v1/realtime/calls (the multipart
+# offer, answered by a real aiortc peer that carries the call's events on `oai-events`) and
+# .../hangup; a WebSocket to the fake with ?call_id= is that call's sideband. A call's events go
+# to its data channel and to every sideband, whichever side caused them, as OpenAI's do.
+
+
+class FakeCall:
+    """One call the fake OpenAI made: its peer connection, its session, its sidebands."""
+
+    def __init__(self, server: "FakeRealtimeServer", call_id: str, session: dict) -> None:
+        self.server = server
+        self.id = call_id
+        self.session = new_session()
+        merge(self.session, {k: v for k, v in session.items() if k != "type"})
+        self.state = {"last_item": None, "last_user_text": "", "audio_bytes": 0}
+        self.pc = None
+        self.channel = None
+        self.sidebands: list[ServerConnection] = []
+        self.data_channel_events: list[dict] = []  # client events from the caller, directly
+        self.sideband_events: list[dict] = []  # client events from the sideband
+        self.audio_frames = 0  # microphone frames that reached the fake directly
+        self.hung_up = asyncio.Event()
+        self._tasks: set[asyncio.Task] = set()
+
+    async def answer(self, offer_sdp: str) -> str:
+        from aiortc import RTCConfiguration, RTCPeerConnection, RTCSessionDescription
+        from aiortc.mediastreams import AudioStreamTrack, MediaStreamError
+
+        self.pc = pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
+
+        @pc.on("datachannel")
+        def on_datachannel(channel) -> None:
+            self.channel = channel
+
+            @channel.on("message")
+            def on_message(message: str) -> None:
+                event = json.loads(message)
+                self.data_channel_events.append(event)
+                self._spawn(self.handle(event))
+
+            self._spawn(
+                self._send_to(channel, {"type": "session.created", "session": self.session})
+            )
+
+        @pc.on("track")
+        def on_track(track) -> None:
+            async def read() -> None:
+                while True:
+                    try:
+                        await track.recv()
+                    except MediaStreamError:
+                        return
+                    self.audio_frames += 1
+
+            self._spawn(read())
+
+        await pc.setRemoteDescription(RTCSessionDescription(sdp=offer_sdp, type="offer"))
+        pc.addTrack(AudioStreamTrack())  # the reply's track (silent here)
+        await pc.setLocalDescription(await pc.createAnswer())
+        return pc.localDescription.sdp
+
+    def _spawn(self, coro) -> None:
+        task = asyncio.ensure_future(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _send_to(self, target, event: dict) -> None:
+        text = json.dumps({"event_id": self.server._id("event"), **event})
+        if target is self.channel:
+            if self.channel is not None and self.channel.readyState == "open":
+                self.channel.send(text)
+        else:
+            with contextlib.suppress(Exception):
+                await target.send(text)
+
+    async def emit(self, event: dict) -> None:
+        """A server event of the call: to the caller's data channel and to every sideband."""
+        event = {"type": event.pop("type"), **event}
+        await self._send_to(self.channel, event)
+        for ws in list(self.sidebands):
+            await self._send_to(ws, event)
+
+    async def handle(self, event: dict) -> None:
+        for reply in self.server._reply(event, self.session, self.state):
+            await self.emit(reply)
+
+    async def sideband(self, ws: ServerConnection) -> None:
+        self.sidebands.append(ws)
+        await self._send_to(ws, {"type": "session.created", "session": self.session})
+        try:
+            async for frame in ws:
+                event = json.loads(frame)
+                self.server.received.append(event)
+                self.sideband_events.append(event)
+                await self.handle(event)
+        except Exception:
+            pass
+        finally:
+            if ws in self.sidebands:
+                self.sidebands.remove(ws)
+
+    async def hang_up(self) -> None:
+        self.hung_up.set()
+        for ws in list(self.sidebands):
+            with contextlib.suppress(Exception):
+                await ws.close(1000)
+        if self.pc is not None:
+            await self.pc.close()
+        for task in list(self._tasks):
+            task.cancel()
+
+
+class _HttpRequest:
+    def __init__(self, method: str, path: str, headers: dict[str, str], body: bytes) -> None:
+        self.method, self.path, self.headers, self.body = method, path, headers, body
+
+    def parts(self) -> dict[str, bytes]:
+        """A multipart/form-data body's fields, by name."""
+        message = email.message_from_bytes(
+            b"Content-Type: "
+            + self.headers.get("content-type", "").encode()
+            + b"\r\n\r\n"
+            + self.body,
+            policy=email.policy.HTTP,
+        )
+        return {
+            part.get_param("name", header="content-disposition"): part.get_payload(decode=True)
+            for part in message.iter_parts()
+        }
+
+
+async def _read_http_request(reader: asyncio.StreamReader) -> _HttpRequest:
+    head = (await reader.readuntil(b"\r\n\r\n")).decode("latin-1")
+    request_line, *lines = head.split("\r\n")
+    method, path, _ = request_line.split(" ", 2)
+    headers = {}
+    for line in lines:
+        if ":" in line:
+            name, value = line.split(":", 1)
+            headers[name.strip().lower()] = value.strip()
+    if headers.get("transfer-encoding", "").lower() == "chunked":
+        body = b""
+        while True:
+            size = int((await reader.readuntil(b"\r\n")).split(b";")[0], 16)
+            chunk = await reader.readexactly(size + 2)
+            if size == 0:
+                break
+            body += chunk[:-2]
+    else:
+        body = await reader.readexactly(int(headers.get("content-length") or 0))
+    return _HttpRequest(method, path, headers, body)
+
+
+class FakeCallsEndpoint:
+    """What FakeRealtimeServer.serve_calls() adds: OpenAI's calls endpoint over HTTP."""
+
+    def __init__(self, server: "FakeRealtimeServer", api_key: str | None) -> None:
+        self.server = server
+        self.api_key = api_key  # the Bearer key every request must carry (None: any)
+        self.calls: dict[str, FakeCall] = {}
+        self.requests: list[dict] = []  # each POST: method, path, headers, sdp, session
+        self.hangups: list[str] = []  # call ids hung up, in order
+        # (status, error object): the next offers are refused so, as OpenAI refuses them.
+        self.refuse: tuple[int, dict] | None = None
+        self.port = 0
+        self._listener: asyncio.Server | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/v1/realtime/calls"
+
+    async def start(self) -> None:
+        self._listener = await asyncio.start_server(self._serve, "127.0.0.1", 0)
+        self.port = self._listener.sockets[0].getsockname()[1]
+
+    async def close(self) -> None:
+        for call in list(self.calls.values()):
+            await call.hang_up()
+        if self._listener is not None:
+            self._listener.close()
+
+    def newest(self) -> FakeCall:
+        return list(self.calls.values())[-1]
+
+    async def wait_for_call(self, timeout: float = 10) -> FakeCall:
+        async with asyncio.timeout(timeout):
+            while not self.calls:
+                await asyncio.sleep(0.01)
+        return self.newest()
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            request = await _read_http_request(reader)
+            status, headers, body = await self._respond(request)
+        except Exception as exc:  # a broken request: the fake says so, as a 400
+            status, headers, body = 400, {"Content-Type": "text/plain"}, repr(exc).encode()
+        reason = {200: "OK", 201: "Created"}.get(status, "Error")
+        head = f"HTTP/1.1 {status} {reason}\r\nContent-Length: {len(body)}\r\nConnection: close\r\n"
+        head += "".join(f"{name}: {value}\r\n" for name, value in headers.items())
+        writer.write(head.encode() + b"\r\n" + body)
+        with contextlib.suppress(Exception):
+            await writer.drain()
+            writer.close()
+
+    @staticmethod
+    def _error(status: int, error: dict) -> tuple[int, dict, bytes]:
+        body = json.dumps({"error": {"type": "invalid_request_error", "param": None, **error}})
+        return status, {"Content-Type": "application/json"}, body.encode()
+
+    async def _respond(self, request: _HttpRequest) -> tuple[int, dict, bytes]:
+        record = {"method": request.method, "path": request.path, "headers": request.headers}
+        self.requests.append(record)
+        authorization = request.headers.get("authorization", "")
+        if self.api_key is not None and authorization != f"Bearer {self.api_key}":
+            return self._error(
+                401,
+                {
+                    "message": f"Incorrect API key provided: {authorization[7:]}",
+                    "code": "invalid_api_key",
+                },
+            )
+        path = request.path.split("?", 1)[0]
+        if request.method == "POST" and path == "/v1/realtime/calls":
+            parts = request.parts()
+            record["sdp"] = parts["sdp"].decode()
+            record["session"] = json.loads(parts["session"]) if "session" in parts else None
+            if self.refuse is not None:
+                return self._error(*self.refuse)
+            call = FakeCall(self.server, self.server._id("rtc"), record["session"] or {})
+            self.calls[call.id] = call
+            answer = await call.answer(record["sdp"])
+            headers = {
+                "Content-Type": "application/sdp",
+                "Location": f"/v1/realtime/calls/{call.id}",
+            }
+            return 201, headers, answer.encode()
+        if request.method == "POST" and path.endswith("/hangup"):
+            call_id = path.split("/")[-2]
+            self.hangups.append(call_id)
+            call = self.calls.get(call_id)
+            if call is None:
+                return self._error(404, {"message": "Call not found.", "code": "call_not_found"})
+            await call.hang_up()
+            return 200, {}, b""
+        return self._error(404, {"message": f"No route {path}.", "code": "not_found"})
+
+
+async def serve_calls(
+    server: "FakeRealtimeServer", api_key: str | None = None
+) -> FakeCallsEndpoint:
+    """Give `server` OpenAI's calls endpoint (server.calls_endpoint); its WebSocket then takes
+    sidebands (?call_id=). Closed with the server."""
+    endpoint = FakeCallsEndpoint(server, api_key)
+    await endpoint.start()
+    server.calls_endpoint = endpoint
+    return endpoint
