@@ -400,3 +400,64 @@ async def test_openai_unreachable(openai_calls, gateway_server, alice, alice_tok
     assert response.json()["error"]["code"] == "upstream_unreachable"
     conversation = await finished_conversation(alice)
     assert conversation.end_reason == EndReason.UPSTREAM_UNREACHABLE
+
+
+async def test_a_client_fighting_the_policy_is_ended_as_abuse(
+    openai_calls, gateway_server, alice, alice_token, peer, monkeypatch
+):
+    from voicechat.calls import openai_call
+
+    monkeypatch.setattr(openai_call, "MAX_REVERTS_PER_MINUTE", 3)
+    await make_call(gateway_server, alice_token, peer)
+    fake_call = openai_calls.newest()
+    await peer.connected()
+    await peer.wait_for("session.created")
+    for attempt in range(5):
+        peer.send(
+            {
+                "type": "session.update",
+                "session": {"type": "realtime", "instructions": f"No {attempt}"},
+            }
+        )
+    await asyncio.wait_for(fake_call.hung_up.wait(), 15)
+    conversation = await finished_conversation(alice)
+    assert conversation.end_reason == EndReason.ABUSE
+
+
+async def test_a_client_secret_makes_a_call_at_openai_with_its_session(
+    openai_calls, gateway_server, alice, alice_token, peer
+):
+    """OpenAI's ek_ flow against this server: the secret is ours, never OpenAI's."""
+    async with httpx.AsyncClient() as client:
+        issued = await client.post(
+            f"http://{gateway_server}/v1/realtime/client_secrets",
+            json={"session": {"type": "realtime", "audio": {"output": {"voice": "sage"}}}},
+            headers={"Authorization": f"Bearer {alice_token}"},
+        )
+    assert issued.status_code == 200
+    assert PROVIDER_KEY not in issued.text
+    secret = issued.json()["value"]
+    async with httpx.AsyncClient() as client:
+        response = await client.post(
+            f"http://{gateway_server}/v1/realtime/calls",
+            content=await peer.offer(),
+            headers={"Authorization": f"Bearer {secret}", "Content-Type": "application/sdp"},
+            timeout=30,
+        )
+    assert response.status_code == 201, response.text
+    assert PROVIDER_KEY not in response.text
+    assert openai_calls.requests[0]["headers"]["authorization"] == f"Bearer {PROVIDER_KEY}"
+    assert openai_calls.requests[0]["session"]["audio"]["output"]["voice"] == "sage"
+    await peer.accept(response.text)
+    await peer.connected()
+    await peer.wait_for("session.created")
+    call_id = response.headers["location"].rsplit("/", 1)[1]
+    async with httpx.AsyncClient() as client:
+        hung_up = await client.post(
+            f"http://{gateway_server}/v1/realtime/calls/{call_id}/hangup",
+            headers={"Authorization": f"Bearer {secret}"},
+        )
+    assert hung_up.status_code == 200
+    assert openai_calls.hangups == [openai_calls.newest().id]
+    conversation = await finished_conversation(alice)
+    assert conversation.auth_method == "client_secret"
