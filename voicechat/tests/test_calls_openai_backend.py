@@ -461,3 +461,29 @@ async def test_a_client_secret_makes_a_call_at_openai_with_its_session(
     assert openai_calls.hangups == [openai_calls.newest().id]
     conversation = await finished_conversation(alice)
     assert conversation.auth_method == "client_secret"
+
+
+@pytest.mark.parametrize(
+    ("query", "draining", "status", "code"),
+    [
+        ("?model=gpt-unheard-of", False, 400, "model_not_allowed"),
+        ("?model=gpt-realtime", True, 503, "server_shutdown"),
+    ],
+)
+async def test_the_conversations_admission_answers_before_openai_hears_of_the_call(
+    openai_calls, gateway_server, alice_token, peer, query, draining, status, code
+):
+    from voicechat import lifecycle
+
+    if draining:
+        await lifecycle.shutdown_all()
+    async with httpx.AsyncClient() as client:
+        response = await client.post(
+            f"http://{gateway_server}/v1/realtime/calls{query}",
+            content=await peer.offer(),
+            headers={"Authorization": f"Bearer {alice_token}", "Content-Type": "application/sdp"},
+            timeout=30,
+        )
+    assert response.status_code == status
+    assert response.json()["error"]["code"] == code
+    assert openai_calls.requests == []
