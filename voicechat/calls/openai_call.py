@@ -78,7 +78,12 @@ class SessionGuard:
         self.scope = scope
         self.model = model
         self.server = server_session
-        self.voices = frozenset(settings.REALTIME_VOICES)
+        audio = server_session.get("audio") or {}
+        # What the server set itself is always allowed back (else a revert would loop).
+        self.voices = frozenset(settings.REALTIME_VOICES) | {audio["output"]["voice"]}
+        self.transcription_models = scope.transcription_models | {
+            audio["input"]["transcription"].get("model")
+        }
         self.server_tools = server_tools.declarations(offline_engine=False)
 
     def revert(self, session: dict) -> dict | None:
@@ -121,7 +126,7 @@ class SessionGuard:
         heard = audio.get("input") if isinstance(audio.get("input"), dict) else {}
         if "transcription" in heard and not (
             isinstance(heard["transcription"], dict)
-            and heard["transcription"].get("model") in scope.transcription_models
+            and heard["transcription"].get("model") in self.transcription_models
         ):  # switched off or another model: the transcript is the record
             fix.setdefault("audio", {})["input"] = {
                 "transcription": server_audio["input"]["transcription"]

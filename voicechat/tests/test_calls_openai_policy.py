@@ -102,3 +102,15 @@ def test_system_messages_only_where_instructions_may_be_set(site):
     assert guard(site).forbidden_item(system)
     assert not guard(scopes.full()).forbidden_item(system)
     assert not guard(site).forbidden_item({**system, "role": "user"})
+
+
+def test_the_servers_own_values_are_allowed_whatever_the_scope(site, settings):
+    """A token whose scope names no transcription model (or a site voice missing from the
+    list) still has the server's own: setting them back must not loop."""
+    settings.REALTIME_VOICE = "verse"
+    settings.REALTIME_VOICES = ["marin"]
+    narrow = dataclasses.replace(site, transcription_models=frozenset())
+    assert guard(narrow).revert(server_session(narrow)) is None
+    fix = guard(narrow).revert({"audio": {"input": {"transcription": {"model": "whisper-1"}}}})
+    assert fix["audio"]["input"]["transcription"]["model"] == settings.REALTIME_TRANSCRIPTION_MODEL
+    assert guard(narrow).revert(fix) is None
