@@ -68,10 +68,18 @@ def open_openai_call(model: str, *, offer_sdp: str, session: dict) -> OpenAICall
             "REALTIME_BACKEND is openai but OPENAI_API_KEY is not set on the server.",
             code="backend_not_configured",
         )
+    endpoint = settings.OPENAI_REALTIME_CALLS_URL or calls_url(settings.OPENAI_REALTIME_URL)
+    if not endpoint.startswith(("https://", "http://")) or not endpoint.rstrip("/").endswith(
+        "/realtime/calls"
+    ):
+        raise UpstreamError(
+            EndReason.NOT_CONFIGURED,
+            "OPENAI_REALTIME_CALLS_URL must be an http(s) URL ending in /realtime/calls.",
+            code="backend_not_configured",
+        )
     return OpenAICall(
         url=settings.OPENAI_REALTIME_URL,
-        calls_endpoint=settings.OPENAI_REALTIME_CALLS_URL
-        or calls_url(settings.OPENAI_REALTIME_URL),
+        calls_endpoint=endpoint,
         api_key=settings.OPENAI_API_KEY,
         model=model,
         connect_timeout=settings.REALTIME_CONNECT_TIMEOUT,

@@ -235,6 +235,7 @@ async def test_a_session_the_client_may_not_ask_for_is_refused_before_openai_hea
             400,
             "invalid_offer",
         ),
+        (404, {"message": "Not found.", "code": "not_found"}, 502, "upstream_refused"),
         (
             500,
             {"message": "The server had an error.", "code": "server_error"},
@@ -487,3 +488,21 @@ async def test_the_conversations_admission_answers_before_openai_hears_of_the_ca
     assert response.status_code == status
     assert response.json()["error"]["code"] == code
     assert openai_calls.requests == []
+
+
+async def test_a_calls_url_that_is_no_calls_endpoint_is_a_configuration_error(
+    openai_calls, gateway_server, alice, alice_token, peer, settings
+):
+    settings.OPENAI_REALTIME_CALLS_URL = "wss://api.openai.com/v1/realtime"
+    async with httpx.AsyncClient() as client:
+        response = await client.post(
+            f"http://{gateway_server}/v1/realtime/calls?model=gpt-realtime",
+            content=await peer.offer(),
+            headers={"Authorization": f"Bearer {alice_token}", "Content-Type": "application/sdp"},
+            timeout=30,
+        )
+    assert response.status_code == 503
+    assert response.json()["error"]["code"] == "backend_not_configured"
+    assert openai_calls.requests == []
+    conversation = await finished_conversation(alice)
+    assert conversation.end_reason == EndReason.NOT_CONFIGURED

@@ -127,19 +127,23 @@ def _sdk_client(calls_endpoint: str, api_key: str, timeout: float) -> openai.Asy
     return openai.AsyncOpenAI(api_key=api_key, base_url=base_url, max_retries=0, timeout=timeout)
 
 
+# OpenAI's answers about the request's content (the offer, the session): the caller's to fix.
+_CALLERS_TO_FIX = frozenset({400, 413, 415, 422})
+
+
 def _refusal(exc: openai.APIStatusError) -> CallRefusedByProvider:
     """What the caller is told when OpenAI refuses the offer.
 
-    A bad offer or session (4xx other than the key's and the quota's) is the caller's to fix:
-    OpenAI's own status and error pass through (redacted). The server's key refused (401, 403),
-    its quota (429) or OpenAI failing (5xx) is none of the caller's doing: 502, or 429 for the
-    quota, in words of our own.
+    A bad offer or session (400, 413, 415, 422) is the caller's to fix: OpenAI's own status and
+    error pass through (redacted). Anything else is none of the caller's doing (the server's key
+    refused, a wrong OPENAI_REALTIME_CALLS_URL's 404, OpenAI failing): 502 in words of our own,
+    or 429 for the server's rate limit or quota.
     """
     status = exc.status_code
     body = exc.body if isinstance(exc.body, dict) else {}
     said = redact(str(body.get("message") or ""))[:500]
     logger.warning("OpenAI refused a call's offer: HTTP %s %s", status, said)
-    if status in (401, 403) or status >= 500:
+    if status not in _CALLERS_TO_FIX and status != 429:
         hint = {
             401: "the server's API key was rejected",
             403: "the server's API key may not use this model",
