@@ -359,6 +359,12 @@ REALTIME_TRANSCRIPTION_MODEL = os.environ.get(
     "REALTIME_TRANSCRIPTION_MODEL", "gpt-4o-mini-transcribe"
 )
 REALTIME_LANGUAGE = os.environ.get("REALTIME_LANGUAGE", "en")
+# The chat page's transport: webrtc (the browser's echo canceller hears the reply) or websocket.
+REALTIME_CHAT_TRANSPORT = os.environ.get("REALTIME_CHAT_TRANSPORT", "webrtc").strip().lower()
+if REALTIME_CHAT_TRANSPORT not in ("webrtc", "websocket"):
+    raise ImproperlyConfigured(
+        f"REALTIME_CHAT_TRANSPORT must be webrtc or websocket, got {REALTIME_CHAT_TRANSPORT!r}"
+    )
 # The site default scope (voicechat/access/scopes.py): what browser sessions, and API tokens
 # without a scope of their own, may set. Clients may not replace the server's instructions, tools or
 # prompt unless the deployer allows it; they may pick the server's own transcription model (as

@@ -33,6 +33,9 @@ def chat_config() -> dict:
     """What the chat page's JavaScript needs, handed over with json_script (never templated JS)."""
     return {
         "realtimePath": "/v1/realtime",
+        "callsPath": "/v1/realtime/calls",
+        # webrtc or websocket; the page's own switch (kept in the browser) can pick the other.
+        "transport": settings.REALTIME_CHAT_TRANSPORT,
         "model": settings.REALTIME_MODEL,
         "voices": list(settings.REALTIME_VOICES),
         "voice": settings.REALTIME_VOICE,

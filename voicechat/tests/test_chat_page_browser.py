@@ -28,6 +28,14 @@ launch_browser = browser.launch_browser
 voice_upstream = browser.voice_upstream
 chat_server = browser.chat_server
 
+
+@pytest.fixture(autouse=True)
+def websocket_transport(monkeypatch):
+    """These tests follow the WebSocket path (input_audio_buffer.append, the playback worklet's
+    counts): the chat page is set to the WebSocket (test_chat_page_webrtc_browser.py: WebRTC)."""
+    monkeypatch.setenv("REALTIME_CHAT_TRANSPORT", "websocket")
+
+
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
 
 REPLY = "Sure. Here is a calm, short answer from the fake upstream."

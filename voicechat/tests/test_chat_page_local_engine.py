@@ -29,6 +29,13 @@ launch_browser = browser.launch_browser
 local_chat_server = browser.local_chat_server
 
 
+@pytest.fixture(autouse=True)
+def websocket_transport(monkeypatch):
+    """These tests follow the WebSocket path (input_audio_buffer.append, the playback worklet's
+    counts): the chat page is set to the WebSocket (test_chat_page_webrtc_browser.py: WebRTC)."""
+    monkeypatch.setenv("REALTIME_CHAT_TRANSPORT", "websocket")
+
+
 def spoken_wav(path, *sentences: str, lead_ms: int = 1200):
     """A WAV of the engine's own voice saying each sentence, with pauses for turn-taking."""
     from voicechat.tests.speech import spoken

@@ -20,6 +20,14 @@ voice_upstream = browser.voice_upstream
 chat_server = browser.chat_server
 local_chat_server = browser.local_chat_server
 
+
+@pytest.fixture(autouse=True)
+def websocket_transport(monkeypatch):
+    """These tests read the WebSocket's frames, and the fake upstream has no calls endpoint:
+    the chat page is set to the WebSocket (test_chat_page_webrtc_browser.py: WebRTC)."""
+    monkeypatch.setenv("REALTIME_CHAT_TRANSPORT", "websocket")
+
+
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
 
 REPLY = "A short answer from the fake upstream."

@@ -6,6 +6,7 @@ import { ChatView } from "./chat-view.js";
 import { Connection } from "./connection.js";
 import { Conversation } from "./conversation.js";
 import { EventLog } from "./event-log.js";
+import { gettext } from "./i18n.js";
 import { PushToTalk } from "./push-to-talk.js";
 import { Reconnect } from "./reconnect.js";
 import { Transcript } from "./transcript.js";
@@ -22,11 +23,24 @@ export class VoiceChatApp {
       root.querySelector("[data-transcript-empty]"),
     );
     this.log = new EventLog($("event-log"));
-    this.audio = new AudioGraph(config.worklets, $("mic-waveform"), $("assistant-waveform"));
+    this.audio = new AudioGraph(
+      config.worklets,
+      $("mic-waveform"),
+      $("assistant-waveform"),
+      $("reply-audio"),
+    );
     this.reconnect = new Reconnect($("reconnect"), $("reconnect-countdown"), $("retry-now"));
 
     const mode =
       localStorage.getItem("voicechat.mode") === "push-to-talk" ? "push-to-talk" : "hands-free";
+    // WebRTC (the server's REALTIME_CHAT_TRANSPORT by default) unless the user picked the
+    // WebSocket on this page before, or the browser can't make calls.
+    const savedTransport = localStorage.getItem("voicechat.transport");
+    const transport = !Connection.canCall
+      ? "websocket"
+      : ["webrtc", "websocket"].includes(savedTransport)
+        ? savedTransport
+        : config.transport;
     const savedVoice = localStorage.getItem("voicechat.voice");
     const voice = view.fillVoices(
       config.voices,
@@ -55,9 +69,11 @@ export class VoiceChatApp {
       reconnect: this.reconnect,
       view,
       loginUrl: root.dataset.loginUrl,
+      transport,
     });
     this.wire();
     view.applyMode(mode);
+    view.applyTransport(transport, Connection.canCall);
     this.refresh();
     this.conversation.setStatus("idle");
   }
@@ -80,6 +96,18 @@ export class VoiceChatApp {
     view.addEventListener("voice", (event) => {
       localStorage.setItem("voicechat.voice", event.detail);
       conversation.changeVoice(event.detail);
+    });
+    view.addEventListener("transport", (event) => {
+      localStorage.setItem("voicechat.transport", event.detail);
+      connection.transport = event.detail;
+    });
+    connection.addEventListener("fallback", () => {
+      view.applyTransport("websocket", Connection.canCall);
+      view.showAlert(
+        gettext("WebRTC isn't available here, so this conversation uses the WebSocket instead."),
+        "info",
+        { transient: true },
+      );
     });
     view.addEventListener("mode", (event) => {
       localStorage.setItem("voicechat.mode", event.detail);

@@ -1,5 +1,7 @@
 // The page's audio for one conversation: the AudioContext with both worklets, the Player for the
 // replies, the Recorder for the microphone, and the two Waveforms drawn from their analysers.
+// Over WebRTC the reply comes as a remote stream instead: an <audio> element plays it (so the
+// browser's echo canceller hears it) and an AnalyserNode on it draws the assistant's waveform.
 // Player and Recorder are made anew for every conversation, so their events are announced again
 // from this one object ("chunk", "progress", "started", "drained", "microphone-lost"); what goes
 // wrong is a "warning" with a sentence to show, and "change" asks for the controls to be redrawn.
@@ -12,10 +14,15 @@ export class AudioGraph extends EventTarget {
   /**
    * @param {{capture: string, playback: string}} worklets the worklets' static URLs
    * @param {HTMLCanvasElement} micCanvas @param {HTMLCanvasElement} assistantCanvas
+   * @param {HTMLAudioElement} replyAudio plays a call's remote stream
    */
-  constructor(worklets, micCanvas, assistantCanvas) {
+  constructor(worklets, micCanvas, assistantCanvas, replyAudio) {
     super();
     this.worklets = worklets;
+    this.replyAudio = replyAudio;
+    this.remoteStream = null; // a call's reply, while there is one
+    this.remoteSource = null;
+    this.remoteAnalyser = null;
     this.micWave = new Waveform(micCanvas);
     this.assistantWave = new Waveform(assistantCanvas);
     this.context = null;
@@ -55,7 +62,7 @@ export class AudioGraph extends EventTarget {
     for (const type of ["progress", "started", "drained"]) {
       this.player.addEventListener(type, () => this.dispatchEvent(new Event(type)));
     }
-    this.assistantWave.attach(this.player.analyser);
+    this.attachAssistant();
     context.resume();
     await this.startMicrophone();
   }
@@ -100,8 +107,38 @@ export class AudioGraph extends EventTarget {
     this.changed();
   }
 
+  /** The microphone's track, once it is open (a call sends it). */
+  get microphoneTrack() {
+    return this.recorder?.stream?.getAudioTracks()[0] ?? null;
+  }
+
+  /** Play a call's reply stream (null: replies play through the Player again). */
+  playRemote(stream) {
+    if (stream === this.remoteStream) return;
+    this.remoteStream = stream;
+    this.replyAudio.srcObject = stream;
+    if (stream) this.replyAudio.play().catch(() => {}); // autoplay: the Start click allows it
+    this.attachAssistant();
+  }
+
+  /** The assistant's waveform: the call's remote stream if there is one, else the Player. */
+  attachAssistant() {
+    this.remoteSource?.disconnect();
+    this.remoteSource = this.remoteAnalyser = null;
+    if (this.remoteStream && this.context) {
+      // Not connected to the speakers: the <audio> element plays it, this only listens.
+      this.remoteSource = this.context.createMediaStreamSource(this.remoteStream);
+      this.remoteAnalyser = this.context.createAnalyser();
+      this.remoteAnalyser.fftSize = 2048;
+      this.remoteAnalyser.smoothingTimeConstant = 0.6;
+      this.remoteSource.connect(this.remoteAnalyser);
+    }
+    this.assistantWave.attach(this.remoteAnalyser ?? this.player?.analyser ?? null);
+  }
+
   /** Release the microphone, the player and the context. */
   stop() {
+    this.playRemote(null);
     this.recorder?.stop();
     this.player?.stop();
     this.context?.close();

@@ -1,6 +1,6 @@
 // The chat page's controls: finds its elements by data-testid, turns the buttons, the composer,
-// the voice select and the mode radios into intents ("connect", "disconnect", "stop", "send",
-// "voice", "mode" events), and draws the status line, the controls' state, the mode and the
+// the voice select, the mode and the transport radios into intents ("connect", "disconnect",
+// "stop", "send", "voice", "mode", "transport" events), and draws the status line, the controls' state, the mode and the
 // alert from what it is told. Knows nothing of the protocol or the audio.
 import { gettext } from "./i18n.js";
 
@@ -35,10 +35,12 @@ export class ChatView extends EventTarget {
       input: $("text-input"),
       send: $("send"),
       modes: root.querySelectorAll('input[name="mode"]'),
+      transports: root.querySelectorAll('input[name="transport"]'),
       userWave: root.querySelector('[data-wave="user"]'),
       assistantWave: root.querySelector('[data-wave="assistant"]'),
     };
     this.alertTimer = 0;
+    this.canCall = true; // whether this browser can make a WebRTC call at all
     this.bind();
   }
 
@@ -61,6 +63,9 @@ export class ChatView extends EventTarget {
     el.voice.addEventListener("change", () => intent("voice", el.voice.value));
     for (const radio of el.modes) {
       radio.addEventListener("change", () => radio.checked && intent("mode", radio.value));
+    }
+    for (const radio of el.transports) {
+      radio.addEventListener("change", () => radio.checked && intent("transport", radio.value));
     }
   }
 
@@ -110,8 +115,16 @@ export class ChatView extends EventTarget {
     el.send.disabled = !ready;
     el.input.placeholder = ready ? gettext("Type a message…") : gettext("Type here once connected");
     el.ptt.disabled = !canTalk;
+    // The transport is chosen before a conversation starts; it applies to the next one.
+    for (const radio of el.transports) radio.disabled = live || !this.canCall;
     el.userWave.classList.toggle("is-active", status === "user-speaking");
     el.assistantWave.classList.toggle("is-active", status === "assistant-speaking");
+  }
+
+  /** Show which transport the next conversation uses; WebRTC greyed out where impossible. */
+  applyTransport(transport, canCall) {
+    this.canCall = canCall;
+    for (const radio of this.el.transports) radio.checked = radio.value === transport;
   }
 
   applyMode(mode) {

@@ -1,9 +1,13 @@
-// The connection's life: opens the socket to the gateway (model, time zone, History's
-// "Continue"), starts and stops the audio with it, explains a close in the page's language, and
-// then either tries again after Reconnect's waits (asking the site first whether the user is
-// still signed in) or gives up. Owns `wanted`: whether the user wants to be connected.
+// The connection's life: opens the transport to the gateway (model, time zone, History's
+// "Continue"): a WebRTC call (WebRTCClient) or a WebSocket (RealtimeClient), both the same to
+// the conversation. Starts and stops the audio with it, explains a close in the page's language,
+// and then either tries again after Reconnect's waits (asking the site first whether the user is
+// still signed in) or gives up. A call this server or browser can't make (no RTCPeerConnection,
+// or the calls endpoint answers 404/501) falls back to the WebSocket at once. Owns `wanted`:
+// whether the user wants to be connected, and `transport`: which of the two it opens.
 import { gettext, interpolate, speaksEnglish } from "./i18n.js";
 import { RealtimeClient } from "./realtime-client.js";
+import { WebRTCClient } from "./webrtc-client.js";
 
 // The gateway sends an `error` event with a readable message before closing with one of these
 // (voicechat/protocol.py CloseCode).
@@ -57,9 +61,9 @@ const CLOSE_REASONS = {
 // the user turns out to be signed out (checkSignedIn).
 const RETRY_CODES = new Set([1001, 1006, 1011, 1012, 1013, 4001, 4003, 4007]);
 
-export class Connection {
+export class Connection extends EventTarget {
   /**
-   * @param {object} config from json_script: realtimePath, model, resume
+   * @param {object} config from json_script: realtimePath, callsPath, model, resume
    * @param {object} parts
    * @param {import("./conversation.js").Conversation} parts.conversation
    * @param {import("./audio.js").AudioGraph} parts.audio
@@ -68,8 +72,13 @@ export class Connection {
    * @param {import("./reconnect.js").Reconnect} parts.reconnect
    * @param {import("./chat-view.js").ChatView} parts.view for alerts
    * @param {string} parts.loginUrl the sign-in page, for a user who was signed out
+   * @param {"webrtc"|"websocket"} parts.transport the one to open first
    */
-  constructor(config, { conversation, audio, transcript, log, reconnect, view, loginUrl }) {
+  constructor(
+    config,
+    { conversation, audio, transcript, log, reconnect, view, loginUrl, transport },
+  ) {
+    super();
     this.config = config;
     this.conversation = conversation;
     this.audio = audio;
@@ -78,6 +87,7 @@ export class Connection {
     this.reconnect = reconnect;
     this.view = view;
     this.loginUrl = loginUrl;
+    this.transport = transport;
     this.wanted = false; // the user wants to be connected (drives reconnects)
     this.reconnectNotice = null; // the transcript's "reconnecting…" line, removed once back
     reconnect.addEventListener("retry", () => this.retryNow());
@@ -89,22 +99,29 @@ export class Connection {
     this.reconnect.reset();
     this.view.hideAlert();
     this.conversation.setStatus("connecting");
-    // The socket and the audio graph start together; the session takes longer than the audio.
+    // The transport and the audio graph start together; the session takes longer than the audio.
     this.openSocket();
     await this.audio.start();
+    // A call sends the microphone as its track, once the browser has opened it.
+    this.conversation.client?.setMicrophone?.(this.audio.microphoneTrack);
   }
 
-  openSocket() {
-    const url = new URL(this.config.realtimePath, window.location.href);
-    url.protocol = window.location.protocol === "https:" ? "wss:" : "ws:";
-    url.searchParams.set("model", this.config.model);
+  /** Whether the WebRTC switch can be offered at all in this browser. */
+  static get canCall() {
+    return typeof window.RTCPeerConnection === "function";
+  }
+
+  /** The query both transports take: model, time zone, and History's "Continue" once. */
+  nextQuery() {
+    const query = new URLSearchParams();
+    query.set("model", this.config.model);
     // The offline engine answers "what time is it?" in the user's own time zone.
-    url.searchParams.set("tz", Intl.DateTimeFormat().resolvedOptions().timeZone || "");
+    query.set("tz", Intl.DateTimeFormat().resolvedOptions().timeZone || "");
     const resume = this.config.resume;
     if (resume) {
       // History's "Continue": the gateway replays that transcript to the assistant first.
       // Once only: a later conversation on this page starts afresh.
-      url.searchParams.set("resume", String(resume.id));
+      query.set("resume", String(resume.id));
       this.config.resume = null;
       const started = new Date(resume.started).toLocaleString(document.documentElement.lang, {
         dateStyle: "medium",
@@ -114,7 +131,28 @@ export class Connection {
         interpolate(gettext("Continuing your conversation of %(started)s"), { started }),
       );
     }
-    const client = new RealtimeClient(url.href);
+    return query;
+  }
+
+  openSocket(query = this.nextQuery()) {
+    let client;
+    if (this.transport === "webrtc" && Connection.canCall) {
+      const url = new URL(this.config.callsPath, window.location.href);
+      url.search = query.toString();
+      client = new WebRTCClient(url.href, {
+        csrfToken: document.querySelector("[name=csrfmiddlewaretoken]")?.value ?? "",
+        onRemoteStream: (stream) => this.audio.playRemote(stream),
+      });
+      client.setMicrophone(this.audio.microphoneTrack);
+    } else {
+      if (this.transport === "webrtc") this.fallBack();
+      const url = new URL(this.config.realtimePath, window.location.href);
+      url.protocol = window.location.protocol === "https:" ? "wss:" : "ws:";
+      url.search = query.toString();
+      client = new RealtimeClient(url.href);
+      this.audio.playRemote(null); // replies play through the Player's worklet again
+    }
+    client.query = query;
     this.conversation.client = client;
     client.addEventListener("server-event", (event) => this.onServerEvent(event.detail));
     client.addEventListener("client-event", (event) => this.log.add("out", event.detail));
@@ -150,11 +188,24 @@ export class Connection {
     client?.close(1000, "user ended the conversation");
   }
 
-  async onClose(client, { code, wasOpen, error }) {
+  /** WebRTC can't be used here: the WebSocket from now on, for as long as the page is open. */
+  fallBack() {
+    this.transport = "websocket";
+    this.dispatchEvent(new Event("fallback"));
+  }
+
+  async onClose(client, { code, wasOpen, error, fallback }) {
     if (client !== this.conversation.client) return; // an old socket we already left
     this.conversation.end();
     this.audio.player?.interrupt();
     if (!this.wanted) return;
+    if (fallback) {
+      // No calls on this server (404/501) or in this browser: the WebSocket at once, with the
+      // same query (a "Continue" still continues).
+      this.fallBack();
+      this.openSocket(client.query);
+      return;
+    }
     // The gateway explains a close in English: a page in another language says it in its own.
     const serverWords = code >= 4000 && error?.message;
     const message =

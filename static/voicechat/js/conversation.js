@@ -4,6 +4,10 @@
 // (turn detection, voice), the turn state shown as the status, and the measurements in `stats`.
 // It writes transcript lines through Transcript's methods and plays replies through the audio's
 // Player; everything else it announces: "status", "alert", "mode", "end" and "change".
+// Over WebRTC (client.transport "webrtc") the reply plays from the peer connection and the server
+// tracks playback: output_audio_buffer.started / stopped / cleared say what is playing, a cut
+// reply is truncated by the server, and the microphone is the call's track (muted between
+// push-to-talk presses) rather than input_audio_buffer.append.
 import { gettext, interpolate } from "./i18n.js";
 import { fromBase64, pcm16Ms } from "./pcm.js";
 
@@ -45,12 +49,23 @@ export class Conversation extends EventTarget {
     this.serverTurnDetection = null;
     this.responseActive = false;
     this.audioItemId = null; // assistant item whose audio is still streaming in
+    this.remotePlaying = false; // over WebRTC: the server is playing a reply on the call's track
     this.turnEndedAt = null; // when the user's turn ended, for lastLatencyMs
     this.replyAudioAt = null; // when a reply's first audio arrived, for lastPrefillWaitMs
   }
 
   get player() {
     return this.audio.player;
+  }
+
+  /** Whether the transport is a WebRTC call (the server plays and truncates the replies). */
+  get overWebRTC() {
+    return this.client?.transport === "webrtc";
+  }
+
+  /** Whether a reply is being heard now (the Player's, or the call's track). */
+  get playing() {
+    return Boolean(this.player?.busy || this.remotePlaying);
   }
 
   setStatus(state, detail = "") {
@@ -65,14 +80,14 @@ export class Conversation extends EventTarget {
 
   /** What the assistant is doing now, for the status line after a tap. */
   currentActivity() {
-    if (this.player?.busy) return "assistant-speaking";
+    if (this.playing) return "assistant-speaking";
     if (this.responseActive || this.audioItemId) return "thinking";
     return this.sessionReady ? "listening" : this.status;
   }
 
   /** Whether there is a reply to stop (speaking, buffered or still streaming in). */
   get replying() {
-    return Boolean(this.responseActive || this.player?.busy || this.audioItemId);
+    return Boolean(this.responseActive || this.playing || this.audioItemId);
   }
 
   alert(message, kind, { transient = false } = {}) {
@@ -89,6 +104,7 @@ export class Conversation extends EventTarget {
     this.sessionReady = false;
     this.responseActive = false;
     this.audioItemId = null;
+    this.remotePlaying = false;
     this.dispatchEvent(new Event("end"));
     this.transcript.finishAll();
   }
@@ -168,6 +184,15 @@ export class Conversation extends EventTarget {
       case "response.done":
         this.onResponseDone(event.response ?? {});
         break;
+      case "output_audio_buffer.started":
+        this.onRemotePlaybackStarted();
+        break;
+      case "output_audio_buffer.stopped":
+      case "output_audio_buffer.cleared":
+        this.remotePlaying = false;
+        if (this.status === "assistant-speaking" && !this.responseActive) this.settle();
+        this.changed();
+        break;
       case "error":
         this.onError(event.error ?? {});
         break;
@@ -186,6 +211,8 @@ export class Conversation extends EventTarget {
     // Listen for the language the page speaks (set only when it is not the server's default).
     if (this.transcription) update.transcription = this.transcription;
     if (Object.keys(update).length) this.updateSession(update);
+    // A call's microphone track: open in hands-free, muted until a press in push-to-talk.
+    this.client?.setMicrophoneOpen?.(this.mode === "hands-free" || this.isHolding());
     this.settle();
   }
 
@@ -247,7 +274,7 @@ export class Conversation extends EventTarget {
         : gettext("The reply failed.");
       this.alert(message, "error", { transient: true });
     }
-    if (!this.player?.busy && !this.audioItemId && this.status !== "user-speaking") this.settle();
+    if (!this.playing && !this.audioItemId && this.status !== "user-speaking") this.settle();
     this.changed();
   }
 
@@ -263,6 +290,23 @@ export class Conversation extends EventTarget {
     this.stats.audioMsPlayed = Math.round(this.player.playedMs);
     this.stats.underruns = this.player.underruns;
     if (!this.player.busy && this.status === "assistant-speaking" && !this.audioItemId) this.settle();
+    this.changed();
+  }
+
+  /**
+   * A call's reply started on the server's track. Heard a jitter buffer later: the receiver's
+   * mean delay (getStats) stands in for the Player's prefill in the measurements.
+   */
+  onRemotePlaybackStarted() {
+    this.remotePlaying = true;
+    this.voiceLocked = true;
+    const delay = this.client?.playoutDelayMs ?? 0;
+    if (this.turnEndedAt !== null) {
+      this.stats.lastLatencyMs = Math.round(performance.now() - this.turnEndedAt + delay);
+      this.turnEndedAt = null;
+    }
+    this.stats.lastPrefillWaitMs = Math.round(delay);
+    if (this.status !== "user-speaking") this.setStatus("assistant-speaking");
     this.changed();
   }
 
@@ -289,6 +333,16 @@ export class Conversation extends EventTarget {
   async interruptAssistant({ cancel }) {
     const streamingItem = this.audioItemId;
     if (cancel && this.responseActive) this.client?.send({ type: "response.cancel" });
+    if (this.overWebRTC) {
+      // The server stops its track and truncates the item to what it played (cleared, then
+      // conversation.item.truncated); on the user's speech it has already done so itself.
+      if (this.remotePlaying) {
+        this.client.send({ type: "output_audio_buffer.clear" });
+        this.remotePlaying = false;
+        this.changed();
+      }
+      return;
+    }
     if (!this.player || (!this.player.busy && !streamingItem)) return;
     this.audioItemId = null;
     const heard = await this.player.interrupt();
@@ -315,7 +369,7 @@ export class Conversation extends EventTarget {
 
   /** One microphone chunk into the input audio buffer (once the session is ready). */
   sendAudio(pcm) {
-    if (!this.sessionReady || !this.client?.isOpen) return;
+    if (!this.sessionReady || !this.client?.isOpen || this.overWebRTC) return;
     this.client.appendAudio(pcm);
     this.stats.chunksSent += 1;
     this.stats.audioMsSent += pcm16Ms(pcm.byteLength);
@@ -324,6 +378,11 @@ export class Conversation extends EventTarget {
   /** Forget the audio sent since the last commit (a push-to-talk press starts, or was a tap). */
   clearInput() {
     this.client?.send({ type: "input_audio_buffer.clear" });
+  }
+
+  /** Push-to-talk over WebRTC: unmute the call's microphone for a press, mute it after. */
+  openMicrophone(open) {
+    this.client?.setMicrophoneOpen?.(open || this.mode === "hands-free");
   }
 
   /** The user let go of push-to-talk: their audio is the turn, and a reply is asked for. */
@@ -352,6 +411,7 @@ export class Conversation extends EventTarget {
     this.mode = mode;
     this.dispatchEvent(new Event("mode"));
     if (!this.sessionReady) return;
+    this.openMicrophone(this.isHolding());
     if (mode === "push-to-talk") {
       this.updateSession({ turnDetection: null });
       this.clearInput();

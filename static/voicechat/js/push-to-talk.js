@@ -1,7 +1,8 @@
 // Push-to-talk: the hold-to-talk button and the Space key. A press opens the user's turn, a
 // release commits it (after the microphone's last few milliseconds are flushed), and a press
 // too short to be a turn is a tap that changes nothing. Owns whether the button is held; the
-// conversation sends the events and the recorder supplies the audio.
+// conversation sends the events and the recorder supplies the audio (over WebRTC the call's
+// microphone track, unmuted for the press and muted again once the turn is committed).
 import { gettext } from "./i18n.js";
 
 // A press shorter than this is a tap (a slip, a test of the button): it is ignored, and it
@@ -81,6 +82,7 @@ export class PushToTalk {
     // Clear first, so nothing captured before the press is committed with this turn. Audio
     // streams from the press on, so the first syllable is never lost to the tap threshold.
     conversation.clearInput();
+    conversation.openMicrophone(true);
     this.held = true;
     this.pressedAt = performance.now();
     this.button.setAttribute("aria-pressed", "true");
@@ -101,14 +103,19 @@ export class PushToTalk {
     if (performance.now() - this.pressedAt < MIN_PTT_HOLD_MS) {
       // A tap: drop its audio, leave the reply (pending or playing) alone.
       conversation.clearInput();
+      conversation.openMicrophone(false);
       this.alert(gettext("Hold the button (or Space) while you speak."), "info", { transient: true });
       conversation.setStatus(conversation.currentActivity());
       return;
     }
     this.flushing = true;
-    await this.audio.recorder?.flush(); // the last few milliseconds belong to this turn
+    // The last few milliseconds belong to this turn: the worklet's partial chunk, or over
+    // WebRTC the frames still on their way to the server.
+    const client = conversation.overWebRTC ? conversation.client : null;
+    await (client ? client.flushMicrophone() : this.audio.recorder?.flush());
     this.flushing = false;
     conversation.commitTurn();
+    if (!this.held) conversation.openMicrophone(false);
   }
 
   /** The conversation ended: nothing is held any more. */

@@ -9,6 +9,7 @@ export class RealtimeClient extends EventTarget {
   constructor(url) {
     super();
     this.url = url;
+    this.transport = "websocket"; // as WebRTCClient's, which the conversation tells apart
     this.ws = null;
     this.opened = false;
     this.lastError = null; // the last `error` event; explains the close that follows it
