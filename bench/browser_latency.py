@@ -4,19 +4,25 @@
     python bench/browser_latency.py                  # 4 spoken turns, about 1-2 minutes
     python bench/browser_latency.py --turns 2
     python bench/browser_latency.py --push-to-talk   # the same turns, holding Space to talk
+    python bench/browser_latency.py --transport websocket   # the page's WebSocket, not WebRTC
+    python bench/browser_latency.py --transport both        # each in turn, one site, one run
 
 The site runs as `make run` serves it (runserver, the offline local engine, a fresh SQLite
 database in a temporary folder). Debian's Chromium opens the chat page, hands-free, with a fake
-microphone that asks a few questions in the engine's own voice. After each reply the page's own
-measurements are read from `window.voicechat.stats` (static/voicechat/js/app.js):
+microphone that asks a few questions in the engine's own voice, over the transport chosen with
+the page's own switch (WebRTC, the page's default, or the WebSocket). After each reply the page's
+own measurements are read from `window.voicechat.stats` (static/voicechat/js/conversation.js):
 
 - lastLatencyMs: from the end of the user's turn (hands-free: the server's `speech_stopped`,
   sent once the VAD has heard its silence window; push-to-talk: the release of Space, held from
-  before the question until RELEASE_AFTER_MS after its last sound) to the moment the playback
-  worklet starts the reply;
-- lastPrefillWaitMs: from the reply's first audio on the socket to that moment (the playback
-  prefill: the browser's share of it);
-- underruns: times playback ran dry once started (should stay 0).
+  before the question until RELEASE_AFTER_MS after its last sound) to the reply playing. Over
+  the WebSocket: the moment the playback worklet starts it. Over WebRTC: the server's
+  `output_audio_buffer.started` (its track starts the reply) plus the receiver's mean
+  jitter-buffer delay (getStats), the wait before a packet is played out;
+- lastPrefillWaitMs: the browser's share of it. WebSocket: from the reply's first audio on the
+  socket to the worklet starting it (the playback prefill). WebRTC: that jitter-buffer delay;
+- underruns: times the worklet's playback ran dry once started (WebSocket only; 0 over WebRTC,
+  where Chrome's jitter buffer conceals losses instead).
 
 The microphone side is fixed by design: 40 ms capture chunks. Results: printed, and written to
 bench/results/browser-<UTC stamp>.json. Nothing here asserts a time (BENCHMARKS.md has them).
@@ -134,7 +140,9 @@ def start_site(env: dict[str, str], log_path: Path) -> tuple[subprocess.Popen, s
     raise SystemExit("the site did not answer /healthz within 60 s")
 
 
-def measure(url: str, cookie: str, wav: Path, turns: int, *, push_to_talk: bool) -> list[dict]:
+def measure(
+    url: str, cookie: str, wav: Path, turns: int, *, push_to_talk: bool, transport: str
+) -> list[dict]:
     from playwright.sync_api import sync_playwright
 
     from voicechat.tests.browser import CHROMIUM, chromium_args
@@ -146,6 +154,7 @@ def measure(url: str, cookie: str, wav: Path, turns: int, *, push_to_talk: bool)
         context.add_cookies([{"name": "sessionid", "value": cookie, "url": url}])
         page = context.new_page()
         page.goto(url)
+        page.get_by_test_id(f"transport-{transport}").check()
         mode = "mode-push-to-talk" if push_to_talk else "mode-hands-free"
         page.get_by_test_id(mode).check()
         page.get_by_test_id("connect").click()
@@ -178,6 +187,7 @@ def measure(url: str, cookie: str, wav: Path, turns: int, *, push_to_talk: bool)
             )
             results.append(
                 {
+                    "transport": transport,
                     "turn": turn + 1,
                     "question": QUESTIONS[turn],
                     "turn_end_to_playback_ms": stats["lastLatencyMs"],
@@ -213,6 +223,12 @@ def main() -> None:
     parser.add_argument(
         "--push-to-talk", action="store_true", help="hold Space for each question (not VAD)"
     )
+    parser.add_argument(
+        "--transport",
+        choices=("webrtc", "websocket", "both"),
+        default="webrtc",
+        help="the page's transport (both: the WebSocket, then WebRTC, on the same site)",
+    )
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="voicechat-browser-bench-") as folder:
         folder = Path(folder)
@@ -221,8 +237,15 @@ def main() -> None:
         wav = microphone_wav(folder / "questions.wav", args.turns)
         load = os.getloadavg()
         process, url = start_site(env, folder / "runserver.log")
+        transports = ("websocket", "webrtc") if args.transport == "both" else (args.transport,)
         try:
-            results = measure(url, cookie, wav, args.turns, push_to_talk=args.push_to_talk)
+            results = {
+                transport: measure(
+                    url, cookie, wav, args.turns, push_to_talk=args.push_to_talk,
+                    transport=transport,
+                )
+                for transport in transports
+            }  # fmt: skip
         finally:
             process.terminate()
             process.wait(10)
@@ -234,8 +257,8 @@ def main() -> None:
         },
         "command": " ".join(["bench/browser_latency.py", *sys.argv[1:]]),
         "mode": "push-to-talk" if args.push_to_talk else "hands-free",
-        "summary": summary(results),
-        "turns": results,
+        "summary": {transport: summary(turns) for transport, turns in results.items()},
+        "turns": [turn for turns in results.values() for turn in turns],
     }  # fmt: skip
     out = ROOT / "bench" / "results" / f"browser-{time.strftime('%Y%m%dT%H%M%SZ', now)}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
