@@ -121,6 +121,8 @@ def test_a_spoken_question_over_webrtc(local_chat_server, launch_browser, alice,
             .some(e => e.dataset.role === 'assistant' && e.dataset.state === 'done')"""
     )
     page.wait_for_selector('[data-testid="status"][data-state="listening"]')
+    page.wait_for_selector('[data-testid="stop"]:disabled', state="attached")  # nothing to stop
+    assert page.evaluate("() => window.voicechat.app.conversation.replying") is False
     lines = entries(page)
     assert [line["role"] for line in lines] == ["user", "assistant"], lines
     assert "time" in lines[0]["text"].lower(), lines

@@ -54,8 +54,9 @@ export class Conversation extends EventTarget {
     this.replyAudioAt = null; // when a reply's first audio arrived, for lastPrefillWaitMs
   }
 
+  /** The Player that plays the replies; none over WebRTC, where the call plays them. */
   get player() {
-    return this.audio.player;
+    return this.overWebRTC ? null : this.audio.player;
   }
 
   /** Whether the transport is a WebRTC call (the server plays and truncates the replies). */
@@ -286,7 +287,9 @@ export class Conversation extends EventTarget {
 
   // ---- playback ----------------------------------------------------------------------------
 
+  // The Player's events; over WebRTC it plays nothing, and the call's events say what plays.
   onPlaybackProgress() {
+    if (!this.player) return;
     this.stats.audioMsPlayed = Math.round(this.player.playedMs);
     this.stats.underruns = this.player.underruns;
     if (!this.player.busy && this.status === "assistant-speaking" && !this.audioItemId) this.settle();
@@ -311,6 +314,7 @@ export class Conversation extends EventTarget {
   }
 
   onPlaybackStarted() {
+    if (!this.player) return;
     if (this.turnEndedAt !== null) {
       this.stats.lastLatencyMs = Math.round(performance.now() - this.turnEndedAt);
       this.turnEndedAt = null;
@@ -323,6 +327,7 @@ export class Conversation extends EventTarget {
   }
 
   onPlaybackDrained() {
+    if (!this.player) return;
     if (this.status === "assistant-speaking") this.settle();
   }
 
