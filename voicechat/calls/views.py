@@ -4,6 +4,7 @@ Everything that refuses a call does so before anything is started, with OpenAI's
 not signed in or a bad token (401), cross-origin or no CSRF token (403), too many calls from the
 address (429), a body that is not an offer (400, 415); the conversation's own admission (the
 user's rate and concurrency limits, draining, models, budget) answers with its status (call.py).
+A hangup finds the caller's call on whichever process holds it (directory.py).
 """
 
 import logging
@@ -15,7 +16,7 @@ from django.views.decorators.http import require_POST
 
 from voicechat.access import ratelimit
 from voicechat.calls import call as calls
-from voicechat.calls import ephemeral, openai_call
+from voicechat.calls import directory, ephemeral, openai_call
 from voicechat.calls.access import NotAllowed, caller
 from voicechat.calls.offer import BadOffer, read_offer, read_secret_request
 from voicechat.enums import Backend
@@ -87,6 +88,10 @@ async def create_call(request: HttpRequest) -> HttpResponse:
         return error(
             500, "The gateway hit an internal error.", code="server_error", type="server_error"
         )
+    try:
+        await directory.publish(call)  # a hangup reaches it from any process
+    except Exception:  # the call goes on; only a hangup on another process misses it
+        audit.exception("call %s: where it lives could not be recorded", call.id)
     response = HttpResponse(answer, status=201, content_type="application/sdp")
     response["Location"] = f"/v1/realtime/calls/{call.id}"
     return response
@@ -99,12 +104,16 @@ async def hang_up(request: HttpRequest, call_id: str) -> HttpResponse:
         who = await caller(request, client_secrets=True)
     except NotAllowed as refused:
         return error(refused.status, str(refused), code=refused.code)
+    user_id = who.identity.user.pk
     call = calls.find(call_id)
     # Someone else's call is as unknown as one that never was.
-    if call is None or call.user_id != who.identity.user.pk:
-        return error(404, f"Call '{call_id}' not found.", code="call_not_found")
-    await call.hang_up()
-    return HttpResponse(status=200)
+    if call is not None and call.user_id == user_id:
+        await call.hang_up()
+        return HttpResponse(status=200)
+    # Held by another process (voicechat/calls/directory.py): asked to hang up, and stored.
+    if call is None and await directory.hang_up_elsewhere(call_id, user_id):
+        return HttpResponse(status=200)
+    return error(404, f"Call '{call_id}' not found.", code="call_not_found")
 
 
 @csrf_exempt
