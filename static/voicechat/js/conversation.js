@@ -390,12 +390,15 @@ export class Conversation extends EventTarget {
     this.client?.setMicrophoneOpen?.(open || this.mode === "hands-free");
   }
 
-  /** The user let go of push-to-talk: their audio is the turn, and a reply is asked for. */
-  commitTurn() {
+  /**
+   * The user let go of push-to-talk: their audio is the turn, and a reply is asked for.
+   * @param {number} releasedAt when they let go (the turn's end, for lastLatencyMs)
+   */
+  commitTurn(releasedAt = performance.now()) {
     if (!this.client?.isOpen) return;
     this.client.send({ type: "input_audio_buffer.commit" });
     this.client.send({ type: "response.create" });
-    this.turnEndedAt = performance.now();
+    this.turnEndedAt = releasedAt;
     this.setStatus("thinking");
   }
 

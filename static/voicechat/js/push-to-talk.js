@@ -108,13 +108,14 @@ export class PushToTalk {
       conversation.setStatus(conversation.currentActivity());
       return;
     }
+    const releasedAt = performance.now(); // the turn ends here, not after the flush
     this.flushing = true;
     // The last few milliseconds belong to this turn: the worklet's partial chunk, or over
     // WebRTC the frames still on their way to the server.
     const client = conversation.overWebRTC ? conversation.client : null;
     await (client ? client.flushMicrophone() : this.audio.recorder?.flush());
     this.flushing = false;
-    conversation.commitTurn();
+    conversation.commitTurn(releasedAt);
     if (!this.held) conversation.openMicrophone(false);
   }
 
