@@ -48,7 +48,7 @@ async def publish(call) -> None:
     )
     requests = conversation.end_requests
     # The handler the conversation registered (its staff end); none once it has ended already.
-    staff_end = requests._ends.get(pk) if requests is not None else None
+    staff_end = requests.handler(pk) if requests is not None else None
     if staff_end is None:
         return
 
@@ -58,7 +58,7 @@ async def publish(call) -> None:
         else:
             await staff_end(by)
 
-    requests._ends[pk] = end
+    requests.register(pk, end)
 
 
 async def hang_up_elsewhere(call_id: str, user_id: int) -> bool:

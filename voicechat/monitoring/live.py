@@ -247,6 +247,10 @@ class EndRequests:
         if self._reader is None or self._reader.done():
             self._reader = asyncio.create_task(self._read())
 
+    def handler(self, conversation_id: int) -> Callable[[str], Awaitable[None]] | None:
+        """The end(by) registered for `conversation_id`: None once it has ended (or never was)."""
+        return self._ends.get(conversation_id)
+
     async def unregister(self, conversation_id: int) -> None:
         self._ends.pop(conversation_id, None)
         if not self._ends and self.channel:
