@@ -10,6 +10,7 @@ track with its playback tracked (output_audio_buffer.*, barge-in truncation), GA
 offer forwarded with the server's key and session, the media going to OpenAI directly) and the
 conversation follows it over the call's sideband WebSocket (openai_call.py).
 
-May import: voicechat.gateway, voicechat.access, voicechat.local_engine, voicechat.upstream
-and the app's core modules.
+May import: voicechat.gateway, voicechat.access, voicechat.local_engine, voicechat.upstream,
+voicechat.monitoring (a hangup on another process travels as an end request) and the app's core
+modules.
 """
