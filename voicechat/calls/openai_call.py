@@ -40,7 +40,7 @@ from voicechat.calls.call import (
 from voicechat.enums import Backend, EndReason
 from voicechat.gateway import server_tools
 from voicechat.gateway.backends import open_openai_call
-from voicechat.gateway.conversation import GatewayConversation
+from voicechat.gateway.conversation import GatewayConversation, requested_model
 from voicechat.gateway.policy import ClientEventPolicy, session_defaults
 from voicechat.protocol import new_event_id, peek_type
 from voicechat.upstream.base import UpstreamClosed
@@ -172,7 +172,7 @@ class OpenAIWebRTCCall:
         self.id = f"rtc_{secrets.token_hex(12)}"
         self.user_id = identity.user.pk
         self.identity = identity
-        self.model = (parse_qs(query_string).get("model") or [settings.REALTIME_MODEL])[0][:64]
+        self.model = requested_model(parse_qs(query_string))
         self.client_session = session
         self.upstream = None  # the OpenAICall, once the conversation has asked for it
         self.conversation = GatewayConversation(

@@ -84,6 +84,11 @@ class ClientSocket(Protocol):
     async def close(self, code: int) -> None: ...
 
 
+def requested_model(query: dict[str, list[str]]) -> str:
+    """The model a connection's query string asks for (`?model=`), else the server's default."""
+    return (query.get("model") or [settings.REALTIME_MODEL])[0][:64]
+
+
 async def _cancel_and_wait(task: asyncio.Task | None) -> None:
     """Cancel `task` and wait until it has stopped (not when it is the caller itself).
 
@@ -147,7 +152,7 @@ class GatewayConversation:
             )
             return
         query = parse_qs(self.query_string)
-        self.model = (query.get("model") or [settings.REALTIME_MODEL])[0][:64]
+        self.model = requested_model(query)
         # The page's time zone, so "what time is it?" is answered in the user's own time.
         self.time_zone = time_zone_or_none((query.get("tz") or [""])[0])
         self.policy = ClientEventPolicy(
