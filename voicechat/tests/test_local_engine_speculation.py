@@ -332,7 +332,9 @@ async def test_semantic_vad_keeps_the_turn_when_the_user_goes_on_before_the_repl
     async with client_with(gated) as client:
         await client.send(hands_free({"type": "semantic_vad", "eagerness": "medium"}))
         await client.append_audio(silence(200) + voice(1000) + silence(400))
-        await until(lambda: held_end(client) is not None)  # "finished", as far as the model knows
+        # "Finished", as far as the model knows; and the reply to it begun (the transcript the
+        # reply starts from can come a moment after the turn is held).
+        await until(lambda: held_end(client) is not None and gated.asked)
         first_guess = last_user_text(gated.asked[0])
 
         await client.append_audio(voice(1000) + silence(600))  # ... but the user goes on
